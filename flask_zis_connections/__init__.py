@@ -1,0 +1,31 @@
+"""flask-zis-connections: OAuth connections for a Flask host application."""
+
+from .errors import (
+    ConnectionNotFound,
+    ProviderError,
+    ReauthorizationRequired,
+    ZISError,
+)
+from .extension import ZISConnections, get_token
+from .models import Connection, OAuthClient
+from .signals import (
+    connection_created,
+    connection_deleted,
+    connection_refresh_failed,
+    connection_refreshed,
+)
+
+__all__ = [
+    "Connection",
+    "ConnectionNotFound",
+    "OAuthClient",
+    "ProviderError",
+    "ReauthorizationRequired",
+    "ZISConnections",
+    "ZISError",
+    "connection_created",
+    "connection_deleted",
+    "connection_refresh_failed",
+    "connection_refreshed",
+    "get_token",
+]

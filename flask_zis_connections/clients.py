@@ -1,0 +1,156 @@
+"""OAuth client registration: one validator for the Python API, REST, config and CLI.
+
+Every entry point funnels through :func:`build_client`, so a client created from
+``ZIS_OAUTH_CLIENTS`` is held to the same rules as one POSTed to the API.
+"""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from collections.abc import Mapping
+from typing import Any
+
+from . import validation as v
+from .crypto import Encryptor
+from .errors import InvalidValue, OAuthClientNotFound
+from .models import OAuthClient, utcnow
+from .storage import Storage
+
+#: Fields a client create/update accepts (REST bodies, config dicts, keyword options).
+CLIENT_FIELDS = frozenset({
+    "name", "client_id", "client_secret", "auth_url", "token_url", "default_scopes",
+    "grant_type", "token_endpoint_auth_method", "pkce", "issuer", "authorize_params",
+    "offline_access_params", "revocation_url",
+})
+_OPTIONAL_URLS = ("issuer", "revocation_url")
+
+
+def build_client(
+    integration: str,
+    data: Mapping[str, Any],
+    *,
+    encryptor: Encryptor,
+    allow_insecure: bool,
+    existing: OAuthClient | None = None,
+) -> OAuthClient:
+    """Validate ``data`` (a full create, or a partial update of ``existing``)."""
+    v.integration_name(integration)
+    v.reject_unknown(data, set(CLIENT_FIELDS))
+    base: dict[str, Any] = {}
+    if existing is None:
+        for required in ("name", "client_id", "token_url"):
+            if data.get(required) is None:
+                raise InvalidValue(required, "is required")
+    else:
+        base = {
+            "name": existing.name, "client_id": existing.client_id,
+            "auth_url": existing.auth_url, "token_url": existing.token_url,
+            "default_scopes": existing.default_scopes, "grant_type": existing.grant_type,
+            "token_endpoint_auth_method": existing.token_endpoint_auth_method,
+            "pkce": existing.pkce, "issuer": existing.issuer,
+            "authorize_params": existing.authorize_params,
+            "offline_access_params": existing.offline_access_params,
+            "revocation_url": existing.revocation_url,
+        }
+    merged = {**base, **{k: val for k, val in data.items() if k != "client_secret"}}
+
+    name = v.client_name(merged["name"])
+    client_id = v.string(merged["client_id"], "client_id", max_len=512)
+    grant_type = v.choice(merged.get("grant_type", "authorization_code"), "grant_type", v.GRANT_TYPES)
+    auth_method = v.choice(
+        merged.get("token_endpoint_auth_method", "client_secret_basic"),
+        "token_endpoint_auth_method", v.AUTH_METHODS,
+    )
+    token_url = v.provider_url(merged["token_url"], "token_url", allow_insecure=allow_insecure)
+    auth_url = merged.get("auth_url")
+    if auth_url is not None:
+        auth_url = v.provider_url(auth_url, "auth_url", allow_insecure=allow_insecure)
+    elif grant_type == "authorization_code":
+        raise InvalidValue("auth_url", "is required for the authorization_code grant")
+    urls: dict[str, str | None] = {}
+    for field in _OPTIONAL_URLS:
+        value = merged.get(field)
+        urls[field] = (
+            None if value is None
+            else v.provider_url(value, field, allow_insecure=allow_insecure)
+        )
+    default_scopes = v.scopes(merged.get("default_scopes", ""), "default_scopes")
+    pkce = v.boolean(merged.get("pkce", True), "pkce")
+    authorize_params = v.str_mapping(merged.get("authorize_params", {}), "authorize_params")
+    offline_params = v.str_mapping(
+        merged.get("offline_access_params", {}), "offline_access_params"
+    )
+    reserved = {"response_type", "client_id", "redirect_uri", "state", "code_challenge",
+                "code_challenge_method", "scope"}
+    for field, params in (("authorize_params", authorize_params),
+                          ("offline_access_params", offline_params)):
+        clash = sorted(reserved & set(params))
+        if clash:
+            raise InvalidValue(field, f"must not set {clash[0]!r}: the flow sets it itself")
+
+    if "client_secret" in data and data["client_secret"] is not None:
+        secret_enc: str | None = encryptor.encrypt(
+            v.string(data["client_secret"], "client_secret", max_len=4096)
+        )
+    elif existing is not None:
+        secret_enc = existing.client_secret_enc
+    else:
+        secret_enc = None  # public client (PKCE) or secret set later
+
+    now = utcnow()
+    return OAuthClient(
+        uuid=existing.uuid if existing else str(uuidlib.uuid4()),
+        integration=integration,
+        name=name,
+        client_id=client_id,
+        client_secret_enc=secret_enc,
+        auth_url=auth_url,
+        token_url=token_url,
+        default_scopes=default_scopes,
+        grant_type=grant_type,  # type: ignore[arg-type]
+        token_endpoint_auth_method=auth_method,  # type: ignore[arg-type]
+        pkce=pkce,
+        issuer=urls["issuer"],
+        authorize_params=authorize_params,
+        offline_access_params=offline_params,
+        revocation_url=urls["revocation_url"],
+        created_at=existing.created_at if existing else now,
+        updated_at=now,
+    )
+
+
+def upsert_from_config(
+    storage: Storage, encryptor: Encryptor, config: Mapping[str, Any], *, allow_insecure: bool
+) -> int:
+    """Create or update the clients in ``ZIS_OAUTH_CLIENTS``; returns how many changed."""
+    if not isinstance(config, Mapping):
+        raise InvalidValue("ZIS_OAUTH_CLIENTS", "must map integration names to lists of clients")
+    count = 0
+    for integration, entries in config.items():
+        if not isinstance(entries, list | tuple):
+            raise InvalidValue(f"ZIS_OAUTH_CLIENTS[{integration!r}]", "must be a list of dicts")
+        for entry in entries:
+            if not isinstance(entry, Mapping) or "name" not in entry:
+                raise InvalidValue(
+                    f"ZIS_OAUTH_CLIENTS[{integration!r}]", "each client needs at least a 'name'"
+                )
+            existing = storage.get_client(integration, name=str(entry["name"]))
+            client = build_client(
+                integration, entry, encryptor=encryptor, allow_insecure=allow_insecure,
+                existing=existing,
+            )
+            if existing is None:
+                storage.add_client(client)
+            else:
+                storage.update_client(client)
+            count += 1
+    return count
+
+
+def require_client(
+    storage: Storage, integration: str, *, uuid: str | None = None, name: str | None = None
+) -> OAuthClient:
+    client = storage.get_client(integration, uuid=uuid, name=name)
+    if client is None:
+        raise OAuthClientNotFound(integration, uuid or name or "")
+    return client

@@ -1,0 +1,360 @@
+"""The authorization-code flow: start, start_redirect, callback, verification code.
+
+Trust model.  The API caller (an integration's bearer token or an admin session) starts
+a flow and gets a ``start_redirect`` URL to open in the admin's browser.  Everything
+about the flow is stored server-side; the flow token and the OAuth ``state`` only carry
+the flow id, signed with different salts and expiring.  ``start_redirect`` can be
+used once and binds the flow to the browser that used it (a random cookie whose hash is
+stored), so a state leaked from one browser is useless in another.  The callback
+consumes the flow atomically, so two concurrent callbacks make one code exchange.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import secrets
+import uuid as uuidlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from flask import Flask
+
+from . import signals
+from . import validation as v
+from .clients import require_client
+from .crypto import Encryptor, hash_secret
+from .errors import Forbidden, InvalidRequest, InvalidValue, NotFound, ProviderError
+from .lifecycle import Lifecycle, expiry_from
+from .models import ConnectionRecord, OAuthClient, PendingFlow, VerificationCode, utcnow
+from .provider import (
+    ProviderClient,
+    TokenRequestRejected,
+    TokenResponse,
+    create_s256_code_challenge,
+    interpolate,
+)
+from .signing import FLOW_TOKEN_SALT, STATE_SALT, sign, unsign
+from .storage import Storage
+
+log = logging.getLogger("flask_zis_connections")
+
+START_FIELDS = frozenset({
+    "name", "oauth_client_name", "oauth_client_uuid", "origin_oauth_redirect_url",
+    "permission_scopes", "allow_offline_access", "oauth_url_subdomain", "grant_type",
+})
+_URL_FORBIDDEN_CHARS = frozenset("\\ \t\r\n\x00")
+_OAUTH_ERROR_RE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """A redirect the view should answer with (plus the binding cookie, when set)."""
+
+    location: str
+    status: int
+    cookie: tuple[str, str, int] | None = None
+    clear_cookie: str | None = None
+
+
+def cookie_name(prefix: str, flow_id: str) -> str:
+    """One cookie per flow so one browser can run two flows side by side."""
+    return f"{prefix}_{hash_secret(flow_id)[:16]}"
+
+
+def add_query(url: str, params: Mapping[str, str]) -> str:
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    query += list(params.items())
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+@dataclass
+class FlowService:
+    """Per-app flow operations; views pass in request facts, never the request."""
+
+    app: Flask
+    storage: Storage
+    encryptor: Encryptor
+    lifecycle: Lifecycle
+    flow_max_age: int
+    code_max_age: int
+    allowed_origins: list[str]
+    allow_insecure: bool
+    http_timeout: float
+    cookie_prefix: str
+
+    # -- origin checks -----------------------------------------------------------
+    def check_origin(self, url: object, own_origins: list[str]) -> str:
+        """``origin_oauth_redirect_url`` must be absolute, clean and on an allowed origin."""
+        field = "origin_oauth_redirect_url"
+        text = v.string(url, field)
+        if any(c in _URL_FORBIDDEN_CHARS for c in text):
+            raise InvalidValue(field, "must not contain spaces or backslashes")
+        origin = v.origin_of(text)
+        parts = urlsplit(text)
+        if origin is None or parts.username is not None or parts.password is not None:
+            raise InvalidValue(field, "must be an absolute http(s) URL")
+        if parts.scheme == "http" and not self.allow_insecure:
+            raise InvalidValue(field, "must use https")
+        allowed = {o for o in (v.origin_of(x) for x in [*own_origins, *self.allowed_origins]) if o}
+        if origin not in allowed:
+            raise InvalidValue(
+                field, "its origin is not allowed; add it to ZIS_ALLOWED_REDIRECT_ORIGINS"
+            )
+        return text
+
+    # -- start -------------------------------------------------------------------
+    def start(
+        self, integration: str, body: Mapping[str, Any], *, created_by: str | None,
+        own_origins: list[str], callback_url: str, access_codes_url: str,
+        start_redirect_url: str,
+    ) -> dict[str, str]:
+        v.integration_name(integration)
+        v.reject_unknown(body, set(START_FIELDS))
+        if body.get("name") is None:
+            raise InvalidValue("name", "is required")
+        name = v.connection_name(body["name"])
+        client_uuid = body.get("oauth_client_uuid")
+        client_name = body.get("oauth_client_name")
+        if client_uuid is None and client_name is None:
+            raise InvalidValue("oauth_client_name", "or oauth_client_uuid is required")
+        if client_uuid is not None:
+            client = require_client(
+                self.storage, integration, uuid=v.uuid_value(client_uuid, "oauth_client_uuid")
+            )
+            if client_name is not None and v.client_name(client_name, "oauth_client_name") != client.name:
+                raise InvalidValue("oauth_client_name", "names a different client than oauth_client_uuid")
+        else:
+            client = require_client(
+                self.storage, integration, name=v.client_name(client_name, "oauth_client_name")
+            )
+        grant_type = v.choice(body.get("grant_type", client.grant_type), "grant_type", v.GRANT_TYPES)
+        scopes = (
+            v.scopes(body["permission_scopes"], "permission_scopes")
+            if body.get("permission_scopes") is not None else client.default_scopes
+        )
+        offline = v.boolean(body.get("allow_offline_access", False), "allow_offline_access")
+        subdomain = body.get("oauth_url_subdomain")
+        if subdomain is not None:
+            subdomain = v.string(subdomain, "oauth_url_subdomain", max_len=63)
+            if not v.DNS_LABEL_RE.fullmatch(subdomain):
+                raise InvalidValue("oauth_url_subdomain", "must be a single DNS label like 'acme'")
+        origin = body.get("origin_oauth_redirect_url")
+
+        if grant_type == "client_credentials":
+            origin_url = self.check_origin(origin, own_origins) if origin is not None else ""
+            return self._start_client_credentials(
+                client, name, scopes, subdomain, origin_url, created_by, access_codes_url
+            )
+
+        if client.auth_url is None:
+            raise InvalidValue("grant_type", "the OAuth client has no auth_url for authorization_code")
+        if origin is None:
+            raise InvalidValue("origin_oauth_redirect_url", "is required")
+        origin_url = self.check_origin(origin, own_origins)
+        # Fail now, not in the browser, when the subdomain is missing or malformed.
+        interpolate(client.auth_url, subdomain)
+        interpolate(client.token_url, subdomain)
+        verifier = secrets.token_urlsafe(48) if client.pkce else None
+        now = utcnow()
+        flow = PendingFlow(
+            id=secrets.token_urlsafe(24),
+            integration=integration,
+            oauth_client_uuid=client.uuid,
+            connection_name=name,
+            origin_oauth_redirect_url=origin_url,
+            scopes=scopes,
+            redirect_uri=callback_url,
+            oauth_url_subdomain=subdomain,
+            allow_offline_access=offline,
+            code_verifier_enc=self.encryptor.encrypt_optional(verifier),
+            created_by=created_by,
+            created_at=now,
+            expires_at=now + timedelta(seconds=self.flow_max_age),
+        )
+        self.storage.add_flow(flow)
+        token = sign(self.app, FLOW_TOKEN_SALT, flow.id)
+        return {"redirect_url": add_query(start_redirect_url, {"flow_token": token})}
+
+    def _start_client_credentials(
+        self, client: OAuthClient, name: str, scopes: str, subdomain: str | None,
+        origin_url: str, created_by: str | None, access_codes_url: str,
+    ) -> dict[str, str]:
+        provider = self._provider(client, subdomain)
+        resp = provider.client_credentials(scopes or None)
+        rec = self._store(client, name, subdomain, created_by, resp, "client_credentials", scopes)
+        code = self._issue_code(rec, origin_url, raw_params="")
+        return {"redirect_url": add_query(access_codes_url, {"verification_code": code})}
+
+    # -- start_redirect ------------------------------------------------------------
+    def start_redirect(self, flow_token: str | None) -> Redirect:
+        if not flow_token:
+            raise InvalidRequest("flow_token is required.")
+        flow_id = unsign(self.app, FLOW_TOKEN_SALT, flow_token, self.flow_max_age, "flow token")
+        binding = secrets.token_urlsafe(32)
+        flow = self.storage.bind_flow(flow_id, hash_secret(binding), utcnow())
+        if flow is None:
+            raise InvalidRequest("The flow token was already used or has expired. Start again.")
+        client = require_client(self.storage, flow.integration, uuid=flow.oauth_client_uuid)
+        assert client.auth_url is not None  # checked at start
+        params: dict[str, str] = {
+            "response_type": "code",
+            "client_id": client.client_id,
+            "redirect_uri": flow.redirect_uri,
+        }
+        if flow.scopes:
+            params["scope"] = flow.scopes
+        params["state"] = sign(self.app, STATE_SALT, flow.id)
+        if flow.code_verifier_enc is not None:
+            verifier = self.encryptor.decrypt(flow.code_verifier_enc)
+            params["code_challenge"] = create_s256_code_challenge(verifier)
+            params["code_challenge_method"] = "S256"
+        params.update(client.authorize_params)
+        if flow.allow_offline_access:
+            params.update(client.offline_access_params)
+        location = add_query(interpolate(client.auth_url, flow.oauth_url_subdomain), params)
+        return Redirect(
+            location, 307, cookie=(cookie_name(self.cookie_prefix, flow.id), binding, self.flow_max_age)
+        )
+
+    # -- callback ----------------------------------------------------------------------
+    def callback(
+        self, args: Mapping[str, str], cookies: Mapping[str, str], raw_query: str
+    ) -> Redirect:
+        state = args.get("state")
+        if not state:
+            raise InvalidRequest("The callback has no state. Start the OAuth flow again.")
+        flow_id = unsign(self.app, STATE_SALT, state, self.flow_max_age, "OAuth state")
+        flow = self.storage.get_flow(flow_id)
+        if flow is None:
+            raise InvalidRequest("The OAuth state is unknown. Start the OAuth flow again.")
+        name = cookie_name(self.cookie_prefix, flow.id)
+        binding = cookies.get(name)
+        if (
+            not binding
+            or flow.browser_binding_hash is None
+            or not hmac.compare_digest(hash_secret(binding), flow.browser_binding_hash)
+        ):
+            raise InvalidRequest(
+                "This callback did not come from the browser that started the flow. "
+                "Start the OAuth flow again in this browser."
+            )
+        client = require_client(self.storage, flow.integration, uuid=flow.oauth_client_uuid)
+        if client.issuer is not None and args.get("iss") != client.issuer:
+            raise InvalidRequest(
+                "The authorization response is not from the expected issuer (RFC 9207). "
+                "Start the OAuth flow again."
+            )
+        consumed = self.storage.consume_flow(flow.id, flow.browser_binding_hash, utcnow())
+        if consumed is None:
+            raise InvalidRequest("The OAuth state was already used or has expired. Start again.")
+        origin = consumed.origin_oauth_redirect_url
+        error = args.get("error")
+        if error is not None:
+            out = {"error": error[:64] if _OAUTH_ERROR_RE.fullmatch(error[:64]) else "invalid_request"}
+            if args.get("error_description"):
+                out["error_description"] = args["error_description"][:256]
+            return Redirect(add_query(origin, out), 302, clear_cookie=name)
+        code = args.get("code")
+        if not code:
+            raise InvalidRequest("The callback has neither code nor error.")
+        verifier = self.encryptor.decrypt_optional(consumed.code_verifier_enc)
+        try:
+            resp = self._provider(client, consumed.oauth_url_subdomain).exchange_code(
+                code, redirect_uri=consumed.redirect_uri, code_verifier=verifier
+            )
+        except TokenRequestRejected as exc:
+            return Redirect(
+                add_query(origin, {"error": exc.error, "error_description": exc.message}),
+                302, clear_cookie=name,
+            )
+        except ProviderError as exc:
+            log.warning("Code exchange for integration %s failed: %s", flow.integration, exc.message)
+            return Redirect(
+                add_query(origin, {"error": "provider_error", "error_description": exc.message}),
+                302, clear_cookie=name,
+            )
+        rec = self._store(
+            client, consumed.connection_name, consumed.oauth_url_subdomain,
+            consumed.created_by, resp, "authorization_code", consumed.scopes,
+        )
+        vcode = self._issue_code(rec, origin, raw_params=raw_query)
+        return Redirect(
+            add_query(origin, {"verification_code": vcode, "verification_token": vcode}),
+            302, clear_cookie=name,
+        )
+
+    # -- verification code ------------------------------------------------------------
+    def exchange_code(self, integration: str, code: str | None) -> tuple[ConnectionRecord, VerificationCode]:
+        if not code:
+            raise InvalidRequest("verification_code is required.")
+        found = self.storage.consume_verification_code(hash_secret(code), integration, utcnow())
+        if found is None:
+            raise NotFound(
+                "The verification code is unknown, used or expired. Start the OAuth flow again."
+            )
+        rec = self.storage.get_connection(integration, uuid=found.connection_uuid)
+        if rec is None:
+            raise NotFound("The connection for this verification code was deleted.")
+        return rec, found
+
+    # -- helpers ------------------------------------------------------------------
+    def _provider(self, client: OAuthClient, subdomain: str | None) -> ProviderClient:
+        return ProviderClient(
+            client, self.encryptor.decrypt_optional(client.client_secret_enc),
+            timeout=self.http_timeout, subdomain=subdomain,
+        )
+
+    def _store(
+        self, client: OAuthClient, name: str, subdomain: str | None, created_by: str | None,
+        resp: TokenResponse, grant_type: str, requested_scope: str,
+    ) -> ConnectionRecord:
+        """Store (or re-authorize) the connection; the granted scope is the response's
+        ``scope``, or the requested one when the provider omits it (RFC 6749 §5.1)."""
+        now = utcnow()
+        enc = self.encryptor
+        existed = self.storage.get_connection(client.integration, name=name) is not None
+        rec = self.storage.upsert_connection(ConnectionRecord(
+            uuid=str(uuidlib.uuid4()),
+            integration=client.integration,
+            name=name,
+            oauth_client_uuid=client.uuid,
+            access_token_enc=enc.encrypt(resp.access_token),
+            token_type=resp.token_type,
+            refresh_token_enc=enc.encrypt_optional(resp.refresh_token),
+            token_response_enc=enc.encrypt(resp.raw_body),
+            token_expiry=expiry_from(resp, now),
+            permission_scope=resp.scope if resp.scope is not None else requested_scope,
+            oauth_url_subdomain=subdomain,
+            created_by=created_by,
+            grant_type=grant_type,  # type: ignore[arg-type]
+            created_at=now,
+            updated_at=now,
+        ))
+        if not existed:
+            signals.connection_created.send(
+                self.app, integration=rec.integration, name=rec.name, uuid=rec.uuid
+            )
+        return rec
+
+    def _issue_code(self, rec: ConnectionRecord, origin: str, raw_params: str) -> str:
+        code = secrets.token_urlsafe(32)
+        now = utcnow()
+        self.storage.add_verification_code(VerificationCode(
+            code_hash=hash_secret(code),
+            integration=rec.integration,
+            connection_uuid=rec.uuid,
+            origin_oauth_redirect_url=origin,
+            raw_callback_params_enc=self.encryptor.encrypt(raw_params),
+            expires_at=now + timedelta(seconds=self.code_max_age),
+            created_at=now,
+        ))
+        return code
+
+
+__all__ = ["FlowService", "Forbidden", "Redirect"]

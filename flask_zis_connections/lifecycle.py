@@ -1,0 +1,244 @@
+"""The token lifecycle: read, refresh when due, one refresh at a time.
+
+The refresh lock is the storage's lease (a row in SQL, so it holds across threads,
+processes and machines).  The winner re-reads the row after taking the lease and
+refreshes only if it is still due; it writes with a compare-and-swap on ``version``,
+so a refresher whose lease expired can never overwrite a newer token.  Waiters poll
+the row: as soon as its version moves they use the winner's result.  A crashed
+refresher's lease simply expires after ``ZIS_REFRESH_LEASE_TTL`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid as uuidlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from flask import Flask
+
+from . import signals
+from .crypto import Encryptor
+from .errors import ConnectionNotFound, InvalidValue, ProviderError, ReauthorizationRequired
+from .models import Connection, ConnectionRecord, OAuthClient, utcnow
+from .provider import REAUTH_ERRORS, ProviderClient, TokenRequestRejected, TokenResponse
+from .storage import Storage
+
+log = logging.getLogger("flask_zis_connections")
+
+_POLL_START = 0.01
+_POLL_MAX = 0.2
+
+
+@dataclass
+class Lifecycle:
+    """Per-app token operations (one instance lives in the app's extension state)."""
+
+    app: Flask
+    storage: Storage
+    encryptor: Encryptor
+    leeway: float
+    lease_ttl: float
+    http_timeout: float
+
+    # -- reads -------------------------------------------------------------------
+    def find(
+        self, integration: str, *, name: str | None = None, uuid: str | None = None
+    ) -> ConnectionRecord:
+        rec = self.storage.get_connection(integration, name=name, uuid=uuid)
+        if rec is None:
+            raise ConnectionNotFound(integration, name=name, uuid=uuid)
+        return rec
+
+    def is_due(self, rec: ConnectionRecord, now: datetime | None = None) -> bool:
+        if rec.token_expiry is None:
+            return False
+        return rec.token_expiry - timedelta(seconds=self.leeway) <= (now or utcnow())
+
+    def get_token(self, integration: str, name: str) -> str:
+        """The hot path: one indexed read and one decrypt while the token is fresh."""
+        rec = self.storage.get_connection(integration, name=name)
+        if rec is None:
+            raise ConnectionNotFound(integration, name=name)
+        expiry = rec.token_expiry
+        if expiry is not None and expiry - timedelta(seconds=self.leeway) <= utcnow():
+            rec = self.ensure_fresh(rec, force=False)
+        return self.encryptor.decrypt(rec.access_token_enc)
+
+    def decrypt(self, rec: ConnectionRecord) -> Connection:
+        enc = self.encryptor
+        return Connection(
+            uuid=rec.uuid, integration=rec.integration, name=rec.name,
+            oauth_client_uuid=rec.oauth_client_uuid,
+            access_token=enc.decrypt(rec.access_token_enc),
+            token_type=rec.token_type,
+            refresh_token=enc.decrypt_optional(rec.refresh_token_enc),
+            oauth_access_token_response_body=enc.decrypt_optional(rec.token_response_enc),
+            token_expiry=rec.token_expiry, permission_scope=rec.permission_scope,
+            oauth_url_subdomain=rec.oauth_url_subdomain, created_by=rec.created_by,
+            grant_type=rec.grant_type, needs_reauth=rec.needs_reauth, version=rec.version,
+            created_at=rec.created_at, updated_at=rec.updated_at,
+        )
+
+    # -- refresh -----------------------------------------------------------------
+    def ensure_fresh(self, rec: ConnectionRecord, *, force: bool) -> ConnectionRecord:
+        """Refresh ``rec`` if due (or ``force``), once across all callers.
+
+        ``rec`` is the row as the caller saw it when its request arrived.  Any write
+        that lands after that (its version moved) counts as a refresh done on the
+        caller's behalf, which is what lets a burst of forced refreshes make a single
+        provider call.
+        """
+        if not force and not self.is_due(rec):
+            return rec
+        self._raise_if_needs_reauth(rec)
+        key = f"refresh:{rec.uuid}"
+        owner = uuidlib.uuid4().hex
+        deadline = time.monotonic() + self.lease_ttl + self.http_timeout + 5
+        pause = _POLL_START
+        while True:
+            if self.storage.acquire_lease(key, owner, self.lease_ttl, utcnow()):
+                try:
+                    current = self.find(rec.integration, uuid=rec.uuid)
+                    self._raise_if_needs_reauth(current)
+                    moved = current.version != rec.version
+                    if self.is_due(current) or (force and not moved):
+                        return self._refresh_locked(current)
+                    return current
+                finally:
+                    self.storage.release_lease(key, owner)
+            time.sleep(pause)
+            pause = min(pause * 2, _POLL_MAX)
+            current = self.find(rec.integration, uuid=rec.uuid)
+            if current.version != rec.version:
+                self._raise_if_needs_reauth(current)
+                if not self.is_due(current):
+                    return current
+                rec = current  # written but still due: take the lease and refresh it
+            if time.monotonic() > deadline:
+                raise ProviderError(
+                    "Timed out waiting for a concurrent refresh of this connection. Try again."
+                )
+
+    @staticmethod
+    def _raise_if_needs_reauth(rec: ConnectionRecord) -> None:
+        if rec.needs_reauth:
+            raise ReauthorizationRequired(rec.integration, rec.name, "a refresh was refused")
+
+    def _client_for(self, rec: ConnectionRecord) -> tuple[OAuthClient, ProviderClient]:
+        client = self.storage.get_client(rec.integration, uuid=rec.oauth_client_uuid)
+        if client is None:
+            raise ReauthorizationRequired(rec.integration, rec.name, "its OAuth client is gone")
+        provider = ProviderClient(
+            client, self.encryptor.decrypt_optional(client.client_secret_enc),
+            timeout=self.http_timeout, subdomain=rec.oauth_url_subdomain,
+        )
+        return client, provider
+
+    def _refresh_locked(self, current: ConnectionRecord) -> ConnectionRecord:
+        """Call the provider and store the result; the caller holds the lease."""
+        _, provider = self._client_for(current)
+        try:
+            if current.grant_type == "client_credentials":
+                resp = provider.client_credentials(current.permission_scope)
+            else:
+                if current.refresh_token_enc is None:
+                    raise InvalidValue(
+                        "connection",
+                        "it has no refresh token, so it cannot be refreshed; start a new "
+                        "OAuth flow (with allow_offline_access if the provider needs it)",
+                    )
+                resp = provider.refresh(self.encryptor.decrypt(current.refresh_token_enc))
+        except TokenRequestRejected as exc:
+            self._send_failed(current, exc.error)
+            if exc.error in REAUTH_ERRORS:
+                return self._mark_needs_reauth(current, exc.error)
+            raise
+        except ProviderError as exc:
+            self._send_failed(current, "provider_error")
+            log.warning(
+                "Refreshing connection %s of %s failed: %s",
+                current.uuid, current.integration, exc.message,
+            )
+            raise
+        updated = self.apply_token(current, resp)
+        stored = self.storage.update_connection(updated, expected_version=current.version)
+        if stored is None:
+            # Our lease expired and another refresher won; its row is newer than ours.
+            return self.find(current.integration, uuid=current.uuid)
+        signals.connection_refreshed.send(
+            self.app, integration=stored.integration, name=stored.name, uuid=stored.uuid,
+            token_expiry=stored.token_expiry,
+        )
+        return stored
+
+    def _mark_needs_reauth(self, current: ConnectionRecord, error: str) -> ConnectionRecord:
+        marked = self.storage.update_connection(
+            current.replace(needs_reauth=True, updated_at=utcnow()),
+            expected_version=current.version,
+        )
+        if marked is None:
+            # The refresh token changed meanwhile (a re-authorization): use the new state.
+            latest = self.find(current.integration, uuid=current.uuid)
+            if not latest.needs_reauth:
+                return latest
+        log.warning(
+            "Connection %s of %s needs re-authorization (%s).",
+            current.uuid, current.integration, error,
+        )
+        raise ReauthorizationRequired(current.integration, current.name, error)
+
+    def _send_failed(self, rec: ConnectionRecord, reason: str) -> None:
+        signals.connection_refresh_failed.send(
+            self.app, integration=rec.integration, name=rec.name, uuid=rec.uuid, reason=reason
+        )
+
+    def apply_token(self, rec: ConnectionRecord, resp: TokenResponse) -> ConnectionRecord:
+        """``rec`` with the new tokens; a response without a refresh token keeps the old one."""
+        enc = self.encryptor
+        now = utcnow()
+        return rec.replace(
+            access_token_enc=enc.encrypt(resp.access_token),
+            refresh_token_enc=(
+                enc.encrypt(resp.refresh_token) if resp.refresh_token else rec.refresh_token_enc
+            ),
+            token_response_enc=enc.encrypt(resp.raw_body),
+            token_type=resp.token_type,
+            token_expiry=expiry_from(resp, now),
+            permission_scope=resp.scope if resp.scope is not None else rec.permission_scope,
+            needs_reauth=False,
+            updated_at=now,
+        )
+
+    # -- delete ------------------------------------------------------------------
+    def delete(self, rec: ConnectionRecord) -> bool | None:
+        """Delete locally, revoking at the provider first when it supports RFC 7009.
+
+        Returns whether revocation succeeded (None when not attempted).  A failed
+        revocation is logged and reported, but the local delete still happens: the
+        host asked to forget the connection.
+        """
+        revoked: bool | None = None
+        client = self.storage.get_client(rec.integration, uuid=rec.oauth_client_uuid)
+        if client is not None and client.revocation_url:
+            _, provider = self._client_for(rec)
+            revoked = True
+            try:
+                if rec.refresh_token_enc is not None:
+                    provider.revoke(self.encryptor.decrypt(rec.refresh_token_enc), "refresh_token")
+                provider.revoke(self.encryptor.decrypt(rec.access_token_enc), "access_token")
+            except ProviderError as exc:
+                revoked = False
+                log.warning("Revoking connection %s at the provider failed: %s", rec.uuid, exc.message)
+        self.storage.delete_connection(rec.integration, rec.uuid)
+        signals.connection_deleted.send(
+            self.app, integration=rec.integration, name=rec.name, uuid=rec.uuid, revoked=revoked
+        )
+        return revoked
+
+
+def expiry_from(resp: TokenResponse, now: datetime) -> datetime | None:
+    if resp.expires_in is None:
+        return None
+    return (now + timedelta(seconds=resp.expires_in)).replace(microsecond=0)

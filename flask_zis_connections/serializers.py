@@ -1,0 +1,75 @@
+"""JSON shapes of the HTTP API (the seed's field names, nothing more)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from .models import Connection, ConnectionRecord, OAuthClient
+
+
+def format_time(value: datetime | None) -> str | None:
+    """``YYYY-MM-DDThh:mm:ssZ`` as in the seed."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def connection_json(conn: Connection, account_id: Any) -> dict[str, Any]:
+    return {
+        "access_token": conn.access_token,
+        "created_by": conn.created_by,
+        "integration": conn.integration,
+        "name": conn.name,
+        "oauth_access_token_response_body": conn.oauth_access_token_response_body,
+        "oauth_client_uuid": conn.oauth_client_uuid,
+        "oauth_url_subdomain": conn.oauth_url_subdomain,
+        "permission_scope": conn.permission_scope,
+        "refresh_token": conn.refresh_token,
+        "token_expiry": format_time(conn.token_expiry),
+        "token_type": conn.token_type,
+        "uuid": conn.uuid,
+        "zendesk_account_id": account_id,
+    }
+
+
+def connection_summary_json(rec: ConnectionRecord) -> dict[str, Any]:
+    """Listing entry: everything but token values."""
+    return {
+        "uuid": rec.uuid,
+        "integration": rec.integration,
+        "name": rec.name,
+        "oauth_client_uuid": rec.oauth_client_uuid,
+        "oauth_url_subdomain": rec.oauth_url_subdomain,
+        "permission_scope": rec.permission_scope,
+        "token_type": rec.token_type,
+        "token_expiry": format_time(rec.token_expiry),
+        "grant_type": rec.grant_type,
+        "needs_reauth": rec.needs_reauth,
+        "created_by": rec.created_by,
+        "created_at": format_time(rec.created_at),
+        "updated_at": format_time(rec.updated_at),
+    }
+
+
+def client_json(client: OAuthClient) -> dict[str, Any]:
+    """``client_secret`` is write-only: only whether one is set is reported."""
+    return {
+        "uuid": client.uuid,
+        "integration": client.integration,
+        "name": client.name,
+        "client_id": client.client_id,
+        "has_client_secret": client.client_secret_enc is not None,
+        "auth_url": client.auth_url,
+        "token_url": client.token_url,
+        "default_scopes": client.default_scopes,
+        "grant_type": client.grant_type,
+        "token_endpoint_auth_method": client.token_endpoint_auth_method,
+        "pkce": client.pkce,
+        "issuer": client.issuer,
+        "authorize_params": dict(client.authorize_params),
+        "offline_access_params": dict(client.offline_access_params),
+        "revocation_url": client.revocation_url,
+        "created_at": format_time(client.created_at),
+        "updated_at": format_time(client.updated_at),
+    }

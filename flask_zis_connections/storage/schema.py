@@ -1,0 +1,194 @@
+"""The SQL schema, as SQLAlchemy Core tables (the source of the Alembic migrations).
+
+Choices made for portability between SQLite and PostgreSQL:
+
+* Every datetime is a ``BigInteger`` of epoch **milliseconds** (:func:`to_ms`,
+  :func:`from_ms` convert at the boundary).  Integers compare and index the same
+  everywhere and SQLite has no timezone-aware type to get wrong.
+* Mappings are JSON text written by :func:`dump_json`, not a ``JSON`` column type,
+  so migrations stay plain and the values compare byte-for-byte.
+* Tables whose model has a ``uuid`` get an integer surrogate key ``id`` as well:
+  connections are listed with keyset pagination on it.  ``sqlite_autoincrement``
+  keeps SQLite from reusing the highest id after a delete, which would let a new
+  row slip behind an issued cursor.
+* Constraints and indexes are named by :data:`NAMING_CONVENTION`, because Alembic
+  can only alter or drop what has a stable name.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def to_ms(moment: datetime) -> int:
+    """Epoch milliseconds of an aware datetime (a naive one is taken as UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MS
+
+
+def from_ms(value: int) -> datetime:
+    """The aware UTC datetime of epoch milliseconds (integer arithmetic, no float)."""
+    return _EPOCH + value * _MS
+
+
+def dump_json(mapping: Mapping[str, str]) -> str:
+    """Serialize a mapping deterministically (sorted keys)."""
+    return json.dumps(dict(mapping), sort_keys=True, separators=(",", ":"))
+
+
+def load_json(text: str | None) -> dict[str, str]:
+    if not text:
+        return {}
+    value = json.loads(text)
+    return dict(value) if isinstance(value, dict) else {}
+
+
+oauth_clients = Table(
+    "zis_oauth_clients",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("uuid", String(36), nullable=False, unique=True),
+    Column("integration", String(64), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("client_id", Text, nullable=False),
+    Column("client_secret_enc", Text, nullable=True),
+    Column("auth_url", Text, nullable=True),
+    Column("token_url", Text, nullable=False),
+    Column("default_scopes", Text, nullable=False, default=""),
+    Column("grant_type", String(32), nullable=False),
+    Column("token_endpoint_auth_method", String(32), nullable=False),
+    Column("pkce", Boolean, nullable=False),
+    Column("issuer", Text, nullable=True),
+    Column("authorize_params", Text, nullable=False, default="{}"),
+    Column("offline_access_params", Text, nullable=False, default="{}"),
+    Column("revocation_url", Text, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    UniqueConstraint("integration", "name"),
+    sqlite_autoincrement=True,
+)
+
+connections = Table(
+    "zis_connections",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("uuid", String(36), nullable=False, unique=True),
+    Column("integration", String(64), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column(
+        "oauth_client_uuid",
+        String(36),
+        ForeignKey(oauth_clients.c.uuid, ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("access_token_enc", Text, nullable=False),
+    Column("token_type", String(40), nullable=False),
+    Column("refresh_token_enc", Text, nullable=True),
+    Column("token_response_enc", Text, nullable=True),
+    Column("token_expiry", BigInteger, nullable=True, index=True),
+    Column("permission_scope", Text, nullable=True),
+    Column("oauth_url_subdomain", Text, nullable=True),
+    Column("created_by", Text, nullable=True),
+    Column("grant_type", String(32), nullable=False),
+    Column("needs_reauth", Boolean, nullable=False, default=False),
+    Column("version", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    UniqueConstraint("integration", "name"),
+    sqlite_autoincrement=True,
+)
+
+flows = Table(
+    "zis_flows",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("integration", String(64), nullable=False),
+    Column("oauth_client_uuid", String(36), nullable=False),
+    Column("connection_name", String(128), nullable=False),
+    Column("origin_oauth_redirect_url", Text, nullable=False),
+    Column("scopes", Text, nullable=False),
+    Column("redirect_uri", Text, nullable=False),
+    Column("oauth_url_subdomain", Text, nullable=True),
+    Column("allow_offline_access", Boolean, nullable=False),
+    Column("code_verifier_enc", Text, nullable=True),
+    Column("created_by", Text, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("browser_binding_hash", String(128), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False, index=True),
+)
+
+verification_codes = Table(
+    "zis_verification_codes",
+    metadata,
+    Column("code_hash", String(128), primary_key=True),
+    Column("integration", String(64), nullable=False),
+    Column("connection_uuid", String(36), nullable=False),
+    Column("origin_oauth_redirect_url", Text, nullable=False),
+    Column("raw_callback_params_enc", Text, nullable=True),
+    Column("expires_at", BigInteger, nullable=False, index=True),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+api_tokens = Table(
+    "zis_api_tokens",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("token_hash", String(128), nullable=False, unique=True),
+    Column("integration", String(64), nullable=False, index=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("revoked", Boolean, nullable=False, default=False),
+)
+
+refresh_leases = Table(
+    "zis_refresh_leases",
+    metadata,
+    Column("key", String(255), primary_key=True),
+    Column("owner", String(255), nullable=False),
+    Column("expires_at", BigInteger, nullable=False, index=True),
+)
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "api_tokens",
+    "connections",
+    "dump_json",
+    "flows",
+    "from_ms",
+    "load_json",
+    "metadata",
+    "oauth_clients",
+    "refresh_leases",
+    "to_ms",
+    "verification_codes",
+]

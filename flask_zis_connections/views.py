@@ -1,0 +1,333 @@
+"""The HTTP API blueprint (prefix ``/api/services/zis``).
+
+Views are thin: parse and authenticate the request, call the flow/lifecycle services,
+shape JSON.  Every error raised anywhere under the prefix - including unknown paths,
+wrong methods, oversized or malformed bodies and unexpected exceptions - leaves as the
+seed's envelope, without a stack trace; the host's own routes keep the host's error
+handling.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import requests
+from flask import Blueprint, Response, current_app, jsonify, redirect, request, url_for
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+from . import config as cfg
+from . import errors as e
+from . import validation as v
+from .auth import Caller, authenticate
+from .clients import build_client, require_client
+from .extension import AppState, ZISConnections, state
+from .models import ConnectionRecord
+from .serializers import client_json, connection_json, connection_summary_json
+
+log = logging.getLogger("flask_zis_connections")
+
+URL_PREFIX = "/api/services/zis"
+_PROXY_FIELDS = frozenset({"client_id", "client_secret", "code", "grant_type", "redirect_uri", "scope"})
+
+_STATUS_CODES = {
+    400: e.CODE_INVALID_REQUEST, 401: e.CODE_UNAUTHORIZED, 403: e.CODE_UNAUTHORIZED,
+    404: e.CODE_NOT_FOUND, 405: e.CODE_INVALID_REQUEST, 409: e.CODE_CONFLICT,
+    413: e.CODE_INVALID_REQUEST, 415: e.CODE_INVALID_REQUEST, 422: e.CODE_INVALID_VALUE,
+    429: e.CODE_TOO_MANY_REQUESTS, 502: e.CODE_PROVIDER_ERROR, 503: e.CODE_STORAGE_UNAVAILABLE,
+}
+_DEFAULT_DETAIL = {
+    400: "Invalid request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
+    405: "Method not allowed", 413: "Request body too large", 415: "Unsupported media type",
+    429: "Too many requests", 500: "Internal server error",
+}
+
+
+def envelope(status: int, detail: str, code: str | None = None) -> Response:
+    resp = jsonify({"errors": [{
+        "code": code or _STATUS_CODES.get(status, e.CODE_INTERNAL),
+        "detail": detail,
+        "status": str(status),
+    }]})
+    resp.status_code = status
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+def handle_error(exc: Exception) -> Response:
+    if isinstance(exc, e.ZISError):
+        if exc.status >= 500:
+            log.error("%s: %s", type(exc).__name__, exc.message)
+        return envelope(exc.status, exc.message, exc.code)
+    if isinstance(exc, HTTPException):
+        status = exc.code or 500
+        detail = _DEFAULT_DETAIL.get(status, exc.name)
+        resp = envelope(status, detail)
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            resp.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+        if status == 429:
+            original = exc.get_response()
+            resp.headers["Retry-After"] = original.headers.get("Retry-After", "60")
+            for name, value in original.headers.items():
+                if name.lower().startswith("x-ratelimit"):
+                    resp.headers[name] = value
+        return resp
+    # Log the type and where, not str(exc): third-party messages may echo request data.
+    log.error("Unhandled %s in %s %s", type(exc).__name__, request.method, request.path,
+              exc_info=exc if current_app.debug else None)
+    return envelope(500, "Internal server error. The error was logged; try again.")
+
+
+def make_blueprint(ext: ZISConnections) -> Blueprint:
+    bp = Blueprint("zis", __name__, url_prefix=URL_PREFIX)
+    bp.register_error_handler(Exception, handle_error)
+
+    @bp.record
+    def _remember_prefix(setup: Any) -> None:
+        prefixes = setup.app.extensions.setdefault("zis_connections_prefixes", set())
+        prefixes.add((setup.url_prefix or "").rstrip("/"))
+
+    @bp.before_app_request
+    def _routing_errors_under_prefix() -> Response | None:
+        """Unknown paths and wrong methods under our prefix never reach a blueprint
+        handler (routing failed before the blueprint is known), so answer them here."""
+        exc = request.routing_exception
+        if exc is None or not isinstance(exc, HTTPException):
+            return None
+        prefixes = current_app.extensions.get("zis_connections_prefixes", ())
+        if any(p and (request.path == p or request.path.startswith(p + "/")) for p in prefixes):
+            return handle_error(exc)
+        return None
+
+    @bp.before_request
+    def _limit_body() -> None:
+        request.max_content_length = int(current_app.config[cfg.MAX_BODY_BYTES])
+
+    def st() -> AppState:
+        return state()
+
+    def auth(integration: str) -> Caller:
+        s = st()
+        trusted = own_origins() + list(current_app.config[cfg.ALLOWED_REDIRECT_ORIGINS])
+        caller = authenticate(request, integration, s.storage, ext.admin_loader, trusted)
+        v.integration_name(integration)
+        return caller
+
+    def own_origins() -> list[str]:
+        public = current_app.config[cfg.PUBLIC_URL]
+        return [request.host_url] + ([public] if public else [])
+
+    def external(endpoint: str, **values: Any) -> str:
+        public = current_app.config[cfg.PUBLIC_URL]
+        if public:
+            return str(public).rstrip("/") + url_for(endpoint, **values)
+        return url_for(endpoint, _external=True, **values)
+
+    def json_body() -> dict[str, Any]:
+        if request.mimetype != "application/json":
+            raise e.UnsupportedMediaType("Send the body as application/json.")
+        body = request.get_json(silent=True)
+        if body is None:
+            raise e.InvalidRequest("The request body is not valid JSON.")
+        return v.json_object(body)
+
+    def lookup(integration: str) -> ConnectionRecord:
+        """Exactly one of ?name= / ?uuid= (both allowed only if they agree)."""
+        name = request.args.get("name")
+        uid = request.args.get("uuid")
+        if name is None and uid is None:
+            raise e.InvalidRequest("Give the connection's name or uuid as a query parameter.")
+        life = st().lifecycle
+        if uid is not None:
+            rec = life.find(integration, uuid=v.uuid_value(uid))
+            if name is not None and rec.name != name:
+                raise e.InvalidRequest("name and uuid name different connections; give one.")
+            return rec
+        return life.find(integration, name=v.connection_name(name))
+
+    def conn_json(rec: ConnectionRecord) -> Response:
+        resp = jsonify(connection_json(st().lifecycle.decrypt(rec),
+                                       current_app.config[cfg.ACCOUNT_ID]))
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    # -- OAuth flow ----------------------------------------------------------------------
+    @bp.post("/connections/oauth/start/<integration>")
+    def start(integration: str) -> Response:
+        caller = auth(integration)
+        body = json_body()
+        result = st().flows.start(
+            integration, body, created_by=caller.identity, own_origins=own_origins(),
+            callback_url=external("zis.callback"),
+            access_codes_url=external("zis.access_codes", integration=integration),
+            start_redirect_url=external("zis.start_redirect"),
+        )
+        return jsonify(result)
+
+    @bp.get("/connections/oauth/start_redirect")
+    def start_redirect() -> Response:
+        out = st().flows.start_redirect(request.args.get("flow_token"))
+        resp = redirect(out.location, code=out.status)
+        if out.cookie is not None:
+            name, value, max_age = out.cookie
+            resp.set_cookie(
+                name, value, max_age=max_age, httponly=True, samesite="Lax",
+                secure=request.is_secure, path=url_for("zis.callback"),
+            )
+        return _no_store(resp)
+
+    @bp.get("/connections/oauth/callback")
+    def callback() -> Response:
+        raw_query = request.query_string.decode("utf-8", "replace")
+        out = st().flows.callback(request.args, request.cookies, raw_query)
+        resp = redirect(out.location, code=out.status)
+        if out.clear_cookie:
+            resp.delete_cookie(out.clear_cookie, path=url_for("zis.callback"))
+        return _no_store(resp)
+
+    @bp.get("/connections/oauth/access_codes/<integration>")
+    def access_codes(integration: str) -> Response:
+        auth(integration)
+        rec, code = st().flows.exchange_code(integration, request.args.get("verification_code"))
+        data = connection_json(st().lifecycle.decrypt(rec), current_app.config[cfg.ACCOUNT_ID])
+        data["origin_oauth_redirect_url"] = code.origin_oauth_redirect_url
+        data["raw_callback_params"] = st().encryptor.decrypt_optional(code.raw_callback_params_enc)
+        return _no_store(jsonify(data))
+
+    @bp.post("/connections/oauth/tokens/<integration>")
+    def token_proxy(integration: str) -> Response:
+        v.integration_name(integration)
+        return _proxy_token(json_body())
+
+    # -- connections -----------------------------------------------------------------------
+    @bp.get("/connections/refresh/<integration>")
+    def refresh(integration: str) -> Response:
+        auth(integration)
+        rec = lookup(integration)
+        return conn_json(st().lifecycle.ensure_fresh(rec, force=True))
+
+    @bp.get("/connections/<integration>")
+    def show(integration: str) -> Response:
+        auth(integration)
+        rec = lookup(integration)
+        return conn_json(st().lifecycle.ensure_fresh(rec, force=False))
+
+    @bp.delete("/connections/<integration>")
+    def delete(integration: str) -> Response:
+        auth(integration)
+        rec = lookup(integration)
+        revoked = st().lifecycle.delete(rec)
+        return jsonify({"deleted": True, "uuid": rec.uuid, "revoked": revoked})
+
+    @bp.get("/integrations/<integration>/connections/all")
+    def list_connections(integration: str) -> Response:
+        auth(integration)
+        try:
+            limit = int(request.args.get("limit", "100"))
+        except ValueError:
+            raise e.InvalidValue("limit", "must be an integer") from None
+        if not 1 <= limit <= 500:
+            raise e.InvalidValue("limit", "must be between 1 and 500")
+        page = st().storage.list_connections(
+            integration, limit=limit, cursor=request.args.get("cursor") or None
+        )
+        links = {"next": external("zis.list_connections", integration=integration,
+                                  limit=limit, cursor=page.next_cursor)
+                 if page.next_cursor else None}
+        return jsonify({
+            "connections": [connection_summary_json(r) for r in page.items],
+            "meta": {"has_more": page.next_cursor is not None, "after_cursor": page.next_cursor},
+            "links": links,
+        })
+
+    # -- OAuth clients -------------------------------------------------------------------------
+    @bp.get("/connections/oauth/clients/<integration>")
+    def list_clients(integration: str) -> Response:
+        auth(integration)
+        return jsonify({"oauth_clients": [client_json(c) for c in st().storage.list_clients(integration)]})
+
+    @bp.post("/connections/oauth/clients/<integration>")
+    def create_client(integration: str) -> tuple[Response, int]:
+        auth(integration)
+        s = st()
+        client = build_client(
+            integration, json_body(), encryptor=s.encryptor,
+            allow_insecure=bool(current_app.config[cfg.ALLOW_INSECURE_HTTP]),
+        )
+        return jsonify({"oauth_client": client_json(s.storage.add_client(client))}), 201
+
+    @bp.patch("/connections/oauth/clients/<integration>/<uuid>")
+    def update_client(integration: str, uuid: str) -> Response:
+        auth(integration)
+        s = st()
+        body = json_body()
+        existing = require_client(s.storage, integration, uuid=v.uuid_value(uuid))
+        client = build_client(
+            integration, body, encryptor=s.encryptor, existing=existing,
+            allow_insecure=bool(current_app.config[cfg.ALLOW_INSECURE_HTTP]),
+        )
+        return jsonify({"oauth_client": client_json(s.storage.update_client(client))})
+
+    @bp.delete("/connections/oauth/clients/<integration>/<uuid>")
+    def delete_client(integration: str, uuid: str) -> Response:
+        auth(integration)
+        s = st()
+        client = require_client(s.storage, integration, uuid=v.uuid_value(uuid))
+        s.storage.delete_client(integration, client.uuid)
+        return jsonify({"deleted": True, "uuid": client.uuid})
+
+    # -- operations ----------------------------------------------------------------------------
+    @bp.get("/health")
+    def health() -> tuple[Response, int]:
+        from .health import check
+
+        report = check(st())
+        return jsonify(report), 200 if report["ok"] else 503
+
+    return bp
+
+
+def _no_store(resp: Response) -> Response:
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["Referrer-Policy"] = "no-referrer"
+    return resp
+
+
+def _proxy_token(body: dict[str, Any]) -> Response:
+    """Forward the seed's token request to the host's own OAuth token URL."""
+    url = current_app.config[cfg.HOST_TOKEN_URL]
+    if not url:
+        raise e.NotFound("The token proxy is not configured: set ZIS_HOST_TOKEN_URL.")
+    v.reject_unknown(body, set(_PROXY_FIELDS))
+    form: dict[str, str] = {}
+    for key in _PROXY_FIELDS:
+        if key in body and body[key] is not None:
+            form[key] = v.string(body[key], key, max_len=4096)
+    for required in ("grant_type", "client_id"):
+        if required not in form:
+            raise e.InvalidValue(required, "is required")
+    try:
+        upstream = requests.post(
+            url, data=form, headers={"Accept": "application/json"},
+            timeout=float(current_app.config[cfg.HTTP_TIMEOUT]),
+        )
+    except requests.RequestException:
+        raise e.ProviderError("The host token endpoint could not be reached.") from None
+    if upstream.status_code >= 500:
+        raise e.ProviderError(f"The host token endpoint failed (HTTP {upstream.status_code}).")
+    try:
+        data = upstream.json()
+    except ValueError:
+        raise e.ProviderError("The host token endpoint did not answer JSON.") from None
+    if upstream.status_code != 200 or not isinstance(data, dict) or "access_token" not in data:
+        status = upstream.status_code if upstream.status_code in (400, 401, 403) else 422
+        error = data.get("error") if isinstance(data, dict) else None
+        detail = {400: "Invalid request", 401: "Unauthorized", 403: "Forbidden"}.get(
+            status, "Invalid value"
+        )
+        if isinstance(error, str) and error.replace("_", "").isalnum() and len(error) < 64:
+            detail += f" ({error})"
+        return envelope(status, detail)
+    resp = jsonify(data)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
