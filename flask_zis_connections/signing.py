@@ -9,7 +9,7 @@ signing does, so rotating ``SECRET_KEY`` does not break flows in progress.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from flask import Flask
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
@@ -20,7 +20,7 @@ FLOW_TOKEN_SALT: Final = "flask-zis-connections.flow-token"
 STATE_SALT: Final = "flask-zis-connections.oauth-state"
 
 
-def _keys(app: Flask) -> list[str | bytes]:
+def _keys(app: Flask) -> Any:
     secret = app.config.get("SECRET_KEY")
     if not secret:
         raise ConfigurationError(

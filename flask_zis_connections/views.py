@@ -15,6 +15,7 @@ from typing import Any
 import requests
 from flask import Blueprint, Response, current_app, jsonify, redirect, request, url_for
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 from . import config as cfg
 from . import errors as e
@@ -165,7 +166,7 @@ def make_blueprint(ext: ZISConnections) -> Blueprint:
         return jsonify(result)
 
     @bp.get("/connections/oauth/start_redirect")
-    def start_redirect() -> Response:
+    def start_redirect() -> WerkzeugResponse:
         out = st().flows.start_redirect(request.args.get("flow_token"))
         resp = redirect(out.location, code=out.status)
         if out.cookie is not None:
@@ -177,7 +178,7 @@ def make_blueprint(ext: ZISConnections) -> Blueprint:
         return _no_store(resp)
 
     @bp.get("/connections/oauth/callback")
-    def callback() -> Response:
+    def callback() -> WerkzeugResponse:
         raw_query = request.query_string.decode("utf-8", "replace")
         out = st().flows.callback(request.args, request.cookies, raw_query)
         resp = redirect(out.location, code=out.status)
@@ -186,7 +187,7 @@ def make_blueprint(ext: ZISConnections) -> Blueprint:
         return _no_store(resp)
 
     @bp.get("/connections/oauth/access_codes/<integration>")
-    def access_codes(integration: str) -> Response:
+    def access_codes(integration: str) -> WerkzeugResponse:
         auth(integration)
         rec, code = st().flows.exchange_code(integration, request.args.get("verification_code"))
         data = connection_json(st().lifecycle.decrypt(rec), current_app.config[cfg.ACCOUNT_ID])
@@ -287,7 +288,7 @@ def make_blueprint(ext: ZISConnections) -> Blueprint:
     return bp
 
 
-def _no_store(resp: Response) -> Response:
+def _no_store(resp: WerkzeugResponse) -> WerkzeugResponse:
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["Referrer-Policy"] = "no-referrer"
     return resp

@@ -59,7 +59,7 @@ def postgres_url() -> Iterator[str]:
     url = os.environ.get("ZIS_TEST_POSTGRES_URL")
     if not url:
         if os.environ.get("CI") == "true":
-            pytest.fail(PG_SKIP)
+            pytest.fail(f"CI=true requires PostgreSQL. {PG_SKIP}")
         pytest.skip(PG_SKIP)
     schema = f"zis_contract_{os.getpid()}"
     admin = sa.create_engine(url)
@@ -216,6 +216,13 @@ def race(n: int, fn: Callable[[int], T]) -> list[T]:
         thread.join(timeout=60)
     assert not errors, errors
     return results
+
+
+# -- life cycle -------------------------------------------------------------------------
+def test_lifecycle_hooks(storage: Storage) -> None:
+    storage.create_tables()  # idempotent
+    storage.healthcheck()
+    assert storage.list_clients() == []
 
 
 # -- OAuth clients ----------------------------------------------------------------------
@@ -443,6 +450,14 @@ def test_update_connection_compare_and_swap(storage: Storage) -> None:
     assert storage.get_connection("acme_crm", name="ghost") is None
     other = record.replace(integration="other_app")
     assert storage.update_connection(other, expected_version=2) is None
+
+
+def test_update_connection_to_unknown_client_is_refused(storage: Storage) -> None:
+    client = storage.add_client(make_client())
+    record = storage.upsert_connection(make_record(client))
+    with pytest.raises(OAuthClientNotFound):
+        storage.update_connection(record.replace(oauth_client_uuid=new_id()), expected_version=1)
+    assert storage.get_connection("acme_crm", uuid=record.uuid) == record
 
 
 def test_delete_connection(storage: Storage) -> None:
