@@ -11,11 +11,13 @@ from datetime import timedelta
 
 import click
 from flask.cli import AppGroup
+from sqlalchemy import Engine
 
 from . import config as cfg
 from .errors import ZISError
 from .extension import state
 from .models import utcnow
+from .storage import SQLAlchemyStorage
 
 zis_cli = AppGroup("zis", help="Manage flask-zis-connections (OAuth clients, tokens, keys).")
 
@@ -162,3 +164,44 @@ def check_cmd() -> None:
 def purge() -> None:
     """Delete expired flows, verification codes and leases."""
     click.echo(f"Purged {state().storage.purge_expired(utcnow())} expired rows.")
+
+
+# -- schema migrations ----------------------------------------------------------------------
+db_cli = AppGroup("db", help="Schema migrations (Alembic) for the zis_* tables.")
+zis_cli.add_command(db_cli)
+
+
+def _engine() -> Engine:
+    storage = state().storage
+    if not isinstance(storage, SQLAlchemyStorage):
+        raise click.ClickException("Migrations apply to the SQLAlchemy storage only (ZIS_STORAGE).")
+    return storage.engine
+
+
+@db_cli.command("upgrade")
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    """Upgrade the zis_* tables to REVISION (default: head)."""
+    from .migrate import current, upgrade
+
+    engine = _engine()
+    upgrade(engine, revision)
+    click.echo(f"Schema at revision {current(engine)}.")
+
+
+@db_cli.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    """Downgrade the zis_* tables to REVISION ('base' drops them)."""
+    from .migrate import current, downgrade
+
+    engine = _engine()
+    downgrade(engine, revision)
+    click.echo(f"Schema at revision {current(engine)}.")
+
+
+@db_cli.command("current")
+def db_current() -> None:
+    from .migrate import current
+
+    click.echo(current(_engine()) or "none")

@@ -38,6 +38,29 @@ def require_postgres() -> str:
     pytest.skip(msg)
 
 
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A URL into a private schema (one per test process) of the test database, so
+    concurrent test runs on one server never drop each other's tables."""
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    url = require_postgres()
+    schema = f"zis_test_{os.getpid()}"
+    admin = sa.create_engine(url)
+    try:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        yield make_url(url).update_query_dict(
+            {"options": f"-csearch_path={schema}"}
+        ).render_as_string(hide_password=False)
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    finally:
+        admin.dispose()
+
+
 def reset_postgres(url: str) -> None:
     storage = SQLAlchemyStorage(url)
     try:
@@ -57,11 +80,11 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def database_uri(backend: str, tmp_path: Any) -> str | None:
+def database_uri(backend: str, tmp_path: Any, request: pytest.FixtureRequest) -> str | None:
     if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'zis.sqlite3'}"
     if backend == "postgres":
-        url = require_postgres()
+        url: str = request.getfixturevalue("postgres_url")
         reset_postgres(url)
         return url
     return None

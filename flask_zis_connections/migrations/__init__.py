@@ -1,0 +1,1 @@
+"""Alembic migrations for the extension's tables (``flask zis db upgrade``)."""
