@@ -6,7 +6,8 @@ others and no token is ever used as a storage key in clear.  When the limit stor
 (Redis) is down the limiter falls back to per-process in-memory counters with the
 same limit: requests keep flowing, still limited per worker, and a warning is logged.
 Refusing every API call because a counter store is down would turn a Redis outage into
-an outage of every integration.
+an outage of every integration.  Hosts that prefer to refuse (``ZIS_RATELIMIT_FAIL_OPEN =
+False``) get 503 with code 1306 while the store is down.
 """
 
 from __future__ import annotations
@@ -29,15 +30,16 @@ def init_limiter(app: Flask, blueprint: Blueprint) -> Limiter | None:
     limit = app.config[cfg.RATELIMIT]
     if not limit:
         return None
+    fail_open = bool(app.config[cfg.RATELIMIT_FAIL_OPEN])
     limiter = Limiter(
         rate_limit_key,
         app=app,
         storage_uri=app.config[cfg.RATELIMIT_STORAGE_URI],
         key_prefix="zis",
         headers_enabled=True,
-        swallow_errors=bool(app.config[cfg.RATELIMIT_FAIL_OPEN]),
-        in_memory_fallback_enabled=bool(app.config[cfg.RATELIMIT_FAIL_OPEN]),
-        in_memory_fallback=[limit],
+        swallow_errors=fail_open,
+        in_memory_fallback_enabled=fail_open,
+        in_memory_fallback=[limit] if fail_open else [],
         default_limits=[],
         application_limits=[],
     )

@@ -73,6 +73,10 @@ def handle_error(exc: Exception) -> Response:
                 if name.lower().startswith("x-ratelimit"):
                     resp.headers[name] = value
         return resp
+    if type(exc).__module__.split(".")[0] in ("redis", "limits"):
+        log.error("Rate-limit storage unavailable: %s", type(exc).__name__)
+        return envelope(503, "The rate-limit storage is unavailable (ZIS_RATELIMIT_STORAGE_URI). "
+                        "Try again later.", e.CODE_STORAGE_UNAVAILABLE)
     # Log the type and where, not str(exc): third-party messages may echo request data.
     log.error("Unhandled %s in %s %s", type(exc).__name__, request.method, request.path,
               exc_info=exc if current_app.debug else None)
