@@ -29,7 +29,9 @@ DEMO_CLIENT_SECRET = "demo-client-secret"  # noqa: S105 - the demo provider's ow
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True)
-    public = os.environ.get("DEMO_PUBLIC_URL", "http://127.0.0.1:5000").rstrip("/")
+    public = str(
+        (config or {}).get("DEMO_PUBLIC_URL") or os.environ.get("DEMO_PUBLIC_URL", "http://127.0.0.1:5000")
+    ).rstrip("/")
     app.config.update(
         # A real host keeps SECRET_KEY and ZIS_ENCRYPTION_KEYS in its secret store.
         SECRET_KEY=os.environ.get("SECRET_KEY", "dev-only-not-secret"),
