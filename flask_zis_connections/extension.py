@@ -140,7 +140,7 @@ class ZISConnections:
             if not uri:
                 os.makedirs(app.instance_path, exist_ok=True)
                 uri = "sqlite:///" + os.path.join(app.instance_path, "zis_connections.sqlite3")
-            return SQLAlchemyStorage(uri)
+            return SQLAlchemyStorage(uri, engine_options=app.config[cfg.ENGINE_OPTIONS])
         raise ConfigurationError(
             f"ZIS_STORAGE must be 'sqlalchemy', 'memory' or a Storage instance, not {choice!r}."
         )

@@ -361,6 +361,8 @@ class SQLAlchemyStorage(Storage):
     :param url: a SQLAlchemy URL; the backend creates (and :meth:`close` disposes)
         its own engine, with ``hide_parameters`` so ciphertext and hashes never reach
         a log through an error message.
+    :param engine_options: extra ``create_engine`` keyword arguments with ``url`` (pool
+        sizes for many threads per worker, ``pool_pre_ping``), from ``ZIS_ENGINE_OPTIONS``.
     :param engine: an existing engine instead, e.g. to share a pool.  On SQLite the
         backend installs its connection and ``BEGIN`` hooks on it (see
         :func:`_install_sqlite_hooks`): other users of that engine then get real
@@ -370,12 +372,15 @@ class SQLAlchemyStorage(Storage):
     use :class:`~.memory.MemoryStorage` for an in-memory store.
     """
 
-    def __init__(self, url: str | None = None, *, engine: Engine | None = None) -> None:
+    def __init__(
+        self, url: str | None = None, *, engine: Engine | None = None,
+        engine_options: Mapping[str, Any] | None = None,
+    ) -> None:
         if (url is None) == (engine is None):
             raise TypeError("SQLAlchemyStorage() takes exactly one of url= or engine=.")
         if engine is None:
             assert url is not None
-            engine = sa.create_engine(url, hide_parameters=True)
+            engine = sa.create_engine(url, **{"hide_parameters": True, **(engine_options or {})})
         self.engine: Engine = engine
         if engine.dialect.name == "sqlite":
             _install_sqlite_hooks(engine)
