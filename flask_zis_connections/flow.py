@@ -116,6 +116,8 @@ class FlowService:
     ) -> dict[str, str]:
         v.integration_name(integration)
         v.reject_unknown(body, set(START_FIELDS))
+        # JSON null means "not given" for every field, not just some of them.
+        body = {key: val for key, val in body.items() if val is not None}
         if body.get("name") is None:
             raise InvalidValue("name", "is required")
         name = v.connection_name(body["name"])
@@ -318,9 +320,9 @@ class FlowService:
         ``scope``, or the requested one when the provider omits it (RFC 6749 §5.1)."""
         now = utcnow()
         enc = self.encryptor
-        existed = self.storage.get_connection(client.integration, name=name) is not None
+        new_uuid = str(uuidlib.uuid4())
         rec = self.storage.upsert_connection(ConnectionRecord(
-            uuid=str(uuidlib.uuid4()),
+            uuid=new_uuid,
             integration=client.integration,
             name=name,
             oauth_client_uuid=client.uuid,
@@ -336,7 +338,9 @@ class FlowService:
             created_at=now,
             updated_at=now,
         ))
-        if not existed:
+        # The upsert keeps an existing connection's uuid, so a fresh uuid means "created".
+        # (Asking first and writing after would race with a concurrent flow for the name.)
+        if rec.uuid == new_uuid:
             signals.connection_created.send(
                 self.app, integration=rec.integration, name=rec.name, uuid=rec.uuid
             )

@@ -36,7 +36,7 @@ def init_limiter(app: Flask, blueprint: Blueprint) -> Limiter | None:
         app=app,
         storage_uri=app.config[cfg.RATELIMIT_STORAGE_URI],
         key_prefix="zis",
-        headers_enabled=True,
+        headers_enabled=False,  # Retry-After is set on 429 only, by the error handler
         swallow_errors=fail_open,
         in_memory_fallback_enabled=fail_open,
         in_memory_fallback=[limit] if fail_open else [],
