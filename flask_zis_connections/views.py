@@ -10,6 +10,7 @@ handling.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import requests
@@ -67,11 +68,7 @@ def handle_error(exc: Exception) -> Response:
         if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
             resp.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
         if status == 429:
-            original = exc.get_response()
-            resp.headers["Retry-After"] = original.headers.get("Retry-After", "60")
-            for name, value in original.headers.items():
-                if name.lower().startswith("x-ratelimit"):
-                    resp.headers[name] = value
+            resp.headers["Retry-After"] = str(_retry_after())
         return resp
     if type(exc).__module__.split(".")[0] in ("redis", "limits"):
         log.error("Rate-limit storage unavailable: %s", type(exc).__name__)
@@ -81,6 +78,15 @@ def handle_error(exc: Exception) -> Response:
     log.error("Unhandled %s in %s %s", type(exc).__name__, request.method, request.path,
               exc_info=exc if current_app.debug else None)
     return envelope(500, "Internal server error. The error was logged; try again.")
+
+
+def _retry_after() -> int:
+    """Seconds until the breached limit's window resets (Flask-Limiter's own numbers)."""
+    for limiter in current_app.extensions.get("zis_limiters", []):
+        current = limiter.current_limit
+        if current is not None and current.breached:
+            return max(1, int(current.reset_at - time.time()))
+    return 60
 
 
 def make_blueprint(ext: ZISConnections) -> Blueprint:
@@ -107,6 +113,14 @@ def make_blueprint(ext: ZISConnections) -> Blueprint:
     @bp.before_request
     def _limit_body() -> None:
         request.max_content_length = int(current_app.config[cfg.MAX_BODY_BYTES])
+
+    @bp.after_request
+    def _private(resp: WerkzeugResponse) -> WerkzeugResponse:
+        """Every answer - error pages included - may carry a token, or sit at a URL that
+        holds a code or state: never cache it, never leak the URL as a Referer."""
+        resp.headers["Cache-Control"] = "no-store"
+        resp.headers["Referrer-Policy"] = "no-referrer"
+        return resp
 
     def st() -> AppState:
         return state()
@@ -151,10 +165,7 @@ def make_blueprint(ext: ZISConnections) -> Blueprint:
         return life.find(integration, name=v.connection_name(name))
 
     def conn_json(rec: ConnectionRecord) -> Response:
-        resp = jsonify(connection_json(st().lifecycle.decrypt(rec),
-                                       current_app.config[cfg.ACCOUNT_ID]))
-        resp.headers["Cache-Control"] = "no-store"
-        return resp
+        return jsonify(connection_json(st().lifecycle.decrypt(rec), current_app.config[cfg.ACCOUNT_ID]))
 
     # -- OAuth flow ----------------------------------------------------------------------
     @bp.post("/connections/oauth/start/<integration>")
@@ -179,7 +190,7 @@ def make_blueprint(ext: ZISConnections) -> Blueprint:
                 name, value, max_age=max_age, httponly=True, samesite="Lax",
                 secure=request.is_secure, path=url_for("zis.callback"),
             )
-        return _no_store(resp)
+        return resp
 
     @bp.get("/connections/oauth/callback")
     def callback() -> WerkzeugResponse:
@@ -188,7 +199,7 @@ def make_blueprint(ext: ZISConnections) -> Blueprint:
         resp = redirect(out.location, code=out.status)
         if out.clear_cookie:
             resp.delete_cookie(out.clear_cookie, path=url_for("zis.callback"))
-        return _no_store(resp)
+        return resp
 
     @bp.get("/connections/oauth/access_codes/<integration>")
     def access_codes(integration: str) -> WerkzeugResponse:
@@ -197,7 +208,7 @@ def make_blueprint(ext: ZISConnections) -> Blueprint:
         data = connection_json(st().lifecycle.decrypt(rec), current_app.config[cfg.ACCOUNT_ID])
         data["origin_oauth_redirect_url"] = code.origin_oauth_redirect_url
         data["raw_callback_params"] = st().encryptor.decrypt_optional(code.raw_callback_params_enc)
-        return _no_store(jsonify(data))
+        return jsonify(data)
 
     @bp.post("/connections/oauth/tokens/<integration>")
     def token_proxy(integration: str) -> Response:
@@ -292,12 +303,6 @@ def make_blueprint(ext: ZISConnections) -> Blueprint:
     return bp
 
 
-def _no_store(resp: WerkzeugResponse) -> WerkzeugResponse:
-    resp.headers["Cache-Control"] = "no-store"
-    resp.headers["Referrer-Policy"] = "no-referrer"
-    return resp
-
-
 def _proxy_token(body: dict[str, Any]) -> Response:
     """Forward the seed's token request to the host's own OAuth token URL."""
     url = current_app.config[cfg.HOST_TOKEN_URL]
@@ -333,6 +338,4 @@ def _proxy_token(body: dict[str, Any]) -> Response:
         if isinstance(error, str) and error.replace("_", "").isalnum() and len(error) < 64:
             detail += f" ({error})"
         return envelope(status, detail)
-    resp = jsonify(data)
-    resp.headers["Cache-Control"] = "no-store"
-    return resp
+    return jsonify(data)
