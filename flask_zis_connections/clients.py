@@ -93,7 +93,9 @@ def build_client(
             v.string(data["client_secret"], "client_secret", max_len=4096)
         )
     elif existing is not None:
-        secret_enc = existing.client_secret_enc
+        # Re-encrypt what is carried forward: this write may land after a concurrent
+        # ``rotate-keys``, which must not find old-key ciphertext put back behind it.
+        secret_enc = encryptor.rotate(existing.client_secret_enc) if existing.client_secret_enc else None
     else:
         secret_enc = None  # public client (PKCE) or secret set later
 
