@@ -11,6 +11,7 @@ import abc
 from collections.abc import Callable
 from datetime import datetime
 
+from ..errors import Conflict, InvalidValue
 from ..models import (
     ApiToken,
     ConnectionRecord,
@@ -166,3 +167,24 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def purge_expired(self, now: datetime) -> int:
         """Delete expired flows, verification codes and leases; return rows deleted."""
+
+
+def client_conflict(client: OAuthClient) -> Conflict:
+    """The one wording of a duplicate client name, whichever backend noticed it."""
+    return Conflict(
+        f"An OAuth client named {client.name!r} already exists for integration "
+        f"{client.integration!r}. Choose another name or update the existing client."
+    )
+
+
+def parse_cursor(cursor: str | None) -> int:
+    """Cursors are the last row's sequence number; anything else is a client error."""
+    if cursor is None:
+        return 0
+    try:
+        value = int(cursor)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise InvalidValue("cursor", "not a cursor from a previous page; list again without a cursor")
+    return value

@@ -30,7 +30,7 @@ from ..models import (
     PendingFlow,
     VerificationCode,
 )
-from .base import Storage
+from .base import Storage, client_conflict, parse_cursor
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -60,23 +60,6 @@ def _copy_client(client: OAuthClient) -> OAuthClient:
     )
 
 
-def _client_conflict(client: OAuthClient) -> Conflict:
-    return Conflict(
-        f"An OAuth client named {client.name!r} already exists for integration "
-        f"{client.integration!r}. Choose another name or update the existing client."
-    )
-
-
-def _parse_cursor(cursor: str | None) -> int:
-    if cursor is None:
-        return 0
-    try:
-        value = int(cursor)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise InvalidValue("cursor", "not a cursor from a previous page; list again without a cursor")
-    return value
 
 
 class MemoryStorage(Storage):
@@ -111,7 +94,7 @@ class MemoryStorage(Storage):
         with self._lock:
             key = (client.integration, client.name)
             if key in self._client_names or client.uuid in self._clients:
-                raise _client_conflict(client)
+                raise client_conflict(client)
             self._clients[client.uuid] = stored
             self._client_names[key] = client.uuid
         return _copy_client(stored)
@@ -123,7 +106,7 @@ class MemoryStorage(Storage):
                 raise OAuthClientNotFound(client.integration, client.uuid)
             key = (client.integration, client.name)
             if self._client_names.get(key, client.uuid) != client.uuid:
-                raise _client_conflict(client)
+                raise client_conflict(client)
             stored = _copy_client(
                 client.replace(created_at=old.created_at, updated_at=_norm(client.updated_at))
             )
@@ -236,7 +219,7 @@ class MemoryStorage(Storage):
     def list_connections(self, integration: str, *, limit: int = 100, cursor: str | None = None) -> Page:
         if limit < 1:
             raise InvalidValue("limit", "must be a positive integer")
-        after = _parse_cursor(cursor)
+        after = parse_cursor(cursor)
         items: list[ConnectionRecord] = []
         last_seq = 0
         with self._lock:

@@ -41,7 +41,7 @@ from ..models import (
     PendingFlow,
     VerificationCode,
 )
-from .base import Storage
+from .base import Storage, client_conflict, parse_cursor
 from .schema import (
     api_tokens,
     connections,
@@ -139,12 +139,6 @@ def _unavailable(exc: DBAPIError) -> StorageUnavailable:
         "(ZIS_CREATE_TABLES or the shipped migrations)."
     )
 
-
-def _client_conflict(client: OAuthClient) -> Conflict:
-    return Conflict(
-        f"An OAuth client named {client.name!r} already exists for integration "
-        f"{client.integration!r}. Choose another name or update the existing client."
-    )
 
 
 # -- rows <-> models --------------------------------------------------------------------
@@ -334,17 +328,6 @@ def _token_from_row(row: Sequence[Any]) -> ApiToken:
     return ApiToken(**values)
 
 
-def _parse_cursor(cursor: str | None) -> int:
-    if cursor is None:
-        return 0
-    try:
-        value = int(cursor)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise InvalidValue("cursor", "not a cursor from a previous page; list again without a cursor")
-    return value
-
 
 #: Ciphertext columns per table, with the table's primary key, for ``reencrypt``.
 _CIPHERTEXT: Final[Sequence[tuple[sa.Table, str, tuple[str, ...]]]] = (
@@ -526,7 +509,7 @@ class SQLAlchemyStorage(Storage):
                     {"integration": client.integration, "uuid": client.uuid},
                 ).one()
         except IntegrityError as exc:
-            raise _client_conflict(client) from exc
+            raise client_conflict(client) from exc
         return _client_from_row(row)
 
     @_db_errors
@@ -546,7 +529,7 @@ class SQLAlchemyStorage(Storage):
                     {"integration": client.integration, "uuid": client.uuid},
                 ).one()
         except IntegrityError as exc:
-            raise _client_conflict(client) from exc
+            raise client_conflict(client) from exc
         return _client_from_row(row)
 
     @_db_errors
@@ -697,7 +680,7 @@ class SQLAlchemyStorage(Storage):
             raise InvalidValue("limit", "must be a positive integer")
         rows = self._read_all(
             self._sel_conn_page,
-            {"integration": integration, "after": _parse_cursor(cursor), "limit": limit + 1},
+            {"integration": integration, "after": parse_cursor(cursor), "limit": limit + 1},
         )
         items = [_connection_from_row(r[1:]) for r in rows[:limit]]
         next_cursor = str(rows[limit - 1][0]) if len(rows) > limit else None
