@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid as uuidlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from flask import Flask
 
 from . import signals
 from .crypto import Encryptor
-from .errors import ConnectionNotFound, InvalidValue, ProviderError, ReauthorizationRequired
+from .errors import ConnectionNotFound, ProviderError, ReauthorizationRequired, ZISError
 from .models import Connection, ConnectionRecord, OAuthClient, utcnow
 from .provider import REAUTH_ERRORS, ProviderClient, TokenRequestRejected, TokenResponse
 from .storage import Storage
@@ -29,6 +29,7 @@ log = logging.getLogger("flask_zis_connections")
 
 _POLL_START = 0.01
 _POLL_MAX = 0.2
+_ZERO = timedelta(0)
 
 
 @dataclass
@@ -41,6 +42,10 @@ class Lifecycle:
     leeway: float
     lease_ttl: float
     http_timeout: float
+    _leeway: timedelta = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._leeway = timedelta(seconds=self.leeway)
 
     # -- reads -------------------------------------------------------------------
     def find(
@@ -52,9 +57,26 @@ class Lifecycle:
         return rec
 
     def is_due(self, rec: ConnectionRecord, now: datetime | None = None) -> bool:
-        if rec.token_expiry is None:
+        """Whether ``rec`` should be refreshed before use.
+
+        Due when it expires within the leeway - but never before half of the token's
+        lifetime (``token_expiry - updated_at``) has passed: a provider issuing tokens
+        shorter than the leeway would otherwise cost a refresh on every call, and every
+        caller waiting for a refresh would refresh once more.
+        """
+        expiry = rec.token_expiry
+        if expiry is None:
             return False
-        return rec.token_expiry - timedelta(seconds=self.leeway) <= (now or utcnow())
+        now = now or utcnow()
+        if expiry - self._leeway > now:
+            return False
+        lifetime = expiry - rec.updated_at
+        leeway = min(self._leeway, lifetime / 2) if lifetime > _ZERO else _ZERO
+        return expiry - leeway <= now
+
+    @staticmethod
+    def _expired(rec: ConnectionRecord) -> bool:
+        return rec.token_expiry is not None and rec.token_expiry <= utcnow()
 
     def get_token(self, integration: str, name: str) -> str:
         """The hot path: one indexed read and one decrypt while the token is fresh."""
@@ -62,7 +84,7 @@ class Lifecycle:
         if rec is None:
             raise ConnectionNotFound(integration, name=name)
         expiry = rec.token_expiry
-        if expiry is not None and expiry - timedelta(seconds=self.leeway) <= utcnow():
+        if expiry is not None and expiry - self._leeway <= utcnow() and self.is_due(rec):
             rec = self.ensure_fresh(rec, force=False)
         return self.encryptor.decrypt(rec.access_token_enc)
 
@@ -102,8 +124,9 @@ class Lifecycle:
                 try:
                     current = self.find(rec.integration, uuid=rec.uuid)
                     self._raise_if_needs_reauth(current)
-                    moved = current.version != rec.version
-                    if self.is_due(current) or (force and not moved):
+                    if current.version != rec.version and not self._expired(current):
+                        return current  # written after this caller arrived: use it
+                    if force or self.is_due(current):
                         return self._refresh_locked(current)
                     return current
                 finally:
@@ -113,9 +136,9 @@ class Lifecycle:
             current = self.find(rec.integration, uuid=rec.uuid)
             if current.version != rec.version:
                 self._raise_if_needs_reauth(current)
-                if not self.is_due(current):
-                    return current
-                rec = current  # written but still due: take the lease and refresh it
+                if not self._expired(current):
+                    return current  # the lease holder's result
+                rec = current  # written but already expired: take the lease and refresh
             if time.monotonic() > deadline:
                 raise ProviderError(
                     "Timed out waiting for a concurrent refresh of this connection. Try again."
@@ -126,29 +149,34 @@ class Lifecycle:
         if rec.needs_reauth:
             raise ReauthorizationRequired(rec.integration, rec.name, "a refresh was refused")
 
-    def _client_for(self, rec: ConnectionRecord) -> tuple[OAuthClient, ProviderClient]:
-        client = self.storage.get_client(rec.integration, uuid=rec.oauth_client_uuid)
+    def _provider_for(
+        self, rec: ConnectionRecord, client: OAuthClient | None = None
+    ) -> ProviderClient:
+        if client is None:
+            client = self.storage.get_client(rec.integration, uuid=rec.oauth_client_uuid)
         if client is None:
             raise ReauthorizationRequired(rec.integration, rec.name, "its OAuth client is gone")
-        provider = ProviderClient(
+        return ProviderClient(
             client, self.encryptor.decrypt_optional(client.client_secret_enc),
             timeout=self.http_timeout, subdomain=rec.oauth_url_subdomain,
         )
-        return client, provider
 
     def _refresh_locked(self, current: ConnectionRecord) -> ConnectionRecord:
         """Call the provider and store the result; the caller holds the lease."""
-        _, provider = self._client_for(current)
+        if current.grant_type != "client_credentials" and current.refresh_token_enc is None:
+            # Not marked needs_reauth: nothing was refused, the access token may still
+            # work until it expires - but only a new flow can give a refresh token.
+            raise ReauthorizationRequired(
+                current.integration, current.name,
+                "it has no refresh token, so it cannot be refreshed; start the flow with "
+                "allow_offline_access if the provider only issues one for offline access",
+            )
+        provider = self._provider_for(current)
         try:
             if current.grant_type == "client_credentials":
                 resp = provider.client_credentials(current.permission_scope)
             else:
-                if current.refresh_token_enc is None:
-                    raise InvalidValue(
-                        "connection",
-                        "it has no refresh token, so it cannot be refreshed; start a new "
-                        "OAuth flow (with allow_offline_access if the provider needs it)",
-                    )
+                assert current.refresh_token_enc is not None
                 resp = provider.refresh(self.encryptor.decrypt(current.refresh_token_enc))
         except TokenRequestRejected as exc:
             self._send_failed(current, exc.error)
@@ -175,7 +203,7 @@ class Lifecycle:
 
     def _mark_needs_reauth(self, current: ConnectionRecord, error: str) -> ConnectionRecord:
         marked = self.storage.update_connection(
-            current.replace(needs_reauth=True, updated_at=utcnow()),
+            self._rotated(current).replace(needs_reauth=True, updated_at=utcnow()),
             expected_version=current.version,
         )
         if marked is None:
@@ -189,6 +217,17 @@ class Lifecycle:
         )
         raise ReauthorizationRequired(current.integration, current.name, error)
 
+    def _rotated(self, rec: ConnectionRecord) -> ConnectionRecord:
+        """``rec`` with every ciphertext under the newest key, for writes that carry it on."""
+        enc = self.encryptor
+        return rec.replace(
+            access_token_enc=enc.rotate(rec.access_token_enc),
+            refresh_token_enc=None if rec.refresh_token_enc is None else enc.rotate(rec.refresh_token_enc),
+            token_response_enc=(
+                None if rec.token_response_enc is None else enc.rotate(rec.token_response_enc)
+            ),
+        )
+
     def _send_failed(self, rec: ConnectionRecord, reason: str) -> None:
         signals.connection_refresh_failed.send(
             self.app, integration=rec.integration, name=rec.name, uuid=rec.uuid, reason=reason
@@ -200,8 +239,10 @@ class Lifecycle:
         now = utcnow()
         return rec.replace(
             access_token_enc=enc.encrypt(resp.access_token),
-            refresh_token_enc=(
-                enc.encrypt(resp.refresh_token) if resp.refresh_token else rec.refresh_token_enc
+            # A kept refresh token is re-encrypted too: this write may land after a
+            # concurrent rotate-keys, which must not find old-key ciphertext behind it.
+            refresh_token_enc=enc.encrypt_optional(
+                resp.refresh_token or enc.decrypt_optional(rec.refresh_token_enc)
             ),
             token_response_enc=enc.encrypt(resp.raw_body),
             token_type=resp.token_type,
@@ -222,13 +263,13 @@ class Lifecycle:
         revoked: bool | None = None
         client = self.storage.get_client(rec.integration, uuid=rec.oauth_client_uuid)
         if client is not None and client.revocation_url:
-            _, provider = self._client_for(rec)
             revoked = True
             try:
+                provider = self._provider_for(rec, client)
                 if rec.refresh_token_enc is not None:
                     provider.revoke(self.encryptor.decrypt(rec.refresh_token_enc), "refresh_token")
                 provider.revoke(self.encryptor.decrypt(rec.access_token_enc), "access_token")
-            except ProviderError as exc:
+            except ZISError as exc:  # unreachable, refused, bad subdomain, undecryptable
                 revoked = False
                 log.warning("Revoking connection %s at the provider failed: %s", rec.uuid, exc.message)
         self.storage.delete_connection(rec.integration, rec.uuid)

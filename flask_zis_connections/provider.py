@@ -126,9 +126,9 @@ class ProviderClient:
         self._secret = client_secret
         self.timeout = timeout
         self.token_url = interpolate(client.token_url, subdomain)
-        self.revocation_url = (
-            interpolate(client.revocation_url, subdomain) if client.revocation_url else None
-        )
+        # Interpolated only when revoking: a revocation URL that needs a subdomain the
+        # connection lacks must not break its refreshes, only (reportedly) its revocation.
+        self._subdomain = subdomain
 
     def _session(self) -> OAuth2Session:
         return OAuth2Session(
@@ -197,13 +197,15 @@ class ProviderClient:
         return self._token_request("refresh_token", refresh_token=refresh_token)
 
     def revoke(self, token: str, token_type_hint: str) -> None:
-        """RFC 7009 revocation; raises ``ProviderError`` on any failure."""
-        if not self.revocation_url:
+        """RFC 7009 revocation; raises ``ProviderError`` on any failure (``InvalidValue``
+        when the URL needs a subdomain the connection was made without)."""
+        if not self.client.revocation_url:
             return
+        url = interpolate(self.client.revocation_url, self._subdomain)
         try:
             with self._session() as session:
                 resp = session.revoke_token(
-                    self.revocation_url, token, token_type_hint=token_type_hint,
+                    url, token, token_type_hint=token_type_hint,
                     timeout=self.timeout,
                 )
         except requests.RequestException as exc:

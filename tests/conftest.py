@@ -31,8 +31,10 @@ def require_postgres() -> str:
     """The PostgreSQL URL, or skip (fail under CI=true: CI must run these)."""
     if POSTGRES_URL:
         return POSTGRES_URL
-    msg = ("PostgreSQL tests skipped: set ZIS_TEST_POSTGRES_URL "
-           "(eval \"$(bash .ci/services.sh)\" starts a throwaway server)")
+    msg = (
+        "PostgreSQL tests skipped: set ZIS_TEST_POSTGRES_URL "
+        '(eval "$(bash .ci/services.sh)" starts a throwaway server)'
+    )
     if os.environ.get("CI") == "true":
         pytest.fail(msg.replace("skipped", "required in CI"))
     pytest.skip(msg)
@@ -52,9 +54,11 @@ def postgres_url() -> Iterator[str]:
         with admin.begin() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
             conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-        yield make_url(url).update_query_dict(
-            {"options": f"-csearch_path={schema}"}
-        ).render_as_string(hide_password=False)
+        yield (
+            make_url(url)
+            .update_query_dict({"options": f"-csearch_path={schema}"})
+            .render_as_string(hide_password=False)
+        )
         with admin.begin() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
     finally:
@@ -91,9 +95,7 @@ def database_uri(backend: str, tmp_path: Any, request: pytest.FixtureRequest) ->
 
 
 @pytest.fixture
-def make_app(
-    tmp_path: Any, backend: str, database_uri: str | None
-) -> Iterator[Callable[..., Flask]]:
+def make_app(tmp_path: Any, backend: str, database_uri: str | None) -> Iterator[Callable[..., Flask]]:
     """``make_app(**config)`` builds a host app with the extension on the test backend."""
     apps: list[Flask] = []
 

@@ -26,9 +26,15 @@ def zis_of(app: Flask) -> ZISConnections:
 
 
 def register(
-    app: Flask, provider: LiveProvider, *, integration: str = "acme", name: str = "acme",
-    client_id: str = "demo-client", client_secret: str = "demo-secret",
-    provider_kw: dict[str, Any] | None = None, **options: Any,
+    app: Flask,
+    provider: LiveProvider,
+    *,
+    integration: str = "acme",
+    name: str = "acme",
+    client_id: str = "demo-client",
+    client_secret: str = "demo-secret",
+    provider_kw: dict[str, Any] | None = None,
+    **options: Any,
 ) -> OAuthClient:
     """Register the same client at the provider and in the extension."""
     kw = dict(provider_kw or {})
@@ -49,11 +55,12 @@ def auth_header(app: Flask, integration: str = "acme") -> dict[str, str]:
         return {"Authorization": f"Bearer {zis_of(app).issue_access_token(integration)}"}
 
 
-def start(
-    browser: FlaskClient, headers: dict[str, str], *, integration: str = "acme", **body: Any
-) -> Any:
-    payload: dict[str, Any] = {"name": "main", "oauth_client_name": "acme",
-                               "origin_oauth_redirect_url": ORIGIN_URL}
+def start(browser: FlaskClient, headers: dict[str, str], *, integration: str = "acme", **body: Any) -> Any:
+    payload: dict[str, Any] = {
+        "name": "main",
+        "oauth_client_name": "acme",
+        "origin_oauth_redirect_url": ORIGIN_URL,
+    }
     payload.update(body)
     payload = {k: v for k, v in payload.items() if v is not None}
     return browser.post(f"{PREFIX}/connections/oauth/start/{integration}", json=payload, headers=headers)
@@ -77,8 +84,13 @@ def query(url: str) -> dict[str, list[str]]:
 
 
 def connect(
-    app: Flask, provider: LiveProvider, headers: dict[str, str], *,
-    browser: FlaskClient | None = None, integration: str = "acme", **body: Any,
+    app: Flask,
+    provider: LiveProvider,
+    headers: dict[str, str],
+    *,
+    browser: FlaskClient | None = None,
+    integration: str = "acme",
+    **body: Any,
 ) -> dict[str, Any]:
     """Run the whole flow and return the connection JSON from ``access_codes``."""
     browser = browser or app.test_client()
@@ -90,7 +102,8 @@ def connect(
     code = query(back.headers["Location"])["verification_code"][0]
     got = browser.get(
         f"{PREFIX}/connections/oauth/access_codes/{integration}",
-        query_string={"verification_code": code}, headers=headers,
+        query_string={"verification_code": code},
+        headers=headers,
     )
     assert got.status_code == 200, got.get_json()
     return got.get_json()  # type: ignore[no-any-return]

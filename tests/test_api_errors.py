@@ -84,7 +84,9 @@ def test_invalid_integration_name_is_422(client: FlaskClient, app: Flask) -> Non
     with app.app_context():
         # A token can only be issued for a valid name, so use one and hit a bad path.
         token = zis.issue_access_token("acme")
-    resp = client.get(f"{PREFIX}/connections/oauth/clients/ACME!", headers={"Authorization": f"Bearer {token}"})
+    resp = client.get(
+        f"{PREFIX}/connections/oauth/clients/ACME!", headers={"Authorization": f"Bearer {token}"}
+    )
     # Another integration's token: forbidden before anything else is looked at.
     assert_envelope(resp, 403, "1200")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from click.testing import Result
 from flask import Flask, session
 from flask.testing import FlaskClient
-from click.testing import Result
 
 from flask_zis_connections import ZISConnections
 from flask_zis_connections.crypto import hash_secret
@@ -87,8 +87,9 @@ def test_admin_session_reads_and_same_origin_writes(session_app: Flask) -> None:
     assert_envelope(c.get(f"{PREFIX}/connections/oauth/clients/other"), 401, "1200")
 
 
-@pytest.mark.parametrize("headers", [{}, {"Origin": "https://evil.test"}, {"Referer": "https://evil.test/x"},
-                                     {"Origin": "null"}])
+@pytest.mark.parametrize(
+    "headers", [{}, {"Origin": "https://evil.test"}, {"Referer": "https://evil.test/x"}, {"Origin": "null"}]
+)
 def test_admin_session_cross_site_write_is_403(session_app: Flask, headers: dict[str, str]) -> None:
     c = session_app.test_client()
     c.post("/login")

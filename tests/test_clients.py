@@ -40,7 +40,9 @@ def test_create_list_update_delete_over_rest(client: FlaskClient, bearer: dict[s
 
 def test_duplicate_name_is_409_and_changes_nothing(client: FlaskClient, bearer: dict[str, str]) -> None:
     assert client.post(URL, json=client_body(), headers=bearer).status_code == 201
-    assert_envelope(client.post(URL, json=client_body(client_id="other"), headers=bearer), 409, "1304", "acme")
+    assert_envelope(
+        client.post(URL, json=client_body(client_id="other"), headers=bearer), 409, "1304", "acme"
+    )
     listed = client.get(URL, headers=bearer).get_json()["oauth_clients"]
     assert [c["client_id"] for c in listed] == ["cid-123"]
 
@@ -79,7 +81,7 @@ def test_https_required_unless_insecure_allowed(make_app: Callable[..., Flask]) 
     app = make_app(ZIS_ALLOW_INSECURE_HTTP=False)
     zis: ZISConnections = app.extensions["zis_connections"].ext
     with app.app_context():
-        with pytest.raises(InvalidValue, match="token_url.*https"):
+        with pytest.raises(InvalidValue, match=r"token_url.*https"):
             zis.create_oauth_client("acme", **client_body("http://acme.test"))
         created = zis.create_oauth_client("acme", **client_body("https://acme.test"))
         assert created.name == "acme" and created.uuid
@@ -88,9 +90,13 @@ def test_https_required_unless_insecure_allowed(make_app: Callable[..., Flask]) 
 def test_python_api_duplicate_and_subdomain_placeholder(app: Flask, zis: ZISConnections) -> None:
     with app.app_context():
         c = zis.create_oauth_client(
-            "acme", name="acme", client_id="x", client_secret="y",
+            "acme",
+            name="acme",
+            client_id="x",
+            client_secret="y",
             auth_url="https://{{subdomain}}.acme.test/oauth/authorize",
-            token_url="https://{{subdomain}}.acme.test/oauth/token", default_scopes="read write",
+            token_url="https://{{subdomain}}.acme.test/oauth/token",
+            default_scopes="read write",
         )
         assert c.auth_url == "https://{{subdomain}}.acme.test/oauth/authorize"
         with pytest.raises(Conflict):
@@ -114,17 +120,41 @@ def test_config_client_invalid_fails_start(make_app: Callable[..., Flask]) -> No
 
 def test_cli_clients_create_list_delete(app: Flask) -> None:
     runner = app.test_cli_runner()
-    result = runner.invoke(args=[
-        "zis", "clients", "create", "acme", "--name", "acme", "--client-id", "cid",
-        "--auth-url", "https://acme.test/a", "--token-url", "https://acme.test/t",
-    ], env={"ZIS_CLIENT_SECRET": "cli-secret-value"})
+    result = runner.invoke(
+        args=[
+            "zis",
+            "clients",
+            "create",
+            "acme",
+            "--name",
+            "acme",
+            "--client-id",
+            "cid",
+            "--auth-url",
+            "https://acme.test/a",
+            "--token-url",
+            "https://acme.test/t",
+        ],
+        env={"ZIS_CLIENT_SECRET": "cli-secret-value"},
+    )
     assert result.exit_code == 0, result.output
     listing = runner.invoke(args=["zis", "clients", "list", "acme"]).output
     assert "acme" in listing and "cli-secret-value" not in listing
     uuid = listing.split("\t")[2]
     assert runner.invoke(args=["zis", "clients", "delete", "acme", uuid]).exit_code == 0
     assert runner.invoke(args=["zis", "clients", "list", "acme"]).output == ""
-    bad = runner.invoke(args=[
-        "zis", "clients", "create", "acme", "--name", "x", "--client-id", "c", "--token-url", "ftp://x",
-    ])
+    bad = runner.invoke(
+        args=[
+            "zis",
+            "clients",
+            "create",
+            "acme",
+            "--name",
+            "x",
+            "--client-id",
+            "c",
+            "--token-url",
+            "ftp://x",
+        ]
+    )
     assert bad.exit_code != 0 and "token_url" in bad.output

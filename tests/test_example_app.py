@@ -33,11 +33,13 @@ def _free_port() -> int:
 def demo(tmp_path: Path) -> Iterator[tuple[str, Flask]]:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    app = create_app({
-        "DEMO_PUBLIC_URL": base,
-        "ZIS_DATABASE_URI": f"sqlite:///{tmp_path / 'demo.sqlite3'}",
-        "ZIS_ENCRYPTION_KEYS": ["qPLw4G8DvLfGdhsl1oVqpxjAZZ0rDgqqTVgqE6oL3Dk="],
-    })
+    app = create_app(
+        {
+            "DEMO_PUBLIC_URL": base,
+            "ZIS_DATABASE_URI": f"sqlite:///{tmp_path / 'demo.sqlite3'}",
+            "ZIS_ENCRYPTION_KEYS": ["qPLw4G8DvLfGdhsl1oVqpxjAZZ0rDgqqTVgqE6oL3Dk="],
+        }
+    )
     server: BaseWSGIServer = make_server("127.0.0.1", port, app.wsgi_app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -51,15 +53,20 @@ def demo(tmp_path: Path) -> Iterator[tuple[str, Flask]]:
 
 
 def test_demo_walkthrough(demo: tuple[str, Flask]) -> None:
-    base, app = demo
+    base, _ = demo
     with requests.Session() as browser:
         page = browser.get(f"{base}/", timeout=5)
         assert page.status_code == 200 and "Connect" in page.text
         # What the page's button does: start with the admin session, same origin.
         started = browser.post(
-            f"{base}{PREFIX}/connections/oauth/start/demo", timeout=5,
-            json={"name": "main", "oauth_client_name": "demo-provider",
-                  "origin_oauth_redirect_url": f"{base}/connected", "allow_offline_access": True},
+            f"{base}{PREFIX}/connections/oauth/start/demo",
+            timeout=5,
+            json={
+                "name": "main",
+                "oauth_client_name": "demo-provider",
+                "origin_oauth_redirect_url": f"{base}/connected",
+                "allow_offline_access": True,
+            },
             headers={"Origin": base},
         )
         assert started.status_code == 200, started.text
@@ -69,8 +76,11 @@ def test_demo_walkthrough(demo: tuple[str, Flask]) -> None:
         back = browser.post(consent.url, data={"confirm": "yes"}, timeout=10)  # callback -> /connected
         assert back.status_code == 200 and urlsplit(back.url).path == "/connected"
         code = parse_qs(urlsplit(back.url).query)["verification_code"][0]
-        conn = browser.get(f"{base}{PREFIX}/connections/oauth/access_codes/demo",
-                           params={"verification_code": code}, timeout=5).json()
+        conn = browser.get(
+            f"{base}{PREFIX}/connections/oauth/access_codes/demo",
+            params={"verification_code": code},
+            timeout=5,
+        ).json()
         assert conn["name"] == "main" and conn["refresh_token"]
         called = browser.post(f"{base}/call-api", timeout=10).json()
         assert called["provider_status"] == 200

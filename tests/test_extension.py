@@ -41,12 +41,16 @@ def test_app_factory_and_two_apps_in_one_process(tmp_path: object) -> None:
         with app.app_context():
             tokens.append(zis.issue_access_token("acme"))
     # Each app has its own storage: a token of app 0 is unknown to app 1.
-    resp = apps[1].test_client().get(
-        f"{PREFIX}/connections/oauth/clients/acme", headers={"Authorization": f"Bearer {tokens[0]}"}
+    resp = (
+        apps[1]
+        .test_client()
+        .get(f"{PREFIX}/connections/oauth/clients/acme", headers={"Authorization": f"Bearer {tokens[0]}"})
     )
     assert resp.status_code == 401
-    resp = apps[1].test_client().get(
-        f"{PREFIX}/connections/oauth/clients/acme", headers={"Authorization": f"Bearer {tokens[1]}"}
+    resp = (
+        apps[1]
+        .test_client()
+        .get(f"{PREFIX}/connections/oauth/clients/acme", headers={"Authorization": f"Bearer {tokens[1]}"})
     )
     assert resp.status_code == 200
     # The default storage is a SQLite file in each app's instance folder.

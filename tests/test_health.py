@@ -27,7 +27,8 @@ def test_health_reports_unreachable_database(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     app = Flask("down", instance_path=str(tmp_path))
     app.config.update(
-        SECRET_KEY="x", ZIS_CREATE_TABLES=False,
+        SECRET_KEY="x",
+        ZIS_CREATE_TABLES=False,
         ZIS_DATABASE_URI=f"postgresql+psycopg://u:hunter2@127.0.0.1:{port}/none",
         ZIS_ENCRYPTION_KEYS=[Fernet.generate_key().decode()],
         ZIS_ENGINE_OPTIONS={"connect_args": {"connect_timeout": 2}},
@@ -40,7 +41,8 @@ def test_health_reports_unreachable_database(tmp_path: Path) -> None:
     assert body["ok"] is False and "ZIS_DATABASE_URI" in body["storage"]
     assert "hunter2" not in resp.get_data(as_text=True)
     # API calls answer 503 with the storage code, not a stack trace.
-    api = app.test_client().get(f"{PREFIX}/connections/oauth/clients/acme",
-                                headers={"Authorization": "Bearer zis_x"})
+    api = app.test_client().get(
+        f"{PREFIX}/connections/oauth/clients/acme", headers={"Authorization": "Bearer zis_x"}
+    )
     assert api.status_code == 503 and api.get_json()["errors"][0]["code"] == "1306"
     app.extensions["zis_connections"].storage.close()

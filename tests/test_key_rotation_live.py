@@ -310,13 +310,6 @@ def _refresh_while_rotating(
     return hosts([new]), raised
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: Lifecycle.apply_token keeps the refresh-token ciphertext it read before "
-    "the rotation when the provider sends no new refresh token; the CAS write succeeds "
-    "(rotate-keys does not bump version) and puts old-key ciphertext back",
-)
 def test_refresh_without_new_refresh_token_across_rotation_stays_decryptable(
     hosts: Callable[..., Flask], provider_factory: Callable[..., LiveProvider]
 ) -> None:
@@ -326,12 +319,6 @@ def test_refresh_without_new_refresh_token_across_rotation_stays_decryptable(
     assert bad == [], f"old-key ciphertext after rotate-keys reported success: {bad}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: Lifecycle._mark_needs_reauth writes back the whole row it read before the "
-    "rotation (all three token ciphertexts under the old key)",
-)
 def test_refused_refresh_across_rotation_stays_decryptable(
     hosts: Callable[..., Flask], provider_factory: Callable[..., LiveProvider]
 ) -> None:

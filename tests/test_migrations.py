@@ -39,8 +39,9 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 
 def _diff(engine: Engine) -> list[object]:
     with engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"compare_type": True,
-                                                     "version_table": "zis_alembic_version"})
+        ctx = MigrationContext.configure(
+            conn, opts={"compare_type": True, "version_table": "zis_alembic_version"}
+        )
         diff = compare_metadata(ctx, metadata)
     # Only our tables matter (a host may share the database).
     return [d for d in diff if "zis_" in repr(d)]
@@ -57,7 +58,9 @@ def test_upgrade_from_empty_matches_the_declared_schema(engine: Engine) -> None:
 def test_downgrade_to_base_then_upgrade_again(engine: Engine) -> None:
     upgrade(engine)
     downgrade(engine, "base")
-    assert not [t for t in inspect(engine).get_table_names() if t.startswith("zis_") and t != "zis_alembic_version"]
+    assert not [
+        t for t in inspect(engine).get_table_names() if t.startswith("zis_") and t != "zis_alembic_version"
+    ]
     upgrade(engine)
     assert _diff(engine) == []
 
@@ -74,9 +77,12 @@ def test_host_tables_in_the_same_database_are_left_alone(engine: Engine) -> None
 
 def test_flask_zis_db_upgrade_with_create_tables_off(engine: Engine, tmp_path: Path) -> None:
     app = Flask("migrating_host", instance_path=str(tmp_path))
-    app.config.update(SECRET_KEY="x", ZIS_CREATE_TABLES=False,
-                      ZIS_DATABASE_URI=engine.url.render_as_string(hide_password=False),
-                      ZIS_ENCRYPTION_KEYS=[Fernet.generate_key().decode()])
+    app.config.update(
+        SECRET_KEY="x",
+        ZIS_CREATE_TABLES=False,
+        ZIS_DATABASE_URI=engine.url.render_as_string(hide_password=False),
+        ZIS_ENCRYPTION_KEYS=[Fernet.generate_key().decode()],
+    )
     zis = ZISConnections(app)
     assert "zis_oauth_clients" not in inspect(engine).get_table_names()
     result = app.test_cli_runner().invoke(args=["zis", "db", "upgrade"])

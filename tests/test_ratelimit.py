@@ -23,7 +23,7 @@ def _redis_url() -> str:
     url = os.environ.get("ZIS_TEST_REDIS_URL")
     if url:
         return url
-    msg = "Redis tests skipped: set ZIS_TEST_REDIS_URL (eval \"$(bash .ci/services.sh)\" starts one)"
+    msg = 'Redis tests skipped: set ZIS_TEST_REDIS_URL (eval "$(bash .ci/services.sh)" starts one)'
     if os.environ.get("CI") == "true":
         pytest.fail(msg)
     pytest.skip(msg)
@@ -81,8 +81,12 @@ def test_redis_limits_are_shared_between_workers(make_app: Callable[..., Flask])
         )
     headers = {"Authorization": f"Bearer {token}"}
     a, b = worker_a.test_client(), worker_b.test_client()
-    codes = [a.get(URL, headers=headers).status_code, b.get(URL, headers=headers).status_code,
-             a.get(URL, headers=headers).status_code, b.get(URL, headers=headers).status_code]
+    codes = [
+        a.get(URL, headers=headers).status_code,
+        b.get(URL, headers=headers).status_code,
+        a.get(URL, headers=headers).status_code,
+        b.get(URL, headers=headers).status_code,
+    ]
     assert codes == [200, 200, 200, 200]
     assert_envelope(a.get(URL, headers=headers), 429, "1300")
     assert_envelope(b.get(URL, headers=headers), 429, "1300")
@@ -90,8 +94,9 @@ def test_redis_limits_are_shared_between_workers(make_app: Callable[..., Flask])
 
 @pytest.mark.parametrize("backend", ["memory"], indirect=True)
 def test_redis_down_fails_open_to_per_process_limits(make_app: Callable[..., Flask]) -> None:
-    app = make_app(ZIS_RATELIMIT="3 per minute",
-                   ZIS_RATELIMIT_STORAGE_URI=f"redis://127.0.0.1:{_dead_port()}/0")
+    app = make_app(
+        ZIS_RATELIMIT="3 per minute", ZIS_RATELIMIT_STORAGE_URI=f"redis://127.0.0.1:{_dead_port()}/0"
+    )
     headers = auth_header(app)
     c = app.test_client()
     # Requests keep being served while the limit store is unreachable ...
@@ -102,8 +107,12 @@ def test_redis_down_fails_open_to_per_process_limits(make_app: Callable[..., Fla
 
 @pytest.mark.parametrize("backend", ["memory"], indirect=True)
 def test_redis_down_fail_closed_when_configured(make_app: Callable[..., Flask]) -> None:
-    app = make_app(ZIS_RATELIMIT="3 per minute", ZIS_RATELIMIT_FAIL_OPEN=False, PROPAGATE_EXCEPTIONS=False,
-                   ZIS_RATELIMIT_STORAGE_URI=f"redis://127.0.0.1:{_dead_port()}/0")
+    app = make_app(
+        ZIS_RATELIMIT="3 per minute",
+        ZIS_RATELIMIT_FAIL_OPEN=False,
+        PROPAGATE_EXCEPTIONS=False,
+        ZIS_RATELIMIT_STORAGE_URI=f"redis://127.0.0.1:{_dead_port()}/0",
+    )
     headers = auth_header(app)
     resp = app.test_client().get(URL, headers=headers)
     assert_envelope(resp, 503, "1306")
