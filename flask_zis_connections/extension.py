@@ -9,6 +9,7 @@ Modelled on Flask-SQLAlchemy: ``ZISConnections(app=None, *, storage=None)``, an
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import secrets
 import uuid as uuidlib
@@ -30,6 +31,7 @@ from .storage import MemoryStorage, SQLAlchemyStorage, Storage
 from .validation import integration_name
 
 EXTENSION_KEY = "zis_connections"
+log = logging.getLogger("flask_zis_connections")
 
 
 @dataclass
@@ -104,6 +106,13 @@ class ZISConnections:
         encryptor = Encryptor.from_config(
             conf[cfg.ENCRYPTION_KEYS], conf.get("SECRET_KEY"), conf.get("SECRET_KEY_FALLBACKS")
         )
+        if float(conf[cfg.REFRESH_LEASE_TTL]) <= float(conf[cfg.HTTP_TIMEOUT]):
+            log.warning(
+                "ZIS_REFRESH_LEASE_TTL (%ss) is not above ZIS_HTTP_TIMEOUT (%ss): a slow "
+                "provider could outlive the refresh lease and a second refresher would then "
+                "use a refresh token the first one already rotated. Raise the TTL.",
+                conf[cfg.REFRESH_LEASE_TTL], conf[cfg.HTTP_TIMEOUT],
+            )
         lifecycle = Lifecycle(
             app=app, storage=storage, encryptor=encryptor,
             leeway=float(conf[cfg.REFRESH_LEEWAY]), lease_ttl=float(conf[cfg.REFRESH_LEASE_TTL]),

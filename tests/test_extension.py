@@ -91,3 +91,10 @@ def test_derived_key_logs_a_warning(tmp_path: object, caplog: pytest.LogCaptureF
     ZISConnections(app)
     assert any("ZIS_ENCRYPTION_KEYS is not set" in r.getMessage() for r in caplog.records)
     assert not any("only-secret" in r.getMessage() for r in caplog.records)
+
+
+def test_lease_ttl_not_above_http_timeout_warns(
+    make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    make_app(ZIS_REFRESH_LEASE_TTL=5, ZIS_HTTP_TIMEOUT=10)
+    assert any("ZIS_REFRESH_LEASE_TTL" in r.getMessage() for r in caplog.records)
