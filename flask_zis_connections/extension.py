@@ -47,9 +47,10 @@ class AppState:
 
 def state(app: Flask | None = None) -> AppState:
     """The extension state of ``app`` (default: ``current_app``)."""
-    target = app if app is not None else current_app._get_current_object()  # type: ignore[attr-defined]
+    extensions = app.extensions if app is not None else current_app.extensions
     try:
-        return target.extensions[EXTENSION_KEY]  # type: ignore[no-any-return]
+        found: AppState = extensions[EXTENSION_KEY]
+        return found
     except KeyError:
         raise ConfigurationError(
             "flask_zis_connections is not initialised on this app. "
@@ -252,7 +253,7 @@ class ZISConnections:
 def _one_of(name: str | None, uuid: str | None) -> dict[str, str]:
     if (name is None) == (uuid is None):
         raise InvalidRequest("Give exactly one of name or uuid.")
-    return {"name": name} if name is not None else {"uuid": uuid}  # type: ignore[dict-item]
+    return {"name": name} if name is not None else {"uuid": str(uuid)}
 
 
 def get_token(integration: str, name: str) -> str:

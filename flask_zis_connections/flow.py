@@ -28,7 +28,7 @@ from . import signals
 from . import validation as v
 from .clients import require_client
 from .crypto import Encryptor, hash_secret
-from .errors import Forbidden, InvalidRequest, InvalidValue, NotFound, ProviderError
+from .errors import InvalidRequest, InvalidValue, NotFound, ProviderError
 from .lifecycle import Lifecycle, expiry_from
 from .models import ConnectionRecord, OAuthClient, PendingFlow, VerificationCode, utcnow
 from .provider import (
@@ -361,4 +361,4 @@ class FlowService:
         return code
 
 
-__all__ = ["FlowService", "Forbidden", "Redirect"]
+__all__ = ["FlowService", "Redirect"]
