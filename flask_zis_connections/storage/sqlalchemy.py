@@ -367,6 +367,9 @@ class SQLAlchemyStorage(Storage):
         self.engine: Engine = engine
         if engine.dialect.name == "sqlite":
             _install_sqlite_hooks(engine)
+            # Idle pooled connections were opened before the hooks: replace them, or one
+            # of them would run our transactions without WAL and BEGIN IMMEDIATE.
+            engine.dispose()
             self._reader: Engine = engine.execution_options(**{_SQLITE_BEGIN: None})
             self._writer: Engine = engine.execution_options(**{_SQLITE_BEGIN: "BEGIN IMMEDIATE"})
         else:
