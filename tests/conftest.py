@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -149,3 +150,38 @@ def all_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     """Capture every log record (DEBUG and up, every logger) for leak checks."""
     caplog.set_level(logging.DEBUG)
     return caplog
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def demo(tmp_path: Any) -> Iterator[tuple[str, Flask]]:
+    """The example app (host + mounted demo provider) served on a free loopback port,
+    so the extension reaches the provider over real HTTP as in the README's demo."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from example_app import create_app
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    app = create_app({
+        "DEMO_PUBLIC_URL": base,
+        "ZIS_DATABASE_URI": f"sqlite:///{tmp_path / 'demo.sqlite3'}",
+        "ZIS_ENCRYPTION_KEYS": [Fernet.generate_key().decode()],
+    })
+    server = make_server("127.0.0.1", port, app.wsgi_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield base, app
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+        app.extensions["zis_connections"].storage.close()

@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,9 +24,8 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from werkzeug.serving import BaseWSGIServer, make_server
 
-from example_app import create_app, zis
+from example_app import zis
 
 pytestmark = pytest.mark.browser
 
@@ -51,34 +48,6 @@ def _unavailable(msg: str) -> None:
 def _find(name: str) -> str | None:
     path = f"/usr/bin/{name}"
     return path if os.access(path, os.X_OK) else shutil.which(name)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def demo(tmp_path: Path) -> Iterator[tuple[str, Flask]]:
-    """The example app served on a free loopback port, as ``test_example_app`` does."""
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    app = create_app({
-        "DEMO_PUBLIC_URL": base,
-        "ZIS_DATABASE_URI": f"sqlite:///{tmp_path / 'demo.sqlite3'}",
-        "ZIS_ENCRYPTION_KEYS": ["qPLw4G8DvLfGdhsl1oVqpxjAZZ0rDgqqTVgqE6oL3Dk="],
-    })
-    server: BaseWSGIServer = make_server("127.0.0.1", port, app.wsgi_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield base, app
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-        app.extensions["zis_connections"].storage.close()
 
 
 @pytest.fixture

@@ -7,49 +7,12 @@ exactly as when a person runs the README's first command.
 
 from __future__ import annotations
 
-import socket
-import threading
-from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
 import requests
 from flask import Flask
-from werkzeug.serving import BaseWSGIServer, make_server
-
-from example_app import create_app
 
 PREFIX = "/api/services/zis"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def demo(tmp_path: Path) -> Iterator[tuple[str, Flask]]:
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    app = create_app(
-        {
-            "DEMO_PUBLIC_URL": base,
-            "ZIS_DATABASE_URI": f"sqlite:///{tmp_path / 'demo.sqlite3'}",
-            "ZIS_ENCRYPTION_KEYS": ["qPLw4G8DvLfGdhsl1oVqpxjAZZ0rDgqqTVgqE6oL3Dk="],
-        }
-    )
-    server: BaseWSGIServer = make_server("127.0.0.1", port, app.wsgi_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield base, app
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-        app.extensions["zis_connections"].storage.close()
 
 
 def test_demo_walkthrough(demo: tuple[str, Flask]) -> None:

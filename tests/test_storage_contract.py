@@ -11,7 +11,6 @@ that they really contend.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import threading
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
@@ -21,7 +20,6 @@ from typing import Any, TypeVar
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from flask_zis_connections.errors import (
     Conflict,
@@ -49,35 +47,6 @@ PG_SKIP = "PostgreSQL tests skipped: set ZIS_TEST_POSTGRES_URL (bash .ci/service
 
 
 # -- fixtures ---------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A URL into a private schema of the test database.
-
-    The schema (one per test process) keeps this suite from dropping the tables of
-    another suite running against the same server at the same time.
-    """
-    url = os.environ.get("ZIS_TEST_POSTGRES_URL")
-    if not url:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true requires PostgreSQL. {PG_SKIP}")
-        pytest.skip(PG_SKIP)
-    schema = f"zis_contract_{os.getpid()}"
-    admin = sa.create_engine(url)
-    try:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-            conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-        yield (
-            make_url(url)
-            .update_query_dict({"options": f"-csearch_path={schema}"})
-            .render_as_string(hide_password=False)
-        )
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-    finally:
-        admin.dispose()
-
-
 def _database_url(kind: str, request: pytest.FixtureRequest, tmp_path: Any) -> str:
     """A URL with fresh, empty tables for ``kind`` (``sqlite`` or ``postgres``)."""
     if kind == "sqlite":
