@@ -93,6 +93,8 @@ def parse_token_response(text: str) -> TokenResponse:
         raise ProviderError("The provider's token response has an invalid refresh_token.")
     expires_in: float | None = None
     raw_expiry = data.get("expires_in")
+    if isinstance(raw_expiry, bool):
+        raise ProviderError("The provider's token response has an invalid expires_in.")
     if raw_expiry is not None and raw_expiry != "":
         try:
             expires_in = float(raw_expiry)
