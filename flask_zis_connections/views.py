@@ -260,7 +260,8 @@ def make_blueprint(ext: ZISConnections) -> Blueprint:
     @bp.get("/connections/oauth/clients/<integration>")
     def list_clients(integration: str) -> Response:
         auth(integration)
-        return jsonify({"oauth_clients": [client_json(c) for c in st().storage.list_clients(integration)]})
+        # The service's OAuth Clients API answers {"clients": [...]}.
+        return jsonify({"clients": [client_json(c) for c in st().storage.list_clients(integration)]})
 
     @bp.post("/connections/oauth/clients/<integration>")
     def create_client(integration: str) -> tuple[Response, int]:
@@ -270,7 +271,7 @@ def make_blueprint(ext: ZISConnections) -> Blueprint:
             integration, json_body(), encryptor=s.encryptor,
             allow_insecure=bool(current_app.config[cfg.ALLOW_INSECURE_HTTP]),
         )
-        return jsonify({"oauth_client": client_json(s.storage.add_client(client))}), 201
+        return jsonify(client_json(s.storage.add_client(client))), 201
 
     @bp.patch("/connections/oauth/clients/<integration>/<uuid>")
     def update_client(integration: str, uuid: str) -> Response:
@@ -282,7 +283,7 @@ def make_blueprint(ext: ZISConnections) -> Blueprint:
             integration, body, encryptor=s.encryptor, existing=existing,
             allow_insecure=bool(current_app.config[cfg.ALLOW_INSECURE_HTTP]),
         )
-        return jsonify({"oauth_client": client_json(s.storage.update_client(client))})
+        return jsonify(client_json(s.storage.update_client(client)))
 
     @bp.delete("/connections/oauth/clients/<integration>/<uuid>")
     def delete_client(integration: str, uuid: str) -> Response:

@@ -94,7 +94,7 @@ def test_admin_session_cross_site_write_is_403(session_app: Flask, headers: dict
     c = session_app.test_client()
     c.post("/login")
     assert_envelope(c.post(URL, json=client_body(), headers=headers), 403, "1200")
-    assert c.get(URL).get_json()["oauth_clients"] == []
+    assert c.get(URL).get_json()["clients"] == []
 
 
 def test_allowed_origin_may_write_with_session(session_app: Flask) -> None:

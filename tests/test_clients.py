@@ -19,22 +19,22 @@ URL = f"{PREFIX}/connections/oauth/clients/acme"
 def test_create_list_update_delete_over_rest(client: FlaskClient, bearer: dict[str, str]) -> None:
     resp = client.post(URL, json=client_body(), headers=bearer)
     assert resp.status_code == 201
-    created = resp.get_json()["oauth_client"]
+    created = resp.get_json()
     assert created["name"] == "acme" and created["has_client_secret"] is True
     assert "client_secret" not in created
     assert "s3cr3t" not in resp.get_data(as_text=True)
 
-    listed = client.get(URL, headers=bearer).get_json()["oauth_clients"]
+    listed = client.get(URL, headers=bearer).get_json()["clients"]
     assert [c["uuid"] for c in listed] == [created["uuid"]]
     assert "s3cr3t" not in client.get(URL, headers=bearer).get_data(as_text=True)
 
     resp = client.patch(f"{URL}/{created['uuid']}", json={"default_scopes": "read"}, headers=bearer)
     assert resp.status_code == 200
-    assert resp.get_json()["oauth_client"]["default_scopes"] == "read"
-    assert resp.get_json()["oauth_client"]["client_id"] == "cid-123"
+    assert resp.get_json()["default_scopes"] == "read"
+    assert resp.get_json()["client_id"] == "cid-123"
 
     assert client.delete(f"{URL}/{created['uuid']}", headers=bearer).status_code == 200
-    assert client.get(URL, headers=bearer).get_json()["oauth_clients"] == []
+    assert client.get(URL, headers=bearer).get_json()["clients"] == []
     assert_envelope(client.delete(f"{URL}/{created['uuid']}", headers=bearer), 404, "1302")
 
 
@@ -43,13 +43,13 @@ def test_duplicate_name_is_409_and_changes_nothing(client: FlaskClient, bearer: 
     assert_envelope(
         client.post(URL, json=client_body(client_id="other"), headers=bearer), 409, "1304", "acme"
     )
-    listed = client.get(URL, headers=bearer).get_json()["oauth_clients"]
+    listed = client.get(URL, headers=bearer).get_json()["clients"]
     assert [c["client_id"] for c in listed] == ["cid-123"]
 
 
 def test_rename_onto_existing_name_is_409(client: FlaskClient, bearer: dict[str, str]) -> None:
     client.post(URL, json=client_body(), headers=bearer)
-    second = client.post(URL, json=client_body(name="second"), headers=bearer).get_json()["oauth_client"]
+    second = client.post(URL, json=client_body(name="second"), headers=bearer).get_json()
     resp = client.patch(f"{URL}/{second['uuid']}", json={"name": "acme"}, headers=bearer)
     assert_envelope(resp, 409, "1304")
 
@@ -74,7 +74,7 @@ def test_invalid_values_are_422_naming_the_field(
     client: FlaskClient, bearer: dict[str, str], override: dict[str, object], field: str
 ) -> None:
     assert_envelope(client.post(URL, json=client_body(**override), headers=bearer), 422, "1303", field)
-    assert client.get(URL, headers=bearer).get_json()["oauth_clients"] == []
+    assert client.get(URL, headers=bearer).get_json()["clients"] == []
 
 
 def test_https_required_unless_insecure_allowed(make_app: Callable[..., Flask]) -> None:
