@@ -64,7 +64,7 @@ def clients_create(integration: str, name: str, client_id: str, client_secret: s
             integration, name=name, client_id=client_id, client_secret=client_secret,
             auth_url=auth_url, token_url=token_url, default_scopes=default_scopes,
             grant_type=grant_type, token_endpoint_auth_method=token_endpoint_auth_method,
-            pkce=not no_pkce, issuer=issuer, revocation_url=revocation_url,
+            pkce=not no_pkce, issuer=issuer, revocation_url=revocation_url, created_by="cli",
         )
     except ZISError as exc:
         _fail(exc)

@@ -32,6 +32,7 @@ def build_client(
     encryptor: Encryptor,
     allow_insecure: bool,
     existing: OAuthClient | None = None,
+    created_by: str | None = None,
 ) -> OAuthClient:
     """Validate ``data`` (a full create, or a partial update of ``existing``)."""
     v.integration_name(integration)
@@ -116,6 +117,7 @@ def build_client(
         authorize_params=authorize_params,
         offline_access_params=offline_params,
         revocation_url=urls["revocation_url"],
+        created_by=existing.created_by if existing else created_by,
         created_at=existing.created_at if existing else now,
         updated_at=now,
     )

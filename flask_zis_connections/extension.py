@@ -165,12 +165,15 @@ class ZISConnections:
         return self._admin_loader
 
     # -- OAuth clients --------------------------------------------------------------
-    def create_oauth_client(self, integration: str, **options: Any) -> OAuthClient:
+    def create_oauth_client(
+        self, integration: str, *, created_by: str | None = None, **options: Any
+    ) -> OAuthClient:
         """Register an OAuth client (see SPEC options); ``Conflict`` on a duplicate name."""
         st = state()
         client = build_client(
             integration, options, encryptor=st.encryptor,
             allow_insecure=bool(current_app.config[cfg.ALLOW_INSECURE_HTTP]),
+            created_by=created_by,
         )
         return st.storage.add_client(client)
 

@@ -44,6 +44,8 @@ class OAuthClient:
     authorize_params: Mapping[str, str] = field(default_factory=dict)
     offline_access_params: Mapping[str, str] = field(default_factory=dict)
     revocation_url: str | None = None
+    #: Who registered it (an API token id or an admin); set once, like ``created_at``.
+    created_by: str | None = None
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
 

@@ -265,11 +265,12 @@ def make_blueprint(ext: ZISConnections) -> Blueprint:
 
     @bp.post("/connections/oauth/clients/<integration>")
     def create_client(integration: str) -> tuple[Response, int]:
-        auth(integration)
+        caller = auth(integration)
         s = st()
         client = build_client(
             integration, json_body(), encryptor=s.encryptor,
             allow_insecure=bool(current_app.config[cfg.ALLOW_INSECURE_HTTP]),
+            created_by=caller.identity,
         )
         return jsonify(client_json(s.storage.add_client(client))), 201
 

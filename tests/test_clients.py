@@ -22,6 +22,7 @@ def test_create_list_update_delete_over_rest(client: FlaskClient, bearer: dict[s
     created = resp.get_json()
     assert created["name"] == "acme" and created["has_client_secret"] is True
     assert "client_secret" not in created
+    assert created["created_by"].startswith("api-token:")
     assert "s3cr3t" not in resp.get_data(as_text=True)
 
     listed = client.get(URL, headers=bearer).get_json()["clients"]
@@ -32,6 +33,7 @@ def test_create_list_update_delete_over_rest(client: FlaskClient, bearer: dict[s
     assert resp.status_code == 200
     assert resp.get_json()["default_scopes"] == "read"
     assert resp.get_json()["client_id"] == "cid-123"
+    assert resp.get_json()["created_by"] == created["created_by"]  # set once, kept on update
 
     assert client.delete(f"{URL}/{created['uuid']}", headers=bearer).status_code == 200
     assert client.get(URL, headers=bearer).get_json()["clients"] == []

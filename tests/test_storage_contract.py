@@ -246,7 +246,8 @@ def test_duplicate_client_name_conflicts(storage: Storage) -> None:
 
 
 def test_update_client(storage: Storage) -> None:
-    client = storage.add_client(make_client())
+    client = storage.add_client(make_client(created_by="alice"))
+    assert client.created_by == "alice"
     later = T0 + 60 * SEC
     changed = client.replace(
         name="renamed",
@@ -256,10 +257,11 @@ def test_update_client(storage: Storage) -> None:
         authorize_params={"prompt": "login"},
         pkce=False,
         created_at=later,  # ignored: creation time is kept
+        created_by="mallory",  # ignored: so is the creator
         updated_at=later,
     )
     stored = storage.update_client(changed)
-    assert stored == changed.replace(created_at=T0)
+    assert stored == changed.replace(created_at=T0, created_by="alice")
     assert storage.get_client("acme_crm", name="renamed") == stored
     assert storage.get_client("acme_crm", name="acme") is None
     # The old name is free again.

@@ -108,7 +108,10 @@ class MemoryStorage(Storage):
             if self._client_names.get(key, client.uuid) != client.uuid:
                 raise client_conflict(client)
             stored = _copy_client(
-                client.replace(created_at=old.created_at, updated_at=_norm(client.updated_at))
+                client.replace(
+                    created_by=old.created_by, created_at=old.created_at,
+                    updated_at=_norm(client.updated_at),
+                )
             )
             del self._client_names[(old.integration, old.name)]
             self._client_names[key] = client.uuid

@@ -91,6 +91,7 @@ oauth_clients = Table(
     Column("authorize_params", Text, nullable=False, default="{}"),
     Column("offline_access_params", Text, nullable=False, default="{}"),
     Column("revocation_url", Text, nullable=True),
+    Column("created_by", Text, nullable=True),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     UniqueConstraint("integration", "name"),

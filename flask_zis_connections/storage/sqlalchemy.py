@@ -158,6 +158,7 @@ _CLIENT_COLUMNS: Final = (
     "authorize_params",
     "offline_access_params",
     "revocation_url",
+    "created_by",
     "created_at",
     "updated_at",
 )
@@ -186,7 +187,7 @@ _TOKEN_COLUMNS: Final = tuple(c.name for c in api_tokens.columns)
 
 
 def _client_values(client: OAuthClient) -> dict[str, Any]:
-    """Every column but the identity (uuid, integration) and ``created_at``."""
+    """Every column but the identity (uuid, integration) and ``created_by``/``created_at``."""
     return {
         "name": client.name,
         "client_id": client.client_id,
@@ -222,6 +223,7 @@ def _client_from_row(row: Sequence[Any]) -> OAuthClient:
         authorize_params,
         offline_access_params,
         revocation_url,
+        created_by,
         created_at,
         updated_at,
     ) = row
@@ -241,6 +243,7 @@ def _client_from_row(row: Sequence[Any]) -> OAuthClient:
         authorize_params=load_json(authorize_params),
         offline_access_params=load_json(offline_access_params),
         revocation_url=revocation_url,
+        created_by=created_by,
         created_at=from_ms(created_at),
         updated_at=from_ms(updated_at),
     )
@@ -503,6 +506,7 @@ class SQLAlchemyStorage(Storage):
                     sa.insert(oauth_clients).values(
                         uuid=client.uuid,
                         integration=client.integration,
+                        created_by=client.created_by,
                         created_at=to_ms(client.created_at),
                         **values,
                     )

@@ -71,6 +71,7 @@ def upgrade() -> None:
         sa.Column("authorize_params", sa.Text(), nullable=False),
         sa.Column("offline_access_params", sa.Text(), nullable=False),
         sa.Column("revocation_url", sa.Text(), nullable=True),
+        sa.Column("created_by", sa.Text(), nullable=True),
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.Column("updated_at", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_zis_oauth_clients")),
