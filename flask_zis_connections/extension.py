@@ -120,7 +120,7 @@ class ZISConnections:
             http_timeout=float(conf[cfg.HTTP_TIMEOUT]),
         )
         flows = FlowService(
-            app=app, storage=storage, encryptor=encryptor, lifecycle=lifecycle,
+            app=app, storage=storage, encryptor=encryptor,
             flow_max_age=int(conf[cfg.FLOW_TOKEN_MAX_AGE]),
             code_max_age=int(conf[cfg.VERIFICATION_CODE_MAX_AGE]),
             allowed_origins=list(conf[cfg.ALLOWED_REDIRECT_ORIGINS]),

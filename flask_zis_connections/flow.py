@@ -29,7 +29,7 @@ from . import validation as v
 from .clients import require_client
 from .crypto import Encryptor, hash_secret
 from .errors import InvalidRequest, InvalidValue, NotFound, ProviderError
-from .lifecycle import Lifecycle, expiry_from
+from .lifecycle import expiry_from
 from .models import ConnectionRecord, OAuthClient, PendingFlow, VerificationCode, utcnow
 from .provider import (
     ProviderClient,
@@ -80,7 +80,6 @@ class FlowService:
     app: Flask
     storage: Storage
     encryptor: Encryptor
-    lifecycle: Lifecycle
     flow_max_age: int
     code_max_age: int
     allowed_origins: list[str]
