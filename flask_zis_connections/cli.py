@@ -13,7 +13,6 @@ import click
 from flask.cli import AppGroup
 from sqlalchemy import Engine
 
-from . import config as cfg
 from .errors import ZISError
 from .extension import state
 from .models import utcnow
@@ -131,8 +130,9 @@ def rotate_keys() -> None:
 def refresh_due(within: int) -> None:
     """Refresh connections about to expire (run it from cron)."""
     st = state()
-    leeway = float(st.lifecycle.app.config[cfg.REFRESH_LEEWAY])
-    due = st.storage.connections_expiring_before(utcnow() + timedelta(seconds=max(within, leeway)))
+    due = st.storage.connections_expiring_before(
+        utcnow() + timedelta(seconds=max(within, st.lifecycle.leeway))
+    )
     counts = {"refreshed": 0, "needs_reauth": 0, "failed": 0, "skipped": 0}
     for rec in due:
         before = rec.version

@@ -122,41 +122,14 @@ def test_config_client_invalid_fails_start(make_app: Callable[..., Flask]) -> No
 
 def test_cli_clients_create_list_delete(app: Flask) -> None:
     runner = app.test_cli_runner()
-    result = runner.invoke(
-        args=[
-            "zis",
-            "clients",
-            "create",
-            "acme",
-            "--name",
-            "acme",
-            "--client-id",
-            "cid",
-            "--auth-url",
-            "https://acme.test/a",
-            "--token-url",
-            "https://acme.test/t",
-        ],
-        env={"ZIS_CLIENT_SECRET": "cli-secret-value"},
-    )
+    create = "zis clients create acme --name acme --client-id cid"
+    urls = "--auth-url https://acme.test/a --token-url https://acme.test/t"
+    result = runner.invoke(args=f"{create} {urls}".split(), env={"ZIS_CLIENT_SECRET": "cli-secret-value"})
     assert result.exit_code == 0, result.output
     listing = runner.invoke(args=["zis", "clients", "list", "acme"]).output
     assert "acme" in listing and "cli-secret-value" not in listing
     uuid = listing.split("\t")[2]
     assert runner.invoke(args=["zis", "clients", "delete", "acme", uuid]).exit_code == 0
     assert runner.invoke(args=["zis", "clients", "list", "acme"]).output == ""
-    bad = runner.invoke(
-        args=[
-            "zis",
-            "clients",
-            "create",
-            "acme",
-            "--name",
-            "x",
-            "--client-id",
-            "c",
-            "--token-url",
-            "ftp://x",
-        ]
-    )
+    bad = runner.invoke(args=f"{create} --token-url ftp://x".split())
     assert bad.exit_code != 0 and "token_url" in bad.output
