@@ -44,10 +44,16 @@ class OAuthClient:
     authorize_params: Mapping[str, str] = field(default_factory=dict)
     offline_access_params: Mapping[str, str] = field(default_factory=dict)
     revocation_url: str | None = None
+    #: Send the provider a redirect URI of this client's own
+    #: (``.../callback/<uuid>``), the "distinct redirect URIs" mix-up defence of
+    #: RFC 9700 section 4.4.2; the provider must have that URI registered.
+    per_client_callback: bool = False
     #: Who registered it (an API token id or an admin); set once, like ``created_at``.
     created_by: str | None = None
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
+    #: Increases on every update; an update may require the version it read (409 if stale).
+    version: int = 1
 
     def replace(self, **changes: Any) -> OAuthClient:
         return dataclasses.replace(self, **changes)
@@ -126,6 +132,9 @@ class PendingFlow:
     allow_offline_access: bool = False
     code_verifier_enc: str | None = None
     created_by: str | None = None
+    #: Set when an admin's browser session started the flow: only a browser the host's
+    #: admin loader admits as that same admin may open it (``start_redirect``).
+    admin_id: str | None = None
     status: FlowStatus = "pending"
     browser_binding_hash: str | None = None
     created_at: datetime = field(default_factory=utcnow)
@@ -154,6 +163,29 @@ class ApiToken:
     integration: str
     created_at: datetime = field(default_factory=utcnow)
     revoked: bool = False
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A held refresh lease: a write conditioned on it lands only while it is held."""
+
+    key: str
+    owner: str
+
+
+@dataclass(frozen=True)
+class RefreshBackoff:
+    """Consecutive failed refreshes of one connection, kept apart from its row.
+
+    ``retry_at`` is when the next provider call is allowed; until then callers fail
+    fast (or get the still-valid token) instead of calling a failing provider again.
+    """
+
+    connection_uuid: str
+    failures: int
+    reason: str
+    failed_at: datetime
+    retry_at: datetime
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from flask_zis_connections.errors import (
 from flask_zis_connections.models import (
     ApiToken,
     ConnectionRecord,
+    Lease,
     OAuthClient,
     PendingFlow,
     VerificationCode,
@@ -261,7 +262,7 @@ def test_update_client(storage: Storage) -> None:
         updated_at=later,
     )
     stored = storage.update_client(changed)
-    assert stored == changed.replace(created_at=T0, created_by="alice")
+    assert stored == changed.replace(created_at=T0, created_by="alice", version=2)
     assert storage.get_client("acme_crm", name="renamed") == stored
     assert storage.get_client("acme_crm", name="acme") is None
     # The old name is free again.
@@ -638,6 +639,100 @@ def test_lease_acquire_release_and_expiry(storage: Storage) -> None:
     storage.release_lease(key, "worker-b")
     assert storage.lease_holder(key, T0 + 31 * SEC) == "worker-c"
     assert storage.lease_holder(key, T0 + 31 * SEC + timedelta(milliseconds=500)) is None
+
+
+def test_lease_renewal_only_by_its_unexpired_owner(storage: Storage) -> None:
+    key = "refresh:conn-1"
+    assert storage.renew_lease(key, "worker-a", 30, T0) is False  # never taken
+    assert storage.acquire_lease(key, "worker-a", 10, T0) is True
+    assert storage.renew_lease(key, "worker-b", 30, T0 + SEC) is False  # not the owner
+    assert storage.renew_lease(key, "worker-a", 10, T0 + 9 * SEC) is True
+    # Renewed at 9 s for 10 s: still held at 18 s, where the original would have lapsed.
+    assert storage.lease_holder(key, T0 + 18 * SEC) == "worker-a"
+    assert storage.acquire_lease(key, "worker-b", 10, T0 + 18 * SEC) is False
+    # Lapsed at 19 s: a late renewal must fail, and the lease is anyone's again.
+    assert storage.renew_lease(key, "worker-a", 10, T0 + 20 * SEC) is False
+    assert storage.acquire_lease(key, "worker-b", 10, T0 + 20 * SEC) is True
+    assert storage.renew_lease(key, "worker-a", 10, T0 + 21 * SEC) is False
+
+
+def test_update_connection_conditional_on_the_lease(storage: Storage) -> None:
+    client = storage.add_client(make_client())
+    record = storage.upsert_connection(make_record(client))
+    lease = Lease("refresh:" + record.uuid, "worker-a")
+    # Not held at all: no write.
+    assert storage.update_connection(record, expected_version=1, lease=lease, now=T0) is None
+    assert storage.acquire_lease(lease.key, lease.owner, 10, T0) is True
+    # Lapsed (10 s lease, written at 11 s) and taken over: no write, even with the right version.
+    late = record.replace(access_token_enc="enc:access:late")
+    assert storage.update_connection(late, expected_version=1, lease=lease, now=T0 + 11 * SEC) is None
+    assert storage.acquire_lease(lease.key, "worker-b", 10, T0 + 11 * SEC) is True
+    assert storage.update_connection(late, expected_version=1, lease=lease, now=T0 + 12 * SEC) is None
+    assert storage.get_connection("acme_crm", name="main") == record
+    # The current holder writes.
+    held = Lease(lease.key, "worker-b")
+    fresh = record.replace(access_token_enc="enc:access:2")
+    stored = storage.update_connection(fresh, expected_version=1, lease=held, now=T0 + 12 * SEC)
+    assert stored is not None and stored.access_token_enc == "enc:access:2" and stored.version == 2
+
+
+def test_refresh_backoff_grows_exponentially_to_the_cap(storage: Storage) -> None:
+    assert storage.get_refresh_backoff("conn-1") is None
+    delays = []
+    for i in range(8):
+        state = storage.record_refresh_failure("conn-1", "provider_error", T0 + i * SEC, base=1, cap=60)
+        assert state.failures == i + 1 and state.reason == "provider_error"
+        assert state.failed_at == T0 + i * SEC
+        delays.append((state.retry_at - state.failed_at).total_seconds())
+        assert storage.get_refresh_backoff("conn-1") == state
+    assert delays == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert storage.get_refresh_backoff("conn-2") is None  # per connection
+    storage.clear_refresh_backoff("conn-1")
+    assert storage.get_refresh_backoff("conn-1") is None
+    storage.clear_refresh_backoff("conn-1")  # clearing twice is fine
+    again = storage.record_refresh_failure("conn-1", "x" * 200, T0, base=1, cap=60)
+    assert again.failures == 1 and len(again.reason) <= 64
+
+
+def test_refresh_backoff_goes_with_its_connection(storage: Storage) -> None:
+    client = storage.add_client(make_client())
+    one = storage.upsert_connection(make_record(client, "one"))
+    two = storage.upsert_connection(make_record(client, "two"))
+    for rec in (one, two):
+        storage.record_refresh_failure(rec.uuid, "provider_error", T0, base=1, cap=60)
+    storage.delete_connection("acme_crm", one.uuid)
+    assert storage.get_refresh_backoff(one.uuid) is None
+    storage.delete_client("acme_crm", client.uuid)
+    assert storage.get_refresh_backoff(two.uuid) is None
+
+
+def test_update_client_with_expected_version(storage: Storage) -> None:
+    client = storage.add_client(make_client())
+    assert client.version == 1
+    first = storage.update_client(client.replace(default_scopes="a"), expected_version=1)
+    assert first.version == 2 and first.default_scopes == "a"
+    with pytest.raises(Conflict, match="changed by someone else"):
+        storage.update_client(client.replace(default_scopes="b"), expected_version=1)
+    assert storage.get_client("acme_crm", uuid=client.uuid) == first
+    # Without an expected version the write goes through (trusted callers, config).
+    assert storage.update_client(client.replace(default_scopes="c")).version == 3
+
+
+def test_race_update_client_with_expected_version(storage: Storage) -> None:
+    client = storage.add_client(make_client())
+
+    def attempt(i: int) -> bool:
+        try:
+            storage.update_client(client.replace(default_scopes=f"s{i}"), expected_version=1)
+        except Conflict:
+            return False
+        return True
+
+    results = race(20, attempt)
+    assert results.count(True) == 1
+    final = storage.get_client("acme_crm", uuid=client.uuid)
+    assert final is not None and final.version == 2
+    assert final.default_scopes == f"s{results.index(True)}"
 
 
 # -- maintenance ------------------------------------------------------------------------

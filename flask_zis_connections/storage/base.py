@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from ..errors import Conflict, InvalidValue
 from ..models import (
     ApiToken,
     ConnectionRecord,
+    Lease,
     OAuthClient,
     Page,
     PendingFlow,
+    RefreshBackoff,
     VerificationCode,
 )
 
@@ -41,8 +43,11 @@ class Storage(abc.ABC):
         """Insert; raise ``Conflict`` when (integration, name) exists."""
 
     @abc.abstractmethod
-    def update_client(self, client: OAuthClient) -> OAuthClient:
-        """Replace the row with ``client.uuid``; ``Conflict`` on a duplicate name,
+    def update_client(self, client: OAuthClient, *, expected_version: int | None = None) -> OAuthClient:
+        """Replace the row with ``client.uuid``; its version becomes the stored one + 1.
+
+        ``Conflict`` on a duplicate name, or - when ``expected_version`` is given - when
+        the stored version differs (someone else updated it since it was read);
         ``OAuthClientNotFound`` when it is gone."""
 
     @abc.abstractmethod
@@ -76,10 +81,14 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def update_connection(
-        self, record: ConnectionRecord, *, expected_version: int
+        self, record: ConnectionRecord, *, expected_version: int,
+        lease: Lease | None = None, now: datetime | None = None,
     ) -> ConnectionRecord | None:
         """Compare-and-swap: write ``record`` (version becomes ``expected_version + 1``)
-        only if the stored version is ``expected_version``; else return None."""
+        only if the stored version is ``expected_version`` - and, when ``lease`` is
+        given, only if that lease is still held by its owner at ``now``, checked in the
+        same atomic step; else return None.  A refresher whose lease lapsed can thus
+        never write, whatever happened meanwhile."""
 
     @abc.abstractmethod
     def delete_connection(self, integration: str, uuid: str) -> bool:
@@ -148,12 +157,33 @@ class Storage(abc.ABC):
         """Take the lease ``key`` for ``ttl`` seconds if it is free or expired."""
 
     @abc.abstractmethod
+    def renew_lease(self, key: str, owner: str, ttl: float, now: datetime) -> bool:
+        """Extend the lease to ``now + ttl`` if ``owner`` still holds it unexpired;
+        False when it lapsed (or was taken over) - the holder must then stop."""
+
+    @abc.abstractmethod
     def release_lease(self, key: str, owner: str) -> None:
         """Release it if ``owner`` still holds it (an expired, re-taken lease stays)."""
 
     @abc.abstractmethod
     def lease_holder(self, key: str, now: datetime) -> str | None:
         """The current unexpired holder, or None."""
+
+    # -- refresh back-off ----------------------------------------------------------
+    @abc.abstractmethod
+    def record_refresh_failure(
+        self, connection_uuid: str, reason: str, now: datetime, *, base: float, cap: float
+    ) -> RefreshBackoff:
+        """Count one more failed refresh and set ``retry_at`` to
+        ``now + min(cap, base * 2 ** (failures - 1))``; return the new state."""
+
+    @abc.abstractmethod
+    def get_refresh_backoff(self, connection_uuid: str) -> RefreshBackoff | None:
+        """The back-off state, or None after a success (or if it never failed)."""
+
+    @abc.abstractmethod
+    def clear_refresh_backoff(self, connection_uuid: str) -> None:
+        """Forget the failures (a refresh or re-authorization succeeded)."""
 
     # -- maintenance -------------------------------------------------------------
     @abc.abstractmethod
@@ -177,14 +207,31 @@ def client_conflict(client: OAuthClient) -> Conflict:
     )
 
 
+def stale_client(client: OAuthClient) -> Conflict:
+    """The one wording of a lost update, whichever backend noticed it."""
+    return Conflict(
+        f"OAuth client {client.uuid!r} was changed by someone else since it was read. "
+        "Read it again and re-apply your change."
+    )
+
+
+def backoff_delay(failures: int, *, base: float, cap: float) -> timedelta:
+    """``base * 2 ** (failures - 1)`` seconds, at most ``cap``: 1, 2, 4, ... for base 1."""
+    exponent = min(max(failures - 1, 0), 62)
+    return timedelta(seconds=min(cap, base * 2.0**exponent))
+
+
+#: Cursors are row sequence numbers that fit a signed 64-bit column.
+_MAX_CURSOR = 2**63 - 1
+
+
 def parse_cursor(cursor: str | None) -> int:
     """Cursors are the last row's sequence number; anything else is a client error."""
     if cursor is None:
         return 0
-    try:
-        value = int(cursor)
-    except ValueError:
-        value = -1
-    if value < 0:
+    # Bounded before int(): a megabyte of digits must be a 422, not CPU time or a
+    # database overflow error.
+    value = int(cursor) if len(cursor) <= 19 and cursor.isascii() and cursor.isdigit() else -1
+    if not 0 <= value <= _MAX_CURSOR:
         raise InvalidValue("cursor", "not a cursor from a previous page; list again without a cursor")
     return value

@@ -25,12 +25,15 @@ from ..errors import Conflict, InvalidValue, OAuthClientNotFound
 from ..models import (
     ApiToken,
     ConnectionRecord,
+    Lease,
     OAuthClient,
     Page,
     PendingFlow,
+    RefreshBackoff,
     VerificationCode,
+    utcnow,
 )
-from .base import Storage, client_conflict, parse_cursor
+from .base import Storage, backoff_delay, client_conflict, parse_cursor, stale_client
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -85,11 +88,14 @@ class MemoryStorage(Storage):
         self._token_hashes: dict[str, str] = {}
         #: key -> (owner, expiry in epoch milliseconds)
         self._leases: dict[str, tuple[str, int]] = {}
+        self._backoff: dict[str, RefreshBackoff] = {}
 
     # -- OAuth clients ---------------------------------------------------------
     def add_client(self, client: OAuthClient) -> OAuthClient:
         stored = _copy_client(
-            client.replace(created_at=_norm(client.created_at), updated_at=_norm(client.updated_at))
+            client.replace(
+                created_at=_norm(client.created_at), updated_at=_norm(client.updated_at), version=1
+            )
         )
         with self._lock:
             key = (client.integration, client.name)
@@ -99,18 +105,20 @@ class MemoryStorage(Storage):
             self._client_names[key] = client.uuid
         return _copy_client(stored)
 
-    def update_client(self, client: OAuthClient) -> OAuthClient:
+    def update_client(self, client: OAuthClient, *, expected_version: int | None = None) -> OAuthClient:
         with self._lock:
             old = self._clients.get(client.uuid)
             if old is None or old.integration != client.integration:
                 raise OAuthClientNotFound(client.integration, client.uuid)
+            if expected_version is not None and old.version != expected_version:
+                raise stale_client(client)
             key = (client.integration, client.name)
             if self._client_names.get(key, client.uuid) != client.uuid:
                 raise client_conflict(client)
             stored = _copy_client(
                 client.replace(
                     created_by=old.created_by, created_at=old.created_at,
-                    updated_at=_norm(client.updated_at),
+                    updated_at=_norm(client.updated_at), version=old.version + 1,
                 )
             )
             del self._client_names[(old.integration, old.name)]
@@ -198,12 +206,17 @@ class MemoryStorage(Storage):
             return stored
 
     def update_connection(
-        self, record: ConnectionRecord, *, expected_version: int
+        self, record: ConnectionRecord, *, expected_version: int,
+        lease: Lease | None = None, now: datetime | None = None,
     ) -> ConnectionRecord | None:
         with self._lock:
             old = self._connections.get(record.uuid)
             if old is None or old.integration != record.integration or old.version != expected_version:
                 return None
+            if lease is not None:
+                held = self._leases.get(lease.key)
+                if held is None or held[0] != lease.owner or held[1] <= _ms(now or utcnow()):
+                    return None
             self._require_client(record)
             stored = self._normalized(
                 record.replace(name=old.name, created_at=old.created_at, version=expected_version + 1)
@@ -344,6 +357,37 @@ class MemoryStorage(Storage):
             self._leases[key] = (owner, expires_ms)
             return True
 
+    def renew_lease(self, key: str, owner: str, ttl: float, now: datetime) -> bool:
+        with self._lock:
+            held = self._leases.get(key)
+            if held is None or held[0] != owner or held[1] <= _ms(now):
+                return False
+            self._leases[key] = (owner, _ms(now + timedelta(seconds=ttl)))
+            return True
+
+    # -- refresh back-off ----------------------------------------------------------
+    def record_refresh_failure(
+        self, connection_uuid: str, reason: str, now: datetime, *, base: float, cap: float
+    ) -> RefreshBackoff:
+        with self._lock:
+            old = self._backoff.get(connection_uuid)
+            failures = 1 if old is None else old.failures + 1
+            now = _norm(now)
+            stored = RefreshBackoff(
+                connection_uuid=connection_uuid, failures=failures, reason=reason[:64],
+                failed_at=now, retry_at=_norm(now + backoff_delay(failures, base=base, cap=cap)),
+            )
+            self._backoff[connection_uuid] = stored
+            return stored
+
+    def get_refresh_backoff(self, connection_uuid: str) -> RefreshBackoff | None:
+        with self._lock:
+            return self._backoff.get(connection_uuid)
+
+    def clear_refresh_backoff(self, connection_uuid: str) -> None:
+        with self._lock:
+            self._backoff.pop(connection_uuid, None)
+
     def release_lease(self, key: str, owner: str) -> None:
         with self._lock:
             held = self._leases.get(key)
@@ -417,6 +461,7 @@ class MemoryStorage(Storage):
             raise OAuthClientNotFound(record.integration, record.oauth_client_uuid)
 
     def _drop_connection(self, record: ConnectionRecord) -> None:
+        self._backoff.pop(record.uuid, None)
         del self._connections[record.uuid]
         del self._connection_names[(record.integration, record.name)]
         del self._connection_seq[record.uuid]

@@ -33,6 +33,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import (
+    false as sa_false,
+)
 
 NAMING_CONVENTION: dict[str, str] = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -94,6 +97,8 @@ oauth_clients = Table(
     Column("created_by", Text, nullable=True),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+    Column("per_client_callback", Boolean, nullable=False, server_default=sa_false()),
+    Column("version", Integer, nullable=False, server_default="1"),
     UniqueConstraint("integration", "name"),
     sqlite_autoincrement=True,
 )
@@ -143,6 +148,7 @@ flows = Table(
     Column("allow_offline_access", Boolean, nullable=False),
     Column("code_verifier_enc", Text, nullable=True),
     Column("created_by", Text, nullable=True),
+    Column("admin_id", Text, nullable=True),
     Column("status", String(16), nullable=False),
     Column("browser_binding_hash", String(128), nullable=True),
     Column("created_at", BigInteger, nullable=False),
@@ -179,6 +185,19 @@ refresh_leases = Table(
     Column("expires_at", BigInteger, nullable=False, index=True),
 )
 
+#: Failed refreshes per connection (exponential back-off shared by every process).
+#: Kept out of ``zis_connections`` so recording a failure never touches the row the
+#: hot path reads, nor its version.
+refresh_backoff = Table(
+    "zis_refresh_backoff",
+    metadata,
+    Column("connection_uuid", String(36), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("reason", String(64), nullable=False),
+    Column("failed_at", BigInteger, nullable=False),
+    Column("retry_at", BigInteger, nullable=False),
+)
+
 __all__ = [
     "NAMING_CONVENTION",
     "api_tokens",
@@ -189,6 +208,7 @@ __all__ = [
     "load_json",
     "metadata",
     "oauth_clients",
+    "refresh_backoff",
     "refresh_leases",
     "to_ms",
     "verification_codes",

@@ -36,12 +36,15 @@ from ..errors import Conflict, InvalidValue, OAuthClientNotFound, StorageUnavail
 from ..models import (
     ApiToken,
     ConnectionRecord,
+    Lease,
     OAuthClient,
     Page,
     PendingFlow,
+    RefreshBackoff,
     VerificationCode,
+    utcnow,
 )
-from .base import Storage, client_conflict, parse_cursor
+from .base import Storage, backoff_delay, client_conflict, parse_cursor, stale_client
 from .schema import (
     api_tokens,
     connections,
@@ -51,6 +54,7 @@ from .schema import (
     load_json,
     metadata,
     oauth_clients,
+    refresh_backoff,
     refresh_leases,
     to_ms,
     verification_codes,
@@ -161,6 +165,8 @@ _CLIENT_COLUMNS: Final = (
     "created_by",
     "created_at",
     "updated_at",
+    "per_client_callback",
+    "version",
 )
 _CONNECTION_COLUMNS: Final = (
     "uuid",
@@ -202,6 +208,7 @@ def _client_values(client: OAuthClient) -> dict[str, Any]:
         "authorize_params": dump_json(client.authorize_params),
         "offline_access_params": dump_json(client.offline_access_params),
         "revocation_url": client.revocation_url,
+        "per_client_callback": client.per_client_callback,
         "updated_at": to_ms(client.updated_at),
     }
 
@@ -226,6 +233,8 @@ def _client_from_row(row: Sequence[Any]) -> OAuthClient:
         created_by,
         created_at,
         updated_at,
+        per_client_callback,
+        version,
     ) = row
     return OAuthClient(
         uuid=uuid,
@@ -246,6 +255,8 @@ def _client_from_row(row: Sequence[Any]) -> OAuthClient:
         created_by=created_by,
         created_at=from_ms(created_at),
         updated_at=from_ms(updated_at),
+        per_client_callback=bool(per_client_callback),
+        version=version,
     )
 
 
@@ -322,6 +333,14 @@ def _code_from_row(row: Sequence[Any]) -> VerificationCode:
     values["created_at"] = from_ms(values["created_at"])
     values["expires_at"] = from_ms(values["expires_at"])
     return VerificationCode(**values)
+
+
+def _backoff_from_row(row: Sequence[Any]) -> RefreshBackoff:
+    connection_uuid, failures, reason, failed_at, retry_at = row
+    return RefreshBackoff(
+        connection_uuid=connection_uuid, failures=int(failures), reason=reason,
+        failed_at=from_ms(failed_at), retry_at=from_ms(retry_at),
+    )
 
 
 def _token_from_row(row: Sequence[Any]) -> ApiToken:
@@ -436,6 +455,9 @@ class SQLAlchemyStorage(Storage):
             sa.select(*token_cols).where(t.c.revoked.is_(False)).order_by(t.c.created_at, t.c.id)
         )
         self._sel_tokens_of = self._sel_tokens.where(t.c.integration == bp("integration"))
+        self._sel_backoff = sa.select(*refresh_backoff.c).where(
+            refresh_backoff.c.connection_uuid == bp("uuid")
+        )
         ls = refresh_leases
         self._sel_lease = sa.select(ls.c.owner).where(ls.c.key == bp("key"), ls.c.expires_at > bp("now"))
         # Bind names differ from the column names: SQLAlchemy reserves those for SET.
@@ -508,6 +530,7 @@ class SQLAlchemyStorage(Storage):
                         integration=client.integration,
                         created_by=client.created_by,
                         created_at=to_ms(client.created_at),
+                        version=1,
                         **values,
                     )
                 )
@@ -520,17 +543,23 @@ class SQLAlchemyStorage(Storage):
         return _client_from_row(row)
 
     @_db_errors
-    def update_client(self, client: OAuthClient) -> OAuthClient:
+    def update_client(self, client: OAuthClient, *, expected_version: int | None = None) -> OAuthClient:
         k = oauth_clients
+        where = [k.c.uuid == client.uuid, k.c.integration == client.integration]
+        if expected_version is not None:
+            where.append(k.c.version == expected_version)
         try:
             with self._writer.begin() as conn:
                 changed = conn.execute(
-                    sa.update(k)
-                    .where(k.c.uuid == client.uuid, k.c.integration == client.integration)
-                    .values(**_client_values(client))
+                    sa.update(k).where(*where).values(**_client_values(client), version=k.c.version + 1)
                 ).rowcount
                 if changed != 1:
-                    raise OAuthClientNotFound(client.integration, client.uuid)
+                    exists = conn.execute(
+                        sa.select(k.c.version).where(*where[:2])
+                    ).first()
+                    if exists is None:
+                        raise OAuthClientNotFound(client.integration, client.uuid)
+                    raise stale_client(client)
                 row = conn.execute(
                     self._sel_client_by_uuid,
                     {"integration": client.integration, "uuid": client.uuid},
@@ -575,6 +604,12 @@ class SQLAlchemyStorage(Storage):
                 return False
             # Explicit, not only ON DELETE CASCADE: a connection made without our
             # PRAGMA foreign_keys=ON would not cascade on SQLite.
+            b = refresh_backoff
+            conn.execute(
+                sa.delete(b).where(
+                    b.c.connection_uuid.in_(sa.select(c.c.uuid).where(c.c.oauth_client_uuid == uuid))
+                )
+            )
             conn.execute(sa.delete(c).where(c.c.oauth_client_uuid == uuid))
             deleted = conn.execute(sa.delete(k).where(k.c.id == found.id)).rowcount
         return deleted == 1
@@ -632,18 +667,31 @@ class SQLAlchemyStorage(Storage):
 
     @_db_errors
     def update_connection(
-        self, record: ConnectionRecord, *, expected_version: int
+        self, record: ConnectionRecord, *, expected_version: int,
+        lease: Lease | None = None, now: datetime | None = None,
     ) -> ConnectionRecord | None:
         c = connections
+        where = [
+            c.c.uuid == record.uuid,
+            c.c.integration == record.integration,
+            c.c.version == expected_version,
+        ]
+        if lease is not None:
+            ls = refresh_leases
+            # In the same statement as the compare-and-swap: no gap in which the
+            # lease could lapse between checking it and writing.
+            where.append(
+                sa.exists().where(
+                    ls.c.key == lease.key,
+                    ls.c.owner == lease.owner,
+                    ls.c.expires_at > to_ms(now or utcnow()),
+                )
+            )
         try:
             with self._writer.begin() as conn:
                 changed = conn.execute(
                     sa.update(c)
-                    .where(
-                        c.c.uuid == record.uuid,
-                        c.c.integration == record.integration,
-                        c.c.version == expected_version,
-                    )
+                    .where(*where)
                     .values(
                         **_token_values(record),
                         needs_reauth=record.needs_reauth,
@@ -679,6 +727,9 @@ class SQLAlchemyStorage(Storage):
             deleted = conn.execute(
                 sa.delete(c).where(c.c.uuid == uuid, c.c.integration == integration)
             ).rowcount
+            if deleted:
+                b = refresh_backoff
+                conn.execute(sa.delete(b).where(b.c.connection_uuid == uuid))
         return deleted == 1
 
     @_db_errors
@@ -716,6 +767,7 @@ class SQLAlchemyStorage(Storage):
                         allow_offline_access=flow.allow_offline_access,
                         code_verifier_enc=flow.code_verifier_enc,
                         created_by=flow.created_by,
+                        admin_id=flow.admin_id,
                         status=flow.status,
                         browser_binding_hash=flow.browser_binding_hash,
                         created_at=to_ms(flow.created_at),
@@ -860,6 +912,17 @@ class SQLAlchemyStorage(Storage):
         return True
 
     @_db_errors
+    def renew_lease(self, key: str, owner: str, ttl: float, now: datetime) -> bool:
+        ls = refresh_leases
+        with self._writer.begin() as conn:
+            renewed = conn.execute(
+                sa.update(ls)
+                .where(ls.c.key == key, ls.c.owner == owner, ls.c.expires_at > to_ms(now))
+                .values(expires_at=to_ms(now + timedelta(seconds=ttl)))
+            ).rowcount
+        return renewed == 1
+
+    @_db_errors
     def release_lease(self, key: str, owner: str) -> None:
         ls = refresh_leases
         with self._writer.begin() as conn:
@@ -869,6 +932,46 @@ class SQLAlchemyStorage(Storage):
     def lease_holder(self, key: str, now: datetime) -> str | None:
         row = self._read_one(self._sel_lease, {"key": key, "now": to_ms(now)})
         return None if row is None else str(row[0])
+
+    # -- refresh back-off ----------------------------------------------------------
+    @_db_errors
+    def record_refresh_failure(
+        self, connection_uuid: str, reason: str, now: datetime, *, base: float, cap: float
+    ) -> RefreshBackoff:
+        b = refresh_backoff
+        with self._writer.begin() as conn:
+            row = conn.execute(
+                sa.select(b.c.failures).where(b.c.connection_uuid == connection_uuid)
+            ).first()
+            failures = 1 if row is None else int(row[0]) + 1
+            retry_at = now + backoff_delay(failures, base=base, cap=cap)
+            values = {
+                "failures": failures, "reason": reason[:64],
+                "failed_at": to_ms(now), "retry_at": to_ms(retry_at),
+            }
+            if row is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(sa.insert(b).values(connection_uuid=connection_uuid, **values))
+                except IntegrityError:
+                    # A concurrent first failure won the insert: count ours on top.
+                    values["failures"] = b.c.failures + 1
+                    conn.execute(sa.update(b).where(b.c.connection_uuid == connection_uuid).values(**values))
+            else:
+                conn.execute(sa.update(b).where(b.c.connection_uuid == connection_uuid).values(**values))
+            stored = conn.execute(sa.select(*b.c).where(b.c.connection_uuid == connection_uuid)).one()
+        return _backoff_from_row(stored)
+
+    @_db_errors
+    def get_refresh_backoff(self, connection_uuid: str) -> RefreshBackoff | None:
+        row = self._read_one(self._sel_backoff, {"uuid": connection_uuid})
+        return None if row is None else _backoff_from_row(row)
+
+    @_db_errors
+    def clear_refresh_backoff(self, connection_uuid: str) -> None:
+        b = refresh_backoff
+        with self._writer.begin() as conn:
+            conn.execute(sa.delete(b).where(b.c.connection_uuid == connection_uuid))
 
     # -- maintenance -------------------------------------------------------------
     @_db_errors
