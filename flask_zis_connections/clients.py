@@ -20,9 +20,11 @@ from .storage import Storage
 CLIENT_FIELDS = frozenset({
     "name", "client_id", "client_secret", "auth_url", "token_url", "default_scopes",
     "grant_type", "token_endpoint_auth_method", "pkce", "issuer", "authorize_params",
-    "offline_access_params", "revocation_url",
+    "offline_access_params", "revocation_url", "per_client_callback",
 })
 _OPTIONAL_URLS = ("issuer", "revocation_url")
+#: Fields that decide where, or how, the client secret is sent.
+SECRET_ROUTING_FIELDS = ("token_url", "revocation_url", "token_endpoint_auth_method")
 
 
 def build_client(
@@ -33,8 +35,17 @@ def build_client(
     allow_insecure: bool,
     existing: OAuthClient | None = None,
     created_by: str | None = None,
+    secret_follows_routing: bool = True,
 ) -> OAuthClient:
-    """Validate ``data`` (a full create, or a partial update of ``existing``)."""
+    """Validate ``data`` (a full create, or a partial update of ``existing``).
+
+    ``secret_follows_routing=False`` (the HTTP API) refuses an update that changes
+    where or how the stored secret is sent - ``token_url``, ``revocation_url``,
+    ``token_endpoint_auth_method`` - unless the same request brings the secret: a
+    holder of an integration's API token must not be able to redirect a secret the
+    host registered to a server of their choosing and read it there.  The Python API
+    and ``ZIS_OAUTH_CLIENTS`` are the host's own code and keep the secret.
+    """
     v.integration_name(integration)
     v.reject_unknown(data, set(CLIENT_FIELDS))
     base: dict[str, Any] = {}
@@ -52,6 +63,7 @@ def build_client(
             "authorize_params": existing.authorize_params,
             "offline_access_params": existing.offline_access_params,
             "revocation_url": existing.revocation_url,
+            "per_client_callback": existing.per_client_callback,
         }
     merged = {**base, **{k: val for k, val in data.items() if k != "client_secret"}}
 
@@ -89,6 +101,18 @@ def build_client(
         if clash:
             raise InvalidValue(field, f"must not set {clash[0]!r}: the flow sets it itself")
 
+    per_client_callback = v.boolean(merged.get("per_client_callback", False), "per_client_callback")
+    if existing is not None and not secret_follows_routing and data.get("client_secret") is None:
+        new_routing = (token_url, urls["revocation_url"], auth_method)
+        old_routing = (existing.token_url, existing.revocation_url, existing.token_endpoint_auth_method)
+        moved = [f for f, a, b in zip(SECRET_ROUTING_FIELDS, new_routing, old_routing, strict=True) if a != b]
+        if moved and existing.client_secret_enc is not None:
+            raise InvalidValue(
+                "client_secret",
+                f"is required when {', '.join(moved)} changes: the stored secret is never "
+                "sent to a new place or in a new way without being given again",
+            )
+
     if "client_secret" in data and data["client_secret"] is not None:
         secret_enc: str | None = encryptor.encrypt(
             v.string(data["client_secret"], "client_secret", max_len=4096)
@@ -117,6 +141,7 @@ def build_client(
         authorize_params=authorize_params,
         offline_access_params=offline_params,
         revocation_url=urls["revocation_url"],
+        per_client_callback=per_client_callback,
         created_by=existing.created_by if existing else created_by,
         created_at=existing.created_at if existing else now,
         updated_at=now,

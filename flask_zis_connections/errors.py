@@ -123,10 +123,19 @@ class ReauthorizationRequired(ZISError):
 
 
 class ProviderError(ZISError):
-    """The provider failed, timed out or answered nonsense; nothing stored changed."""
+    """The provider failed, timed out or answered nonsense; nothing stored changed.
+
+    ``retry_after`` (seconds), when set, is when the connection's next refresh attempt
+    is allowed (it is backing off after failures); the HTTP API sends it as
+    ``Retry-After``.
+    """
 
     status = 502
     code = CODE_PROVIDER_ERROR
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class StorageUnavailable(ZISError):
@@ -158,3 +167,18 @@ class UnsupportedMediaType(InvalidRequest):
     """The body is not ``application/json``."""
 
     status = 415
+
+
+class TooManyRequests(ZISError):
+    """A rate limit of the HTTP API is exhausted.
+
+    ``retry_after`` is the number of seconds until the limit admits the next request; the
+    HTTP layer sends it as ``Retry-After`` so well-behaved clients wait instead of hammering.
+    """
+
+    status = 429
+    code = CODE_TOO_MANY_REQUESTS
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -27,6 +27,8 @@ from .errors import ConfigurationError, ConnectionNotFound, InvalidRequest
 from .flow import FlowService
 from .lifecycle import Lifecycle
 from .models import ApiToken, Connection, OAuthClient
+from .outbound import OutboundPolicy
+from .ratelimit import RateLimits
 from .storage import MemoryStorage, SQLAlchemyStorage, Storage
 from .validation import integration_name
 
@@ -43,6 +45,8 @@ class AppState:
     encryptor: Encryptor
     lifecycle: Lifecycle
     flows: FlowService
+    #: The blueprint's rate limits; None when ``ZIS_RATELIMIT`` turns them off.
+    limits: RateLimits | None = None
 
 
 def state(app: Flask | None = None) -> AppState:
@@ -94,9 +98,7 @@ class ZISConnections:
             app.extensions.pop(EXTENSION_KEY, None)
             raise
         from .cli import zis_cli
-        from .ratelimit import init_limiter
 
-        init_limiter(app, self.blueprint)
         if "zis" not in app.cli.commands:
             app.cli.add_command(zis_cli)
 
@@ -107,17 +109,12 @@ class ZISConnections:
         encryptor = Encryptor.from_config(
             conf[cfg.ENCRYPTION_KEYS], conf.get("SECRET_KEY"), conf.get("SECRET_KEY_FALLBACKS")
         )
-        if float(conf[cfg.REFRESH_LEASE_TTL]) <= float(conf[cfg.HTTP_TIMEOUT]):
-            log.warning(
-                "ZIS_REFRESH_LEASE_TTL (%ss) is not above ZIS_HTTP_TIMEOUT (%ss): a slow "
-                "provider could outlive the refresh lease and a second refresher would then "
-                "use a refresh token the first one already rotated. Raise the TTL.",
-                conf[cfg.REFRESH_LEASE_TTL], conf[cfg.HTTP_TIMEOUT],
-            )
+        outbound = outbound_policy(conf)
         lifecycle = Lifecycle(
             app=app, storage=storage, encryptor=encryptor,
             leeway=float(conf[cfg.REFRESH_LEEWAY]), lease_ttl=float(conf[cfg.REFRESH_LEASE_TTL]),
-            http_timeout=float(conf[cfg.HTTP_TIMEOUT]),
+            http_timeout=outbound.timeout, outbound=outbound,
+            backoff_max=float(conf[cfg.REFRESH_BACKOFF_MAX]),
         )
         flows = FlowService(
             app=app, storage=storage, encryptor=encryptor,
@@ -125,11 +122,12 @@ class ZISConnections:
             code_max_age=int(conf[cfg.VERIFICATION_CODE_MAX_AGE]),
             allowed_origins=list(conf[cfg.ALLOWED_REDIRECT_ORIGINS]),
             allow_insecure=bool(conf[cfg.ALLOW_INSECURE_HTTP]),
-            http_timeout=float(conf[cfg.HTTP_TIMEOUT]),
+            outbound=outbound,
             cookie_prefix=str(conf[cfg.FLOW_COOKIE_NAME]),
         )
         app.extensions[EXTENSION_KEY] = AppState(
-            ext=self, storage=storage, encryptor=encryptor, lifecycle=lifecycle, flows=flows
+            ext=self, storage=storage, encryptor=encryptor, lifecycle=lifecycle, flows=flows,
+            limits=RateLimits.from_config(conf),
         )
         if conf[cfg.OAUTH_CLIENTS]:
             upsert_from_config(
@@ -251,6 +249,26 @@ class ZISConnections:
     ) -> Mapping[str, Any]:
         page = state().storage.list_connections(integration, limit=limit, cursor=cursor)
         return {"connections": page.items, "next_cursor": page.next_cursor}
+
+
+def outbound_policy(conf: Mapping[str, Any]) -> OutboundPolicy:
+    """The rules every outbound call follows, from ``ZIS_HTTP_TIMEOUT``,
+    ``ZIS_MAX_PROVIDER_RESPONSE_BYTES``, ``ZIS_ALLOW_INSECURE_HTTP`` and
+    ``ZIS_ALLOWED_PRIVATE_HOSTS``; a malformed value fails at start-up."""
+    timeout = float(conf[cfg.HTTP_TIMEOUT])
+    max_bytes = int(conf[cfg.MAX_PROVIDER_RESPONSE_BYTES])
+    hosts = conf[cfg.ALLOWED_PRIVATE_HOSTS]
+    if isinstance(hosts, str):
+        hosts = [h for h in hosts.split(",") if h.strip()]
+    if not isinstance(hosts, list | tuple | set | frozenset) or not all(isinstance(h, str) for h in hosts):
+        raise ConfigurationError("ZIS_ALLOWED_PRIVATE_HOSTS must be a list of host names or IP addresses.")
+    if timeout <= 0 or max_bytes <= 0:
+        raise ConfigurationError("ZIS_HTTP_TIMEOUT and ZIS_MAX_PROVIDER_RESPONSE_BYTES must be positive.")
+    return OutboundPolicy(
+        timeout=timeout, max_response_bytes=max_bytes,
+        allow_private=bool(conf[cfg.ALLOW_INSECURE_HTTP]),
+        allowed_private_hosts=frozenset(h.strip().lower() for h in hosts),
+    )
 
 
 def _one_of(name: str | None, uuid: str | None) -> dict[str, str]:

@@ -16,7 +16,7 @@ import logging
 import re
 import secrets
 import uuid as uuidlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -28,9 +28,10 @@ from . import signals
 from . import validation as v
 from .clients import require_client
 from .crypto import Encryptor, hash_secret
-from .errors import InvalidRequest, InvalidValue, NotFound, ProviderError
+from .errors import Forbidden, InvalidRequest, InvalidValue, NotFound, ProviderError
 from .lifecycle import expiry_from
 from .models import ConnectionRecord, OAuthClient, PendingFlow, VerificationCode, utcnow
+from .outbound import OutboundPolicy
 from .provider import (
     ProviderClient,
     TokenRequestRejected,
@@ -66,6 +67,12 @@ def cookie_name(prefix: str, flow_id: str) -> str:
     return f"{prefix}_{hash_secret(flow_id)[:16]}"
 
 
+def per_client_callback_url(callback_url: str, client_uuid: str) -> str:
+    """``.../callback/<client uuid>``: the redirect URI of a ``per_client_callback`` client."""
+    parts = urlsplit(callback_url)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + client_uuid))
+
+
 def add_query(url: str, params: Mapping[str, str]) -> str:
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
@@ -84,7 +91,7 @@ class FlowService:
     code_max_age: int
     allowed_origins: list[str]
     allow_insecure: bool
-    http_timeout: float
+    outbound: OutboundPolicy
     cookie_prefix: str
 
     # -- origin checks -----------------------------------------------------------
@@ -111,8 +118,10 @@ class FlowService:
     def start(
         self, integration: str, body: Mapping[str, Any], *, created_by: str | None,
         own_origins: list[str], callback_url: str, access_codes_url: str,
-        start_redirect_url: str,
+        start_redirect_url: str, admin_id: str | None = None,
     ) -> dict[str, str]:
+        """Record a pending flow; ``admin_id`` binds it to the admin whose browser
+        session started it (see :meth:`start_redirect`)."""
         v.integration_name(integration)
         v.reject_unknown(body, set(START_FIELDS))
         # JSON null means "not given" for every field, not just some of them.
@@ -162,6 +171,8 @@ class FlowService:
         interpolate(client.auth_url, subdomain)
         interpolate(client.token_url, subdomain)
         verifier = secrets.token_urlsafe(48) if client.pkce else None
+        if client.per_client_callback:
+            callback_url = per_client_callback_url(callback_url, client.uuid)
         now = utcnow()
         flow = PendingFlow(
             id=secrets.token_urlsafe(24),
@@ -175,6 +186,7 @@ class FlowService:
             allow_offline_access=offline,
             code_verifier_enc=self.encryptor.encrypt_optional(verifier),
             created_by=created_by,
+            admin_id=admin_id,
             created_at=now,
             expires_at=now + timedelta(seconds=self.flow_max_age),
         )
@@ -193,10 +205,28 @@ class FlowService:
         return {"redirect_url": add_query(access_codes_url, {"verification_code": code})}
 
     # -- start_redirect ------------------------------------------------------------
-    def start_redirect(self, flow_token: str | None) -> Redirect:
+    def start_redirect(
+        self, flow_token: str | None, current_admin: Callable[[str], str | None] | None = None
+    ) -> Redirect:
+        """Bind the flow to this browser and send it to the provider.
+
+        A flow an admin started through their browser session may only be opened by a
+        browser the host's admin loader (``current_admin(integration)``) admits as that
+        same admin: a start_redirect URL lured out of an admin, or made by a forged
+        request, cannot be opened in anyone else's browser (which would connect the
+        other person's account under the admin's name).
+        """
         if not flow_token:
             raise InvalidRequest("flow_token is required.")
         flow_id = unsign(self.app, FLOW_TOKEN_SALT, flow_token, self.flow_max_age, "flow token")
+        pending = self.storage.get_flow(flow_id)
+        if pending is not None and pending.admin_id is not None:
+            admitted = current_admin(pending.integration) if current_admin is not None else None
+            if admitted is None or not hmac.compare_digest(str(admitted), pending.admin_id):
+                raise Forbidden(
+                    "Forbidden: this flow was started by an admin session; open it in that "
+                    "admin's logged-in browser."
+                )
         binding = secrets.token_urlsafe(32)
         flow = self.storage.bind_flow(flow_id, hash_secret(binding), utcnow())
         if flow is None:
@@ -225,7 +255,8 @@ class FlowService:
 
     # -- callback ----------------------------------------------------------------------
     def callback(
-        self, args: Mapping[str, str], cookies: Mapping[str, str], raw_query: str
+        self, args: Mapping[str, str], cookies: Mapping[str, str], raw_query: str,
+        path_client_uuid: str | None = None,
     ) -> Redirect:
         state = args.get("state")
         if not state:
@@ -246,11 +277,7 @@ class FlowService:
                 "Start the OAuth flow again in this browser."
             )
         client = require_client(self.storage, flow.integration, uuid=flow.oauth_client_uuid)
-        if client.issuer is not None and args.get("iss") != client.issuer:
-            raise InvalidRequest(
-                "The authorization response is not from the expected issuer (RFC 9207). "
-                "Start the OAuth flow again."
-            )
+        self._check_mix_up(client, flow, args.get("iss"), path_client_uuid)
         consumed = self.storage.consume_flow(flow.id, flow.browser_binding_hash, utcnow())
         if consumed is None:
             raise InvalidRequest("The OAuth state was already used or has expired. Start again.")
@@ -290,6 +317,44 @@ class FlowService:
             302, clear_cookie=name,
         )
 
+    @staticmethod
+    def _check_mix_up(
+        client: OAuthClient, flow: PendingFlow, iss: str | None, path_client_uuid: str | None
+    ) -> None:
+        """Refuse an authorization response meant for another provider (RFC 9700 §4.4).
+
+        In a mix-up attack, a client the attacker registered in the same integration
+        (its ``auth_url`` on the attacker's server) starts the flow, and the attacker
+        bounces the admin to an honest provider; the honest code then arrives with the
+        attacker-client's state and would be sent to the attacker's ``token_url``.
+
+        * RFC 9207: the ``iss`` sent must be the client's ``issuer`` when one is set,
+          and a missing one is refused then.  Without ``issuer``, an ``iss`` that is
+          sent must share the origin of the client's ``auth_url``: an honest provider
+          that names itself then gives the bounce away.
+        * Distinct redirect URIs (§4.4.2): a client with ``per_client_callback`` gets
+          ``.../callback/<its uuid>``, so a response the honest provider delivers to
+          its own client's URI never matches the attacker-client's flow.
+        """
+        if client.issuer is not None:
+            if iss != client.issuer:
+                raise InvalidRequest(
+                    "The authorization response is not from the expected issuer (RFC 9207). "
+                    "Start the OAuth flow again."
+                )
+        elif iss is not None and client.auth_url is not None:
+            expected = v.origin_of(interpolate(client.auth_url, flow.oauth_url_subdomain))
+            if v.origin_of(iss) != expected:
+                raise InvalidRequest(
+                    "The authorization response names another issuer than the OAuth client's "
+                    "provider (RFC 9207). Start the OAuth flow again."
+                )
+        if (client.per_client_callback or path_client_uuid is not None) and path_client_uuid != client.uuid:
+            raise InvalidRequest(
+                "The authorization response arrived at another OAuth client's callback URL. "
+                "Start the OAuth flow again."
+            )
+
     # -- verification code ------------------------------------------------------------
     def exchange_code(self, integration: str, code: str | None) -> tuple[ConnectionRecord, VerificationCode]:
         if not code:
@@ -308,7 +373,7 @@ class FlowService:
     def _provider(self, client: OAuthClient, subdomain: str | None) -> ProviderClient:
         return ProviderClient(
             client, self.encryptor.decrypt_optional(client.client_secret_enc),
-            timeout=self.http_timeout, subdomain=subdomain,
+            policy=self.outbound, subdomain=subdomain,
         )
 
     def _store(
@@ -343,6 +408,9 @@ class FlowService:
             signals.connection_created.send(
                 self.app, integration=rec.integration, name=rec.name, uuid=rec.uuid
             )
+        else:
+            # Re-authorized: whatever made its refreshes fail is in the past.
+            self.storage.clear_refresh_backoff(rec.uuid)
         return rec
 
     def _issue_code(self, rec: ConnectionRecord, origin: str, raw_params: str) -> str:

@@ -2,15 +2,25 @@
 
 The refresh lock is the storage's lease (a row in SQL, so it holds across threads,
 processes and machines).  The winner re-reads the row after taking the lease and
-refreshes only if it is still due; it writes with a compare-and-swap on ``version``,
-so a refresher whose lease expired can never overwrite a newer token.  Waiters poll
-the row: as soon as its version moves they use the winner's result.  A crashed
-refresher's lease simply expires after ``ZIS_REFRESH_LEASE_TTL`` seconds.
+refreshes only if it is still due.  While its provider call is in flight a keeper
+thread renews the lease, and the call's deadline never passes the moment the lease is
+known to be held until: a refresher whose renewals fail gives up before anyone else
+can take over, so a refresh token is never sent twice.  Its write is conditioned on
+both the row's ``version`` and the lease, in one atomic step.  Waiters poll the row:
+as soon as its version moves they use the winner's result.  A crashed refresher's
+lease simply expires after ``ZIS_REFRESH_LEASE_TTL`` seconds.
+
+A refresh that fails at the provider is recorded apart from the connection row
+(:class:`~flask_zis_connections.models.RefreshBackoff`) and backs the connection off
+exponentially, across every process: until ``retry_at`` callers get the still-valid
+token, or fail fast with a ``Retry-After`` - the provider is not called again.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
@@ -21,7 +31,8 @@ from flask import Flask
 from . import signals
 from .crypto import Encryptor
 from .errors import ConnectionNotFound, ProviderError, ReauthorizationRequired, ZISError
-from .models import Connection, ConnectionRecord, OAuthClient, utcnow
+from .models import Connection, ConnectionRecord, Lease, OAuthClient, RefreshBackoff, utcnow
+from .outbound import OutboundPolicy
 from .provider import REAUTH_ERRORS, ProviderClient, TokenRequestRejected, TokenResponse
 from .storage import Storage
 
@@ -30,6 +41,52 @@ log = logging.getLogger("flask_zis_connections")
 _POLL_START = 0.01
 _POLL_MAX = 0.2
 _ZERO = timedelta(0)
+#: First back-off step in seconds (then 2, 4, ... up to ZIS_REFRESH_BACKOFF_MAX).
+BACKOFF_BASE = 1.0
+
+
+class LeaseKeeper:
+    """Keeps a refresh lease alive while its holder waits on the provider.
+
+    Renews every quarter of the TTL from a daemon thread.  :meth:`deadline` is the
+    monotonic instant the holder must be done by: a safety margin before the lease
+    could lapse, given the last successful renewal.  Outbound calls re-read it while
+    they run, so a holder whose renewals fail (database gone) is cut off while it
+    still holds the lease - before any other process may take over and send the same
+    refresh token again.
+    """
+
+    def __init__(self, storage: Storage, lease: Lease, ttl: float, taken_at: float) -> None:
+        self._storage = storage
+        self._lease = lease
+        self._ttl = ttl
+        self._margin = min(1.0, ttl / 5)
+        self._held_until = taken_at + ttl
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="zis-lease-keeper", daemon=True)
+
+    def deadline(self) -> float:
+        return self._held_until - self._margin
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._ttl / 4):
+            asked = time.monotonic()
+            try:
+                renewed = self._storage.renew_lease(self._lease.key, self._lease.owner, self._ttl, utcnow())
+            except ZISError:
+                renewed = False
+            if not renewed:
+                log.warning("Lost the refresh lease %s; the refresh in flight is cut short.", self._lease.key)
+                return
+            self._held_until = asked + self._ttl
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 @dataclass
@@ -42,6 +99,8 @@ class Lifecycle:
     leeway: float
     lease_ttl: float
     http_timeout: float
+    outbound: OutboundPolicy
+    backoff_max: float = 60.0
     _leeway: timedelta = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -110,25 +169,37 @@ class Lifecycle:
         ``rec`` is the row as the caller saw it when its request arrived.  Any write
         that lands after that (its version moved) counts as a refresh done on the
         caller's behalf, which is what lets a burst of forced refreshes make a single
-        provider call.
+        provider call.  While the connection backs off after a failed refresh, nobody
+        calls the provider: see :meth:`_backed_off`.
         """
         if not force and not self.is_due(rec):
             return rec
         self._raise_if_needs_reauth(rec)
+        backoff = self._active_backoff(rec)
+        if backoff is not None:
+            return self._backed_off(rec, backoff, force)
         key = f"refresh:{rec.uuid}"
         owner = uuidlib.uuid4().hex
         deadline = time.monotonic() + self.lease_ttl + self.http_timeout + 5
         pause = _POLL_START
         while True:
+            taken_at = time.monotonic()
             if self.storage.acquire_lease(key, owner, self.lease_ttl, utcnow()):
                 try:
                     current = self.find(rec.integration, uuid=rec.uuid)
                     self._raise_if_needs_reauth(current)
                     if current.version != rec.version and not self._expired(current):
                         return current  # written after this caller arrived: use it
-                    if force or self.is_due(current):
-                        return self._refresh_locked(current)
-                    return current
+                    if not (force or self.is_due(current)):
+                        return current
+                    # A refresher that held the lease before us may have failed.
+                    stored_backoff = self.storage.get_refresh_backoff(current.uuid)
+                    if stored_backoff is not None and stored_backoff.retry_at > utcnow():
+                        return self._backed_off(current, stored_backoff, force)
+                    return self._refresh_locked(
+                        current, Lease(key, owner), taken_at, force=force,
+                        had_backoff=stored_backoff is not None,
+                    )
                 finally:
                     self.storage.release_lease(key, owner)
             time.sleep(pause)
@@ -144,6 +215,30 @@ class Lifecycle:
                     "Timed out waiting for a concurrent refresh of this connection. Try again."
                 )
 
+    def _active_backoff(self, rec: ConnectionRecord) -> RefreshBackoff | None:
+        backoff = self.storage.get_refresh_backoff(rec.uuid)
+        if backoff is None or backoff.retry_at <= utcnow():
+            return None
+        return backoff
+
+    def _backed_off(self, rec: ConnectionRecord, backoff: RefreshBackoff, force: bool) -> ConnectionRecord:
+        """During a back-off: the token while it is still valid, else fail fast.
+
+        A due token that has not expired still works at the provider's API, so handing
+        it out is better than an error; an expired one (or an explicit refresh) gets a
+        ``ProviderError`` carrying ``retry_after``, which the HTTP API sends as
+        ``Retry-After`` with its 502.
+        """
+        if not force and not self._expired(rec):
+            return rec
+        retry_after = max(1, math.ceil((backoff.retry_at - utcnow()).total_seconds()))
+        raise ProviderError(
+            f"Refreshing this connection failed at the provider ({backoff.reason}) "
+            f"{backoff.failures} time(s) in a row; the next attempt is allowed in "
+            f"{retry_after}s. Try again then.",
+            retry_after=retry_after,
+        )
+
     @staticmethod
     def _raise_if_needs_reauth(rec: ConnectionRecord) -> None:
         if rec.needs_reauth:
@@ -158,11 +253,14 @@ class Lifecycle:
             raise ReauthorizationRequired(rec.integration, rec.name, "its OAuth client is gone")
         return ProviderClient(
             client, self.encryptor.decrypt_optional(client.client_secret_enc),
-            timeout=self.http_timeout, subdomain=rec.oauth_url_subdomain,
+            policy=self.outbound, subdomain=rec.oauth_url_subdomain,
         )
 
-    def _refresh_locked(self, current: ConnectionRecord) -> ConnectionRecord:
-        """Call the provider and store the result; the caller holds the lease."""
+    def _refresh_locked(
+        self, current: ConnectionRecord, lease: Lease, taken_at: float, *, force: bool,
+        had_backoff: bool,
+    ) -> ConnectionRecord:
+        """Call the provider and store the result; the caller holds ``lease``."""
         if current.grant_type != "client_credentials" and current.refresh_token_enc is None:
             # Not marked needs_reauth: nothing was refused, the access token may still
             # work until it expires - but only a new flow can give a refresh token.
@@ -173,41 +271,66 @@ class Lifecycle:
             )
         provider = self._provider_for(current)
         try:
-            if current.grant_type == "client_credentials":
-                resp = provider.client_credentials(current.permission_scope)
-            else:
-                assert current.refresh_token_enc is not None
-                resp = provider.refresh(self.encryptor.decrypt(current.refresh_token_enc))
+            with LeaseKeeper(self.storage, lease, self.lease_ttl, taken_at) as keeper:
+                if current.grant_type == "client_credentials":
+                    resp = provider.client_credentials(current.permission_scope, deadline=keeper.deadline)
+                else:
+                    assert current.refresh_token_enc is not None
+                    resp = provider.refresh(
+                        self.encryptor.decrypt(current.refresh_token_enc), deadline=keeper.deadline
+                    )
         except TokenRequestRejected as exc:
             self._send_failed(current, exc.error)
             if exc.error in REAUTH_ERRORS:
-                return self._mark_needs_reauth(current, exc.error)
-            raise
+                return self._mark_needs_reauth(current, exc.error, lease)
+            return self._failed(current, exc, exc.error, force)
         except ProviderError as exc:
             self._send_failed(current, "provider_error")
-            log.warning(
-                "Refreshing connection %s of %s failed: %s",
-                current.uuid, current.integration, exc.message,
-            )
-            raise
+            return self._failed(current, exc, "provider_error", force)
         updated = self.apply_token(current, resp)
-        stored = self.storage.update_connection(updated, expected_version=current.version)
+        stored = self.storage.update_connection(
+            updated, expected_version=current.version, lease=lease, now=utcnow()
+        )
         if stored is None:
-            # Our lease expired and another refresher won; its row is newer than ours.
+            # The row moved or the lease lapsed under us: never overwrite the newer state.
+            log.error(
+                "A refresh of connection %s of %s finished after its lease was lost; its "
+                "result was discarded.", current.uuid, current.integration,
+            )
             return self.find(current.integration, uuid=current.uuid)
+        if had_backoff:
+            self.storage.clear_refresh_backoff(current.uuid)
         signals.connection_refreshed.send(
             self.app, integration=stored.integration, name=stored.name, uuid=stored.uuid,
             token_expiry=stored.token_expiry,
         )
         return stored
 
-    def _mark_needs_reauth(self, current: ConnectionRecord, error: str) -> ConnectionRecord:
+    def _failed(
+        self, current: ConnectionRecord, exc: ProviderError, reason: str, force: bool
+    ) -> ConnectionRecord:
+        """Record the failure (starting or growing the back-off) and decide the answer."""
+        backoff = self.storage.record_refresh_failure(
+            current.uuid, reason, utcnow(), base=BACKOFF_BASE, cap=self.backoff_max
+        )
+        retry_after = max(1, math.ceil((backoff.retry_at - utcnow()).total_seconds()))
+        log.warning(
+            "Refreshing connection %s of %s failed (%s, %d in a row): %s Next attempt in %ss.",
+            current.uuid, current.integration, reason, backoff.failures, exc.message, retry_after,
+        )
+        if not force and not self._expired(current):
+            return current  # still valid: the caller keeps working meanwhile
+        exc.retry_after = retry_after
+        raise exc
+
+    def _mark_needs_reauth(self, current: ConnectionRecord, error: str, lease: Lease) -> ConnectionRecord:
         marked = self.storage.update_connection(
             self._rotated(current).replace(needs_reauth=True, updated_at=utcnow()),
-            expected_version=current.version,
+            expected_version=current.version, lease=lease, now=utcnow(),
         )
         if marked is None:
-            # The refresh token changed meanwhile (a re-authorization): use the new state.
+            # The refresh token changed meanwhile (a re-authorization), or our lease
+            # lapsed and another refresher owns the row now: use the newer state.
             latest = self.find(current.integration, uuid=current.uuid)
             if not latest.needs_reauth:
                 return latest

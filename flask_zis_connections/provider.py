@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,19 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from .errors import InvalidValue, ProviderError
 from .models import OAuthClient
+from .outbound import (
+    DeadlineExceeded,
+    DestinationRefused,
+    OutboundPolicy,
+    OutboundRefused,
+    RedirectRefused,
+    ResponseTooLarge,
+    harden,
+)
 from .validation import DNS_LABEL_RE, SUBDOMAIN_PLACEHOLDER
+
+#: A monotonic instant the call must be over by, re-read while it runs.
+Deadline = Callable[[], float]
 
 _OAUTH_ERROR_RE = re.compile(r"[a-z0-9_.-]{1,64}")
 #: OAuth errors meaning "this grant/client is no good any more": a person must reconnect.
@@ -117,30 +130,62 @@ def parse_token_response(text: str) -> TokenResponse:
     )
 
 
+def refusal_message(endpoint: str, exc: OutboundRefused, policy: OutboundPolicy) -> str:
+    """What to tell the caller when the outbound guard stopped a call (no URL, no body)."""
+    if isinstance(exc, RedirectRefused):
+        return (
+            f"The provider's {endpoint} answered with a redirect, which is never followed "
+            "(it could carry the client secret or a token elsewhere). Check the OAuth "
+            "client's URLs."
+        )
+    if isinstance(exc, DeadlineExceeded):
+        return f"The provider's {endpoint} did not answer within {policy.timeout:g}s. Try again later."
+    if isinstance(exc, ResponseTooLarge):
+        return (
+            f"The provider's {endpoint} answered with more than "
+            f"{policy.max_response_bytes} bytes (ZIS_MAX_PROVIDER_RESPONSE_BYTES)."
+        )
+    if isinstance(exc, DestinationRefused):
+        return (
+            f"The provider's {endpoint} resolves to a loopback, private or link-local "
+            "address, which is refused; list the host in ZIS_ALLOWED_PRIVATE_HOSTS if it "
+            "is meant to be internal."
+        )
+    return f"The provider's {endpoint} could not be called safely."
+
+
 class ProviderClient:
-    """Token operations for one OAuth client (with its secret decrypted)."""
+    """Token operations for one OAuth client (with its secret decrypted).
+
+    Every call goes through :func:`~flask_zis_connections.outbound.harden`: no
+    redirect is followed, private destinations are refused, and the whole call
+    (connect, headers, body) has one deadline and a size cap.
+    """
 
     def __init__(
-        self, client: OAuthClient, client_secret: str | None, *, timeout: float,
+        self, client: OAuthClient, client_secret: str | None, *, policy: OutboundPolicy,
         subdomain: str | None = None,
     ) -> None:
         self.client = client
         self._secret = client_secret
-        self.timeout = timeout
+        self.policy = policy
+        self.timeout = policy.timeout
         self.token_url = interpolate(client.token_url, subdomain)
         # Interpolated only when revoking: a revocation URL that needs a subdomain the
         # connection lacks must not break its refreshes, only (reportedly) its revocation.
         self._subdomain = subdomain
 
-    def _session(self) -> OAuth2Session:
-        return OAuth2Session(
+    def _session(self, deadline: Deadline | None) -> OAuth2Session:
+        session = OAuth2Session(
             client_id=self.client.client_id,
             client_secret=self._secret,
             token_endpoint_auth_method=self.client.token_endpoint_auth_method,
             revocation_endpoint_auth_method=self.client.token_endpoint_auth_method,
         )
+        harden(session, self.policy, deadline=deadline)
+        return session
 
-    def _token_request(self, call: str, **kwargs: Any) -> TokenResponse:
+    def _token_request(self, call: str, deadline: Deadline | None = None, **kwargs: Any) -> TokenResponse:
         captured: list[requests.Response] = []
 
         def capture(resp: requests.Response) -> requests.Response:
@@ -148,10 +193,12 @@ class ProviderClient:
             return resp
 
         try:
-            with self._session() as session:
+            with self._session(deadline) as session:
                 session.register_compliance_hook("access_token_response", capture)
                 session.register_compliance_hook("refresh_token_response", capture)
                 getattr(session, call)(self.token_url, timeout=self.timeout, **kwargs)
+        except OutboundRefused as exc:
+            raise ProviderError(refusal_message("token endpoint", exc, self.policy)) from exc
         except requests.Timeout as exc:
             raise ProviderError(
                 f"The provider's token endpoint did not answer within {self.timeout:g}s. "
@@ -189,14 +236,16 @@ class ProviderClient:
             kwargs["code_verifier"] = code_verifier
         return self._token_request("fetch_token", **kwargs)
 
-    def client_credentials(self, scope: str | None) -> TokenResponse:
+    def client_credentials(self, scope: str | None, *, deadline: Deadline | None = None) -> TokenResponse:
         kwargs: dict[str, Any] = {"grant_type": "client_credentials"}
         if scope:
             kwargs["scope"] = scope
-        return self._token_request("fetch_token", **kwargs)
+        return self._token_request("fetch_token", deadline, **kwargs)
 
-    def refresh(self, refresh_token: str) -> TokenResponse:
-        return self._token_request("refresh_token", refresh_token=refresh_token)
+    def refresh(self, refresh_token: str, *, deadline: Deadline | None = None) -> TokenResponse:
+        """``deadline`` (a monotonic instant, re-read while the call runs) cuts the call
+        short when the caller's refresh lease could lapse first."""
+        return self._token_request("refresh_token", deadline, refresh_token=refresh_token)
 
     def revoke(self, token: str, token_type_hint: str) -> None:
         """RFC 7009 revocation; raises ``ProviderError`` on any failure (``InvalidValue``
@@ -205,11 +254,13 @@ class ProviderClient:
             return
         url = interpolate(self.client.revocation_url, self._subdomain)
         try:
-            with self._session() as session:
+            with self._session(None) as session:
                 resp = session.revoke_token(
                     url, token, token_type_hint=token_type_hint,
                     timeout=self.timeout,
                 )
+        except OutboundRefused as exc:
+            raise ProviderError(refusal_message("revocation endpoint", exc, self.policy)) from exc
         except requests.RequestException as exc:
             raise ProviderError("The provider's revocation endpoint could not be reached.") from exc
         if resp.status_code != 200:

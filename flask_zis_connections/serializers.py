@@ -70,6 +70,8 @@ def client_json(client: OAuthClient) -> dict[str, Any]:
         "authorize_params": dict(client.authorize_params),
         "offline_access_params": dict(client.offline_access_params),
         "revocation_url": client.revocation_url,
+        "per_client_callback": client.per_client_callback,
+        "version": client.version,
         "created_by": client.created_by,
         "created_at": format_time(client.created_at),
         "updated_at": format_time(client.updated_at),

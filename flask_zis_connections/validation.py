@@ -86,10 +86,16 @@ def choice(value: object, field: str, choices: tuple[str, ...]) -> str:
 def str_mapping(value: object, field: str) -> dict[str, str]:
     if not isinstance(value, Mapping):
         raise InvalidValue(field, "must be an object of string values")
+    if len(value) > 32:
+        raise InvalidValue(field, "must have at most 32 entries")
     out: dict[str, str] = {}
     for key, item in value.items():
         if not isinstance(key, str) or not isinstance(item, str) or not key:
             raise InvalidValue(field, "must be an object of string values")
+        # Sent as query parameters to the provider: no control characters (a CR/LF or
+        # NUL could split or truncate what the provider or a proxy sees).
+        string(key, field, max_len=128)
+        string(item, field, max_len=2048, allow_empty=True)
         out[key] = item
     return out
 

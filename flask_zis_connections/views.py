@@ -10,26 +10,34 @@ handling.
 from __future__ import annotations
 
 import logging
-import time
+import math
+from datetime import datetime
 from typing import Any
 
 import requests
 from flask import Blueprint, Response, current_app, jsonify, redirect, request, url_for
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.http import http_date
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from . import config as cfg
 from . import errors as e
 from . import validation as v
-from .auth import Caller, authenticate
+from .auth import Caller, authenticate, bearer_token
 from .clients import build_client, require_client
 from .extension import AppState, ZISConnections, state
 from .models import ConnectionRecord
+from .outbound import OutboundRefused, guarded_session
+from .provider import refusal_message
 from .serializers import client_json, connection_json, connection_summary_json
 
 log = logging.getLogger("flask_zis_connections")
 
 URL_PREFIX = "/api/services/zis"
+#: Endpoints that take no credentials: limited per client address before they run.
+_UNAUTHENTICATED_ENDPOINTS = frozenset(
+    {"zis.start_redirect", "zis.callback", "zis.token_proxy", "zis.health"}
+)
 _PROXY_FIELDS = frozenset({"client_id", "client_secret", "code", "grant_type", "redirect_uri", "scope"})
 
 _STATUS_CODES = {
@@ -60,16 +68,14 @@ def handle_error(exc: Exception) -> Response:
     if isinstance(exc, e.ZISError):
         if exc.status >= 500:
             log.error("%s: %s", type(exc).__name__, exc.message)
-        return envelope(exc.status, exc.message, exc.code)
+        return _retry_after(envelope(exc.status, exc.message, exc.code), exc)
     if isinstance(exc, HTTPException):
         status = exc.code or 500
         detail = _DEFAULT_DETAIL.get(status, exc.name)
         resp = envelope(status, detail)
         if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
             resp.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
-        if status == 429:
-            resp.headers["Retry-After"] = str(_retry_after())
-        return resp
+        return _retry_after(resp, exc)
     if type(exc).__module__.split(".")[0] in ("redis", "limits"):
         log.error("Rate-limit storage unavailable: %s", type(exc).__name__)
         return envelope(503, "The rate-limit storage is unavailable (ZIS_RATELIMIT_STORAGE_URI). "
@@ -80,13 +86,19 @@ def handle_error(exc: Exception) -> Response:
     return envelope(500, "Internal server error. The error was logged; try again.")
 
 
-def _retry_after() -> int:
-    """Seconds until the breached limit's window resets (Flask-Limiter's own numbers)."""
-    for limiter in current_app.extensions.get("zis_limiters", []):
-        current = limiter.current_limit
-        if current is not None and current.breached:
-            return max(1, int(current.reset_at - time.time()))
-    return 60
+def _retry_after(resp: Response, exc: Exception) -> Response:
+    """Send ``Retry-After`` when the error knows how long to wait.
+
+    Any error may carry ``retry_after`` (a spent rate limit, a provider that asked for a
+    pause; werkzeug's 429 and 503 take one too): seconds, or a ``datetime`` as werkzeug
+    allows.  Clients that honour it back off instead of retrying at once.
+    """
+    wait = getattr(exc, "retry_after", None)
+    if isinstance(wait, datetime):
+        resp.headers["Retry-After"] = http_date(wait)
+    elif isinstance(wait, int | float) and not isinstance(wait, bool):
+        resp.headers["Retry-After"] = str(max(0, math.ceil(wait)))
+    return resp
 
 
 def make_blueprint(ext: ZISConnections) -> Blueprint:
@@ -114,6 +126,19 @@ def make_blueprint(ext: ZISConnections) -> Blueprint:
     def _limit_body() -> None:
         request.max_content_length = int(current_app.config[cfg.MAX_BODY_BYTES])
 
+    @bp.before_request
+    def _limit_unauthenticated() -> None:
+        """The endpoints that take no credentials are limited per client address, and
+        the token proxy - which cannot tell its callers apart - also globally."""
+        if request.endpoint not in _UNAUTHENTICATED_ENDPOINTS:
+            return
+        limits = st().limits
+        if limits is None:
+            return
+        limits.hit_address()
+        if request.endpoint == "zis.token_proxy":
+            limits.hit_token_proxy()
+
     @bp.after_request
     def _private(resp: WerkzeugResponse) -> WerkzeugResponse:
         """Every answer - error pages included - may carry a token, or sit at a URL that
@@ -125,16 +150,40 @@ def make_blueprint(ext: ZISConnections) -> Blueprint:
     def st() -> AppState:
         return state()
 
-    def auth(integration: str) -> Caller:
-        s = st()
-        trusted = own_origins() + list(current_app.config[cfg.ALLOWED_REDIRECT_ORIGINS])
-        caller = authenticate(request, integration, s.storage, ext.admin_loader, trusted)
-        v.integration_name(integration)
+    def auth(integration: str, *, state_changing: bool | None = None) -> Caller:
+        """Authenticate the caller for ``integration``.
+
+        A bearer token is checked first (a stranger learns nothing about names); the
+        host's admin loader only ever sees a validated integration name.
+        ``state_changing`` marks a GET that changes state (the refresh endpoint) so a
+        browser session must pass the same-origin check a write would.
+        """
+        trusted = own_origins() + list(current_app.config[cfg.TRUSTED_ORIGINS])
+        # Failures are charged to the client address (never to a header or path the
+        # caller picks), and a spent address is refused before the token lookup.
+        limits = st().limits
+        try:
+            token = bearer_token(request)
+            if limits is not None:
+                limits.test_address(integration, token)
+            caller = authenticate(
+                request, integration, st().storage, ext.admin_loader, trusted,
+                state_changing=state_changing,
+            )
+        except (e.Unauthorized, e.Forbidden):
+            if limits is not None:
+                limits.hit_address(refuse=False)
+            raise
+        if limits is not None:
+            limits.hit_caller(integration, token=token, identity=caller.identity)
         return caller
 
     def own_origins() -> list[str]:
+        """The host's own origin.  With ``ZIS_PUBLIC_URL`` set it is that URL's origin
+        only: the ``Host`` header is the caller's to choose and must not widen what
+        counts as "own" (redirect targets, CSRF-trusted origins)."""
         public = current_app.config[cfg.PUBLIC_URL]
-        return [request.host_url] + ([public] if public else [])
+        return [str(public)] if public else [request.host_url]
 
     def external(endpoint: str, **values: Any) -> str:
         public = current_app.config[cfg.PUBLIC_URL]
@@ -177,25 +226,31 @@ def make_blueprint(ext: ZISConnections) -> Blueprint:
             callback_url=external("zis.callback"),
             access_codes_url=external("zis.access_codes", integration=integration),
             start_redirect_url=external("zis.start_redirect"),
+            admin_id=caller.identity if caller.via_session else None,
         )
         return jsonify(result)
 
     @bp.get("/connections/oauth/start_redirect")
     def start_redirect() -> WerkzeugResponse:
-        out = st().flows.start_redirect(request.args.get("flow_token"))
+        out = st().flows.start_redirect(request.args.get("flow_token"), ext.admin_loader)
         resp = redirect(out.location, code=out.status)
         if out.cookie is not None:
             name, value, max_age = out.cookie
+            public = current_app.config[cfg.PUBLIC_URL]
             resp.set_cookie(
                 name, value, max_age=max_age, httponly=True, samesite="Lax",
-                secure=request.is_secure, path=url_for("zis.callback"),
+                # Behind a TLS-terminating proxy the request itself looks like http;
+                # a public https URL says the browser is on https all the same.
+                secure=request.is_secure or str(public or "").startswith("https://"),
+                path=url_for("zis.callback"),
             )
         return resp
 
     @bp.get("/connections/oauth/callback")
-    def callback() -> WerkzeugResponse:
+    @bp.get("/connections/oauth/callback/<client_uuid>")
+    def callback(client_uuid: str | None = None) -> WerkzeugResponse:
         raw_query = request.query_string.decode("utf-8", "replace")
-        out = st().flows.callback(request.args, request.cookies, raw_query)
+        out = st().flows.callback(request.args, request.cookies, raw_query, path_client_uuid=client_uuid)
         resp = redirect(out.location, code=out.status)
         if out.clear_cookie:
             resp.delete_cookie(out.clear_cookie, path=url_for("zis.callback"))
@@ -218,7 +273,7 @@ def make_blueprint(ext: ZISConnections) -> Blueprint:
     # -- connections -----------------------------------------------------------------------
     @bp.get("/connections/refresh/<integration>")
     def refresh(integration: str) -> Response:
-        auth(integration)
+        auth(integration, state_changing=True)
         rec = lookup(integration)
         return conn_json(st().lifecycle.ensure_fresh(rec, force=True))
 
@@ -280,11 +335,19 @@ def make_blueprint(ext: ZISConnections) -> Blueprint:
         s = st()
         body = json_body()
         existing = require_client(s.storage, integration, uuid=v.uuid_value(uuid))
+        expected = _if_match_version(existing.version)
         client = build_client(
             integration, body, encryptor=s.encryptor, existing=existing,
             allow_insecure=bool(current_app.config[cfg.ALLOW_INSECURE_HTTP]),
+            secret_follows_routing=False,
         )
-        return jsonify(client_json(s.storage.update_client(client)))
+        # Compare-and-swap on the version read above (or the one the caller names in
+        # If-Match): of two concurrent edits, the second gets 409 instead of silently
+        # undoing the first.
+        stored = s.storage.update_client(client, expected_version=expected)
+        resp = jsonify(client_json(stored))
+        resp.headers["ETag"] = f'"{stored.version}"'
+        return resp
 
     @bp.delete("/connections/oauth/clients/<integration>/<uuid>")
     def delete_client(integration: str, uuid: str) -> Response:
@@ -305,6 +368,23 @@ def make_blueprint(ext: ZISConnections) -> Blueprint:
     return bp
 
 
+def _if_match_version(current: int) -> int:
+    """The client version a PATCH may overwrite: ``If-Match: "N"`` when sent (as
+    answered in ``ETag`` and the ``version`` field), else the version just read."""
+    header = request.headers.get("If-Match")
+    if header is None:
+        return current
+    tag = header.strip().removeprefix("W/").strip('"')
+    if not (tag.isascii() and tag.isdigit() and len(tag) <= 18):
+        raise e.InvalidRequest('If-Match must be a client version as sent in ETag, e.g. "3".')
+    if int(tag) != current:
+        raise e.Conflict(
+            "The OAuth client was changed since that version was read. Read it again and "
+            "re-apply your change."
+        )
+    return current
+
+
 def _proxy_token(body: dict[str, Any]) -> Response:
     """Forward the seed's token request to the host's own OAuth token URL."""
     url = current_app.config[cfg.HOST_TOKEN_URL]
@@ -318,11 +398,14 @@ def _proxy_token(body: dict[str, Any]) -> Response:
     for required in ("grant_type", "client_id"):
         if required not in form:
             raise e.InvalidValue(required, "is required")
+    policy = state().lifecycle.outbound
     try:
-        upstream = requests.post(
-            url, data=form, headers={"Accept": "application/json"},
-            timeout=float(current_app.config[cfg.HTTP_TIMEOUT]),
-        )
+        with guarded_session(policy) as session:
+            upstream = session.post(
+                url, data=form, headers={"Accept": "application/json"}, timeout=policy.timeout
+            )
+    except OutboundRefused as exc:
+        raise e.ProviderError(refusal_message("token endpoint (ZIS_HOST_TOKEN_URL)", exc, policy)) from None
     except requests.RequestException:
         raise e.ProviderError("The host token endpoint could not be reached.") from None
     if upstream.status_code >= 500:

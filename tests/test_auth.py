@@ -97,8 +97,11 @@ def test_admin_session_cross_site_write_is_403(session_app: Flask, headers: dict
     assert c.get(URL).get_json()["clients"] == []
 
 
-def test_allowed_origin_may_write_with_session(session_app: Flask) -> None:
+def test_only_trusted_origins_may_write_with_session(session_app: Flask) -> None:
     c = session_app.test_client()
     c.post("/login")
+    # https://client.int is an allowed *redirect* origin: a place the browser may be
+    # sent back to, which admits no admin writes.
     resp = c.post(URL, json=client_body(), headers={"Origin": "https://client.int"})
-    assert resp.status_code == 201
+    assert_envelope(resp, 403, "1200", "ZIS_TRUSTED_ORIGINS")
+    assert c.get(URL).get_json()["clients"] == []

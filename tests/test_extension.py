@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
@@ -93,8 +94,20 @@ def test_derived_key_logs_a_warning(tmp_path: object, caplog: pytest.LogCaptureF
     assert not any("only-secret" in r.getMessage() for r in caplog.records)
 
 
-def test_lease_ttl_not_above_http_timeout_warns(
-    make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"ZIS_ALLOWED_PRIVATE_HOSTS": [1]},
+        {"ZIS_ALLOWED_PRIVATE_HOSTS": {"a": "b"}},
+        {"ZIS_HTTP_TIMEOUT": 0},
+        {"ZIS_MAX_PROVIDER_RESPONSE_BYTES": -1},
+    ],
+)
+def test_outbound_settings_are_checked_at_start(
+    make_app: Callable[..., Flask], config: dict[str, Any]
 ) -> None:
-    make_app(ZIS_REFRESH_LEASE_TTL=5, ZIS_HTTP_TIMEOUT=10)
-    assert any("ZIS_REFRESH_LEASE_TTL" in r.getMessage() for r in caplog.records)
+    # A refresh lease shorter than the HTTP timeout is fine now (the refresher renews
+    # it); malformed outbound limits are not, and fail before the first request.
+    with pytest.raises(ConfigurationError):
+        make_app(**config)
+    assert make_app(ZIS_REFRESH_LEASE_TTL=5, ZIS_HTTP_TIMEOUT=10, ZIS_ALLOWED_PRIVATE_HOSTS="a, b")

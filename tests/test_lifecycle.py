@@ -573,18 +573,27 @@ def test_provider_failures_leave_the_row_unchanged_and_release_the_lease(
     uuid = env.conn["uuid"]
     before_row, before_rec = env.raw_row(uuid), env.record()
     env.provider.state.inject_token_fault(fault)
-    with clock_at(expiry_of(env) + timedelta(seconds=5)):
+    with clock_at(expiry_of(env) + timedelta(seconds=5)) as clock:
         with pytest.raises(ProviderError) as info:
             env.token()
+        assert info.value.retry_after == 1  # the connection now backs off
         assert env.raw_row(uuid) == before_row
         assert env.record() == before_rec
         assert env.storage.lease_holder(f"refresh:{uuid}", utcnow()) is None
+        # During the back-off callers fail fast; the provider is not called again.
+        calls = env.provider.state.refresh_call_count
+        fast = env.get("/connections/acme", name="main")
+        assert_envelope(fast, 502, "1305", "Try again")
+        assert fast.headers["Retry-After"] == "1"
+        assert env.provider.state.refresh_call_count == calls
+        clock.shift(timedelta(seconds=2))
         if fault != "timeout":  # the same through HTTP (one slow timeout is enough)
             env.provider.state.inject_token_fault(fault)
             err = assert_envelope(env.get("/connections/acme", name="main"), 502, "1305")
             assert err["detail"] == info.value.message
             assert env.raw_row(uuid) == before_row
-        # The fault is gone: the next call refreshes.
+            clock.shift(timedelta(seconds=3))
+        # The fault is gone and the back-off over: the next call refreshes.
         token = env.token()
     assert token != env.conn["access_token"]
     assert env.record().version == before_rec.version + 1
