@@ -312,6 +312,25 @@ def test_a_refresh_slower_than_its_lease_sends_the_refresh_token_once(
     assert len(tokens) == 1 and old_refresh not in tokens
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_refresher_that_cannot_renew_its_lease_stops_before_it_lapses(
+    make_env: Callable[..., Env], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The database stops accepting renewals mid-call (say it is failing over): the
+    # refresher must give up while its lease is still held - before anyone else may take
+    # it and replay the refresh token - and must not write what it no longer owns.
+    env = make_env(provider_config={"SLOW_SLEEP": 3.0}, ZIS_REFRESH_LEASE_TTL=1.5, ZIS_HTTP_TIMEOUT=8)
+    monkeypatch.setattr(env.storage, "renew_lease", lambda *a, **k: False)
+    env.provider.state.inject_token_fault("slow")
+    before = env.record()
+    started = time.monotonic()
+    resp = env.get("/connections/refresh/acme", name="main")
+    elapsed = time.monotonic() - started
+    assert_envelope(resp, 502, "1305")
+    assert elapsed < 1.5, elapsed  # cut at the lease's safety margin, not at 3 s or 8 s
+    assert env.record() == before
+
+
 # -- 4. a failing provider is not hammered ------------------------------------------------------
 @pytest.mark.parametrize("backend", ["memory", "sqlite", "postgres"], indirect=True)
 def test_a_failing_provider_backs_off_and_callers_fail_fast(
@@ -399,11 +418,19 @@ def test_with_a_public_url_the_host_header_is_not_an_own_origin(
 ) -> None:
     app = make_app(ZIS_PUBLIC_URL="https://zis.example", ZIS_ALLOWED_REDIRECT_ORIGINS=[])
     register(app, provider)
-    headers = {**auth_header(app), "Host": "evil.example"}
+    headers = auth_header(app)
     c = app.test_client()
-    evil = start(c, headers, origin_oauth_redirect_url="https://evil.example/landing")
+
+    def start_as(host: str, origin_url: str) -> TestResponse:
+        # The attacker picks the Host header (and the proxy forwards https).
+        return c.post(
+            f"{PREFIX}/connections/oauth/start/acme", base_url=f"https://{host}", headers=headers,
+            json={"name": "main", "oauth_client_name": "acme", "origin_oauth_redirect_url": origin_url},
+        )
+
+    evil = start_as("evil.example", "https://evil.example/landing")
     assert_envelope(evil, 422, "1303", "origin_oauth_redirect_url")
-    good = start(c, headers, origin_oauth_redirect_url="https://zis.example/landing")
+    good = start_as("evil.example", "https://zis.example/landing")
     assert good.status_code == 200
     assert good.get_json()["redirect_url"].startswith("https://zis.example/")
 
