@@ -145,6 +145,9 @@ def make_blueprint(ext: ZISConnections) -> Blueprint:
         holds a code or state: never cache it, never leak the URL as a Referer."""
         resp.headers["Cache-Control"] = "no-store"
         resp.headers["Referrer-Policy"] = "no-referrer"
+        # Nothing here is meant to be framed (RFC 6749 §10.13, RFC 9700 §4.16).
+        resp.headers["X-Frame-Options"] = "DENY"
+        resp.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
         return resp
 
     def st() -> AppState:

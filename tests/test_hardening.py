@@ -690,3 +690,47 @@ def test_a_stale_client_update_is_a_409(app: Flask, bearer: dict[str, str]) -> N
     assert sorted(codes) == [200] + [409] * 19
     assert c.get(CLIENTS_URL, headers=bearer).get_json()["clients"][0]["version"] == 3
 
+
+
+# -- headers and parameters a browser or a provider could be tricked with ---------------------
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+@pytest.mark.parametrize(
+    "param",
+    ["response_type", "client_id", "redirect_uri", "state", "code_challenge", "code_challenge_method", "scope"],
+)
+def test_authorize_params_cannot_override_what_the_flow_sets(
+    app: Flask, bearer: dict[str, str], param: str
+) -> None:
+    # An implicit-grant downgrade (response_type=token), a swapped redirect_uri or a
+    # fixed state would each undo a defence of the flow (RFC 9700 §2.1, §2.1.2).
+    c = app.test_client()
+    for field in ("authorize_params", "offline_access_params"):
+        resp = c.post(CLIENTS_URL, json=client_body(**{field: {param: "x"}}), headers=bearer)
+        assert_envelope(resp, 422, "1303", field)
+    assert c.get(CLIENTS_URL, headers=bearer).get_json()["clients"] == []
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+def test_no_cors_and_no_framing_on_any_answer(app: Flask, bearer: dict[str, str]) -> None:
+    c = app.test_client()
+    cross = {"Origin": "https://evil.test"}
+    answers = [
+        c.get(CLIENTS_URL, headers={**bearer, **cross}),
+        c.get(CLIENTS_URL, headers=cross),  # 401
+        c.options(CLIENTS_URL, headers={**cross, "Access-Control-Request-Method": "POST"}),
+        c.get(f"{PREFIX}/connections/oauth/start_redirect?flow_token=x", headers=cross),
+        c.get(f"{PREFIX}/health", headers=cross),
+    ]
+    for resp in answers:
+        assert not [h for h in resp.headers.keys() if h.lower().startswith("access-control-")]
+        assert resp.headers["X-Frame-Options"] == "DENY"
+        assert resp.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+def test_a_form_post_response_cannot_complete_a_flow(app: Flask) -> None:
+    # response_mode=form_post would deliver code and state in a POST body: refused.
+    resp = app.test_client().post(
+        f"{PREFIX}/connections/oauth/callback", data={"code": "c", "state": "s"}
+    )
+    assert_envelope(resp, 405, "1301")
