@@ -10,7 +10,7 @@ encrypted beforehand - no OAuth flows), then times, in one process and on one en
   through ``engine.connect()``, nothing else.
 
 Names are random (a different row each call), both loops run interleaved in rounds
-after a warm-up, and the per-call figure is the median round.  Targets (issue 4):
+after a warm-up, and the per-call figure is the median round.  Targets:
 ours within 2x of bare, and ours at 100k within 1.3x of ours at 1k.
 
     python bench/bench_get_token.py            # 1k and 100k
@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flask_zis_connections import ZISConnections, get_token
 from flask_zis_connections.crypto import Encryptor
 from flask_zis_connections.storage import SQLAlchemyStorage
-from flask_zis_connections.storage.schema import connections, to_ms
+from flask_zis_connections.storage.sqlalchemy.schema import connections
+from flask_zis_connections.storage.times import to_ms
 
 INTEGRATION = "acme"
 _BATCH = 5_000

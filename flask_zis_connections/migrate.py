@@ -1,8 +1,9 @@
 """Run the shipped Alembic migrations against the extension's database.
 
 Hosts that set ``ZIS_CREATE_TABLES = False`` run ``flask zis db upgrade`` at deploy time.
-Hosts on Flask-Migrate can instead add this package's ``migrations/versions`` folder to
-their ``version_locations``: the revisions only touch ``zis_*`` tables.
+Hosts on Flask-Migrate can instead add ``MIGRATIONS_DIR / "versions"`` (the package's
+``storage/sqlalchemy/migrations/versions`` folder) to their ``version_locations``: the
+revisions only touch ``zis_*`` tables.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+#: Beside the schema they build (:mod:`.storage.sqlalchemy.schema`), so the two change together.
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "storage" / "sqlalchemy" / "migrations"
 
 
 def alembic_config(engine: Engine) -> Config:

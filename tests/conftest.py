@@ -69,7 +69,7 @@ def postgres_url() -> Iterator[str]:
 def reset_postgres(url: str) -> None:
     storage = SQLAlchemyStorage(url)
     try:
-        from flask_zis_connections.storage.schema import metadata
+        from flask_zis_connections.storage.sqlalchemy.schema import metadata
 
         metadata.drop_all(storage.engine)
     finally:

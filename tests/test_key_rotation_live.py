@@ -37,7 +37,7 @@ from flask import Flask, request
 
 from flask_zis_connections import ReauthorizationRequired, ZISConnections, get_token
 from flask_zis_connections.storage import SQLAlchemyStorage
-from flask_zis_connections.storage.schema import metadata
+from flask_zis_connections.storage.sqlalchemy.schema import metadata
 
 from .conftest import ORIGIN, reset_postgres
 from .flow_driver import auth_header, connect, register, zis_of
@@ -344,9 +344,9 @@ def test_client_update_across_rotation_stays_decryptable(
     storage = _storage(during)
     real_update = storage.update_client
 
-    def rotate_then_update(updated: Any) -> Any:
+    def rotate_then_update(updated: Any, **kw: Any) -> Any:
         _rotate(operator)
-        return real_update(updated)
+        return real_update(updated, **kw)
 
     monkeypatch.setattr(storage, "update_client", rotate_then_update)
     with during.app_context():

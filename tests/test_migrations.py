@@ -14,7 +14,7 @@ from sqlalchemy import Engine, create_engine, inspect, text
 
 from flask_zis_connections import ZISConnections
 from flask_zis_connections.migrate import current, downgrade, upgrade
-from flask_zis_connections.storage.schema import metadata
+from flask_zis_connections.storage.sqlalchemy.schema import metadata
 
 from .conftest import reset_postgres
 from .helpers import client_body

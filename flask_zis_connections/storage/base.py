@@ -3,15 +3,22 @@
 Backends speak domain values (:mod:`flask_zis_connections.models`) and own every
 atomic step: consuming a flow or a verification code exactly once, the refresh lease,
 and compare-and-swap writes.  Views and the token lifecycle never lock by hand.
+
+The public methods are concrete: each checks and normalises its arguments once and
+calls a protected hook (``get_flow`` -> ``_get_flow``; :mod:`.hooks` lists them), so
+a backend implements only the hooks and cannot disagree with another about which
+arguments are valid, how a cursor reads or which millisecond a datetime lands on.
+:mod:`flask_zis_connections.testing` ships the contract suite a backend must pass.
 """
 
 from __future__ import annotations
 
-import abc
+import functools
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 
-from ..errors import Conflict, InvalidValue
+from ..errors import InvalidValue
 from ..models import (
     ApiToken,
     ConnectionRecord,
@@ -21,197 +28,229 @@ from ..models import (
     PendingFlow,
     RefreshBackoff,
     VerificationCode,
+    utcnow,
 )
+from .conflicts import client_conflict, stale_client
+from .hooks import StorageHooks
+from .times import at_ms, at_ms_or_none
+
+# The two conflicts callers outside storage raise too are importable from here.
+__all__ = ["Storage", "backoff_delay", "client_conflict", "parse_cursor", "stale_client"]
 
 
-class Storage(abc.ABC):
-    """Abstract storage.  All datetimes in and out are timezone-aware UTC."""
+class Storage(StorageHooks):
+    """Abstract storage.  All datetimes in and out are timezone-aware UTC.
 
-    # -- life cycle ------------------------------------------------------------
-    def create_tables(self) -> None:  # noqa: B027 - optional hook
+    A backend subclasses it and implements the hooks of :class:`~.hooks.StorageHooks`.
+    """
+
+    # -- life cycle (optional: a backend overrides what it needs) -------------------
+    def create_tables(self) -> None:
         """Create missing tables (no-op for backends without a schema)."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release connections/pools."""
 
-    def healthcheck(self) -> None:  # noqa: B027 - optional hook
+    def healthcheck(self) -> None:
         """Raise :class:`~flask_zis_connections.errors.StorageUnavailable` when unusable."""
 
     # -- OAuth clients ---------------------------------------------------------
-    @abc.abstractmethod
     def add_client(self, client: OAuthClient) -> OAuthClient:
-        """Insert; raise ``Conflict`` when (integration, name) exists."""
+        """Insert at version 1; raise ``Conflict`` when (integration, name) exists."""
+        created, updated = at_ms(client.created_at), at_ms(client.updated_at)
+        return self._add_client(client.replace(created_at=created, updated_at=updated, version=1))
 
-    @abc.abstractmethod
     def update_client(self, client: OAuthClient, *, expected_version: int | None = None) -> OAuthClient:
         """Replace the row with ``client.uuid``; its version becomes the stored one + 1.
 
-        ``Conflict`` on a duplicate name, or - when ``expected_version`` is given - when
-        the stored version differs (someone else updated it since it was read);
+        ``created_by`` and ``created_at`` keep their stored values.  ``Conflict`` on a
+        duplicate name, or - when ``expected_version`` is given - when the stored
+        version differs (someone else updated it since it was read);
         ``OAuthClientNotFound`` when it is gone."""
+        return self._update_client(client.replace(updated_at=at_ms(client.updated_at)), expected_version)
 
-    @abc.abstractmethod
     def get_client(
         self, integration: str, *, uuid: str | None = None, name: str | None = None
     ) -> OAuthClient | None:
-        """Look up by uuid or by name within the integration."""
+        """Look up by uuid or by name within the integration (both: they must agree).
 
-    @abc.abstractmethod
+        The name is compared again after the lookup, so a database whose collation
+        ignores case cannot return a client of another name.
+        """
+        if uuid is not None:
+            client = self._get_client_by_uuid(integration, uuid)
+        elif name is not None:
+            client = self._get_client_by_name(integration, name)
+        else:
+            raise TypeError("get_client() needs uuid= or name=")
+        return None if client is None or (name is not None and client.name != name) else client
+
     def list_clients(self, integration: str | None = None) -> list[OAuthClient]:
         """Clients of one integration (or all), ordered by creation."""
+        return self._list_clients(integration)
 
-    @abc.abstractmethod
     def delete_client(self, integration: str, uuid: str) -> bool:
-        """Delete the client *and its connections*; False when it did not exist."""
+        """Delete the client *and its connections* (and their back-off state); False
+        when it did not exist."""
+        return self._delete_client(integration, uuid)
 
     # -- connections -----------------------------------------------------------
-    @abc.abstractmethod
     def get_connection(
         self, integration: str, *, name: str | None = None, uuid: str | None = None
     ) -> ConnectionRecord | None:
-        """One indexed read; the hot path of ``get_token``."""
+        """One indexed read; the hot path of ``get_token``, so by name it is one call."""
+        if uuid is None:
+            if name is None:
+                raise TypeError("get_connection() needs name= or uuid=")
+            return self._get_connection_by_name(integration, name)
+        record = self._get_connection_by_uuid(integration, uuid)
+        return None if record is None or (name is not None and record.name != name) else record
 
-    @abc.abstractmethod
     def upsert_connection(self, record: ConnectionRecord) -> ConnectionRecord:
         """Insert, or replace the tokens of the existing (integration, name) row.
 
         The existing row keeps its uuid, ``created_at`` and gets ``version + 1``;
-        ``needs_reauth`` is cleared.  Returns what is stored.
+        ``needs_reauth`` is cleared.  ``OAuthClientNotFound`` for an unknown client,
+        ``Conflict`` for a new name with a uuid already in use.  Returns what is stored.
         """
+        return self._upsert_connection(_record_at_ms(record))
 
-    @abc.abstractmethod
     def update_connection(
         self, record: ConnectionRecord, *, expected_version: int,
         lease: Lease | None = None, now: datetime | None = None,
     ) -> ConnectionRecord | None:
         """Compare-and-swap: write ``record`` (version becomes ``expected_version + 1``)
         only if the stored version is ``expected_version`` - and, when ``lease`` is
-        given, only if that lease is still held by its owner at ``now``, checked in the
-        same atomic step; else return None.  A refresher whose lease lapsed can thus
-        never write, whatever happened meanwhile."""
+        given, only if that lease is still held by its owner at ``now`` (default: the
+        clock), checked in the same atomic step; else return None.  A refresher whose
+        lease lapsed can thus never write, whatever happened meanwhile.  The name and
+        ``created_at`` are kept."""
+        return self._update_connection(_record_at_ms(record), expected_version, lease, at_ms(now or utcnow()))
 
-    @abc.abstractmethod
     def delete_connection(self, integration: str, uuid: str) -> bool:
-        """Delete one connection; False when it did not exist."""
+        """Delete one connection and its back-off state; False when it did not exist."""
+        return self._delete_connection(integration, uuid)
 
-    @abc.abstractmethod
     def list_connections(self, integration: str, *, limit: int = 100, cursor: str | None = None) -> Page:
         """Stable order (insertion), opaque ``cursor`` for the next page."""
+        if limit < 1:
+            raise InvalidValue("limit", "must be a positive integer")
+        # One row more than asked: its presence is what says there is a next page.
+        rows = self._list_connections(integration, parse_cursor(cursor), limit + 1)
+        if len(rows) <= limit:
+            return Page(items=[record for _, record in rows], next_cursor=None)
+        return Page(items=[record for _, record in rows[:limit]], next_cursor=str(rows[limit - 1][0]))
 
-    @abc.abstractmethod
     def connections_expiring_before(self, moment: datetime) -> list[ConnectionRecord]:
         """Connections (any integration) with ``token_expiry < moment`` and not
-        ``needs_reauth``: the ``refresh-due`` job's worklist."""
+        ``needs_reauth``, soonest first: the ``refresh-due`` job's worklist."""
+        return self._connections_expiring_before(at_ms(moment))
 
     # -- flows -----------------------------------------------------------------
-    @abc.abstractmethod
     def add_flow(self, flow: PendingFlow) -> None:
-        """Record a new pending flow."""
+        """Record a new pending flow; ``Conflict`` when its id exists."""
+        self._add_flow(replace(flow, created_at=at_ms(flow.created_at), expires_at=at_ms(flow.expires_at)))
 
-    @abc.abstractmethod
     def get_flow(self, flow_id: str) -> PendingFlow | None:
         """Read without changing it."""
+        return self._get_flow(flow_id)
 
-    @abc.abstractmethod
     def bind_flow(self, flow_id: str, browser_binding_hash: str, now: datetime) -> PendingFlow | None:
         """Atomically move ``pending`` -> ``redirected`` (if not expired) recording the
         browser binding; None when the flow is unknown, expired or already used."""
+        return self._bind_flow(flow_id, browser_binding_hash, at_ms(now))
 
-    @abc.abstractmethod
     def consume_flow(self, flow_id: str, browser_binding_hash: str, now: datetime) -> PendingFlow | None:
         """Atomically move ``redirected`` -> ``consumed`` if the binding matches and it
         has not expired.  Exactly one of many concurrent callers gets the flow."""
+        return self._consume_flow(flow_id, browser_binding_hash, at_ms(now))
 
     # -- verification codes ----------------------------------------------------
-    @abc.abstractmethod
     def add_verification_code(self, code: VerificationCode) -> None:
-        """Record a new code (only its hash is stored)."""
+        """Record a new code (only its hash is stored); ``Conflict`` when it exists."""
+        self._add_verification_code(
+            replace(code, created_at=at_ms(code.created_at), expires_at=at_ms(code.expires_at))
+        )
 
-    @abc.abstractmethod
     def consume_verification_code(
         self, code_hash: str, integration: str, now: datetime
     ) -> VerificationCode | None:
         """Atomically take the code if it belongs to ``integration`` and has not expired.
         A code of another integration is left untouched."""
+        return self._consume_verification_code(code_hash, integration, at_ms(now))
 
     # -- API tokens --------------------------------------------------------------
-    @abc.abstractmethod
     def add_api_token(self, token: ApiToken) -> None:
-        """Record a new API token (hash only)."""
+        """Record a new API token (hash only); ``Conflict`` when its id or hash exists."""
+        self._add_api_token(replace(token, created_at=at_ms(token.created_at)))
 
-    @abc.abstractmethod
     def get_api_token(self, token_hash: str) -> ApiToken | None:
         """The token with that hash, if it exists and is not revoked."""
+        return self._get_api_token(token_hash)
 
-    @abc.abstractmethod
     def revoke_api_token(self, token_id_or_hash: str) -> bool:
         """Revoke by id or by hash; False when nothing matched."""
+        return self._revoke_api_token(token_id_or_hash)
 
-    @abc.abstractmethod
     def list_api_tokens(self, integration: str | None = None) -> list[ApiToken]:
-        """Non-revoked tokens (hashes only), for the CLI."""
+        """Non-revoked tokens (hashes only), oldest first, for the CLI."""
+        return self._list_api_tokens(integration)
 
     # -- refresh lease -----------------------------------------------------------
-    @abc.abstractmethod
     def acquire_lease(self, key: str, owner: str, ttl: float, now: datetime) -> bool:
         """Take the lease ``key`` for ``ttl`` seconds if it is free or expired."""
+        return self._acquire_lease(key, owner, at_ms(now), at_ms(now + timedelta(seconds=ttl)))
 
-    @abc.abstractmethod
     def renew_lease(self, key: str, owner: str, ttl: float, now: datetime) -> bool:
         """Extend the lease to ``now + ttl`` if ``owner`` still holds it unexpired;
         False when it lapsed (or was taken over) - the holder must then stop."""
+        return self._renew_lease(key, owner, at_ms(now), at_ms(now + timedelta(seconds=ttl)))
 
-    @abc.abstractmethod
     def release_lease(self, key: str, owner: str) -> None:
         """Release it if ``owner`` still holds it (an expired, re-taken lease stays)."""
+        self._release_lease(key, owner)
 
-    @abc.abstractmethod
     def lease_holder(self, key: str, now: datetime) -> str | None:
         """The current unexpired holder, or None."""
+        return self._lease_holder(key, at_ms(now))
 
     # -- refresh back-off ----------------------------------------------------------
-    @abc.abstractmethod
     def record_refresh_failure(
         self, connection_uuid: str, reason: str, now: datetime, *, base: float, cap: float
     ) -> RefreshBackoff:
         """Count one more failed refresh and set ``retry_at`` to
-        ``now + min(cap, base * 2 ** (failures - 1))``; return the new state."""
+        ``now + min(cap, base * 2 ** (failures - 1))``; return the new state.  The
+        reason is cut to 64 characters."""
+        delay = functools.partial(backoff_delay, base=base, cap=cap)
+        return self._record_refresh_failure(connection_uuid, reason[:64], at_ms(now), delay)
 
-    @abc.abstractmethod
     def get_refresh_backoff(self, connection_uuid: str) -> RefreshBackoff | None:
         """The back-off state, or None after a success (or if it never failed)."""
+        return self._get_refresh_backoff(connection_uuid)
 
-    @abc.abstractmethod
     def clear_refresh_backoff(self, connection_uuid: str) -> None:
         """Forget the failures (a refresh or re-authorization succeeded)."""
+        self._clear_refresh_backoff(connection_uuid)
 
     # -- maintenance -------------------------------------------------------------
-    @abc.abstractmethod
     def reencrypt(self, rotate: Callable[[str], str]) -> int:
         """Apply ``rotate`` to every ciphertext column of every row; return rows changed.
 
         Each row is rewritten with a compare-and-swap on its old ciphertext, so a row
         updated concurrently (already under the newest key) is skipped, not clobbered.
         """
+        return self._reencrypt(rotate)
 
-    @abc.abstractmethod
     def purge_expired(self, now: datetime) -> int:
         """Delete expired flows, verification codes and leases; return rows deleted."""
+        return self._purge_expired(at_ms(now))
 
 
-def client_conflict(client: OAuthClient) -> Conflict:
-    """The one wording of a duplicate client name, whichever backend noticed it."""
-    return Conflict(
-        f"An OAuth client named {client.name!r} already exists for integration "
-        f"{client.integration!r}. Choose another name or update the existing client."
-    )
-
-
-def stale_client(client: OAuthClient) -> Conflict:
-    """The one wording of a lost update, whichever backend noticed it."""
-    return Conflict(
-        f"OAuth client {client.uuid!r} was changed by someone else since it was read. "
-        "Read it again and re-apply your change."
+def _record_at_ms(record: ConnectionRecord) -> ConnectionRecord:
+    return record.replace(
+        token_expiry=at_ms_or_none(record.token_expiry),
+        created_at=at_ms(record.created_at),
+        updated_at=at_ms(record.updated_at),
     )
 
 

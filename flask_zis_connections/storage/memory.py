@@ -5,13 +5,13 @@ frozen dataclasses of :mod:`~flask_zis_connections.models` in plain dicts and do
 every operation under one :class:`threading.RLock`, which is what makes the atomic
 steps of the :class:`~.base.Storage` contract (single-use flows and codes, leases,
 compare-and-swap writes) hold across threads.  Nothing survives the process and
-nothing is shared with other processes; use :class:`~.sqlalchemy.SQLAlchemyStorage`
-for that.
+nothing is shared with other processes; use
+:class:`~.sqlalchemy.SQLAlchemyStorage` for that.
 
-To behave exactly like the SQL backend, which stores times as epoch milliseconds,
-every datetime is normalized on the way in to aware UTC truncated to the
-millisecond, and the same uniqueness and foreign-key rules are enforced (the
-contract suite runs against both).
+To behave exactly like the SQL backend it enforces the same uniqueness and
+foreign-key rules (the contract suite runs against both); datetimes arrive already
+truncated to the millisecond the SQL backend keeps, so they are stored and compared
+as they are.
 """
 
 from __future__ import annotations
@@ -19,40 +19,28 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
-from ..errors import Conflict, InvalidValue, OAuthClientNotFound
+from ..errors import OAuthClientNotFound
 from ..models import (
     ApiToken,
     ConnectionRecord,
     Lease,
     OAuthClient,
-    Page,
     PendingFlow,
     RefreshBackoff,
     VerificationCode,
-    utcnow,
 )
-from .base import Storage, backoff_delay, client_conflict, parse_cursor, stale_client
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
-
-
-def _ms(moment: datetime) -> int:
-    """Epoch milliseconds, the resolution every backend keeps (naive means UTC)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // _MS
-
-
-def _norm(moment: datetime) -> datetime:
-    """``moment`` as the SQL backend would hand it back: aware UTC, whole milliseconds."""
-    return _EPOCH + _ms(moment) * _MS
-
-
-def _norm_opt(moment: datetime | None) -> datetime | None:
-    return None if moment is None else _norm(moment)
+from .base import Storage
+from .conflicts import (
+    client_conflict,
+    code_conflict,
+    connection_uuid_conflict,
+    flow_conflict,
+    stale_client,
+    token_conflict,
+)
+from .times import at_ms
 
 
 def _copy_client(client: OAuthClient) -> OAuthClient:
@@ -61,8 +49,6 @@ def _copy_client(client: OAuthClient) -> OAuthClient:
         authorize_params=dict(client.authorize_params),
         offline_access_params=dict(client.offline_access_params),
     )
-
-
 
 
 class MemoryStorage(Storage):
@@ -86,17 +72,13 @@ class MemoryStorage(Storage):
         self._codes: dict[str, VerificationCode] = {}
         self._tokens: dict[str, ApiToken] = {}
         self._token_hashes: dict[str, str] = {}
-        #: key -> (owner, expiry in epoch milliseconds)
-        self._leases: dict[str, tuple[str, int]] = {}
+        #: key -> (owner, expiry)
+        self._leases: dict[str, tuple[str, datetime]] = {}
         self._backoff: dict[str, RefreshBackoff] = {}
 
     # -- OAuth clients ---------------------------------------------------------
-    def add_client(self, client: OAuthClient) -> OAuthClient:
-        stored = _copy_client(
-            client.replace(
-                created_at=_norm(client.created_at), updated_at=_norm(client.updated_at), version=1
-            )
-        )
+    def _add_client(self, client: OAuthClient) -> OAuthClient:
+        stored = _copy_client(client)
         with self._lock:
             key = (client.integration, client.name)
             if key in self._client_names or client.uuid in self._clients:
@@ -105,7 +87,7 @@ class MemoryStorage(Storage):
             self._client_names[key] = client.uuid
         return _copy_client(stored)
 
-    def update_client(self, client: OAuthClient, *, expected_version: int | None = None) -> OAuthClient:
+    def _update_client(self, client: OAuthClient, expected_version: int | None) -> OAuthClient:
         with self._lock:
             old = self._clients.get(client.uuid)
             if old is None or old.integration != client.integration:
@@ -116,39 +98,30 @@ class MemoryStorage(Storage):
             if self._client_names.get(key, client.uuid) != client.uuid:
                 raise client_conflict(client)
             stored = _copy_client(
-                client.replace(
-                    created_by=old.created_by, created_at=old.created_at,
-                    updated_at=_norm(client.updated_at), version=old.version + 1,
-                )
+                client.replace(created_by=old.created_by, created_at=old.created_at, version=old.version + 1)
             )
             del self._client_names[(old.integration, old.name)]
             self._client_names[key] = client.uuid
             self._clients[client.uuid] = stored
         return _copy_client(stored)
 
-    def get_client(
-        self, integration: str, *, uuid: str | None = None, name: str | None = None
-    ) -> OAuthClient | None:
+    def _get_client_by_uuid(self, integration: str, uuid: str) -> OAuthClient | None:
         with self._lock:
-            if uuid is not None:
-                client = self._clients.get(uuid)
-            elif name is not None:
-                found = self._client_names.get((integration, name))
-                client = None if found is None else self._clients[found]
-            else:
-                raise TypeError("get_client() needs uuid= or name=")
-        if client is None or client.integration != integration:
-            return None
-        if name is not None and client.name != name:
-            return None
-        return _copy_client(client)
+            client = self._clients.get(uuid)
+        return None if client is None or client.integration != integration else _copy_client(client)
 
-    def list_clients(self, integration: str | None = None) -> list[OAuthClient]:
+    def _get_client_by_name(self, integration: str, name: str) -> OAuthClient | None:
+        with self._lock:
+            found = self._client_names.get((integration, name))
+            client = None if found is None else self._clients[found]
+        return None if client is None else _copy_client(client)
+
+    def _list_clients(self, integration: str | None) -> list[OAuthClient]:
         with self._lock:
             clients = list(self._clients.values())
         return [_copy_client(c) for c in clients if integration is None or c.integration == integration]
 
-    def delete_client(self, integration: str, uuid: str) -> bool:
+    def _delete_client(self, integration: str, uuid: str) -> bool:
         with self._lock:
             client = self._clients.get(uuid)
             if client is None or client.integration != integration:
@@ -161,70 +134,50 @@ class MemoryStorage(Storage):
             return True
 
     # -- connections -----------------------------------------------------------
-    def get_connection(
-        self, integration: str, *, name: str | None = None, uuid: str | None = None
-    ) -> ConnectionRecord | None:
+    def _get_connection_by_uuid(self, integration: str, uuid: str) -> ConnectionRecord | None:
         with self._lock:
-            if uuid is not None:
-                record = self._connections.get(uuid)
-            elif name is not None:
-                found = self._connection_names.get((integration, name))
-                record = None if found is None else self._connections[found]
-            else:
-                raise TypeError("get_connection() needs name= or uuid=")
-        if record is None or record.integration != integration:
-            return None
-        if name is not None and record.name != name:
-            return None
-        return record
+            record = self._connections.get(uuid)
+        return None if record is None or record.integration != integration else record
 
-    def upsert_connection(self, record: ConnectionRecord) -> ConnectionRecord:
+    def _get_connection_by_name(self, integration: str, name: str) -> ConnectionRecord | None:
+        with self._lock:
+            found = self._connection_names.get((integration, name))
+            return None if found is None else self._connections[found]
+
+    def _upsert_connection(self, record: ConnectionRecord) -> ConnectionRecord:
         with self._lock:
             self._require_client(record)
             existing_uuid = self._connection_names.get((record.integration, record.name))
             if existing_uuid is not None:
                 old = self._connections[existing_uuid]
-                stored = self._normalized(
-                    record.replace(
-                        uuid=old.uuid,
-                        created_at=old.created_at,
-                        version=old.version + 1,
-                        needs_reauth=False,
-                    )
+                stored = record.replace(
+                    uuid=old.uuid, created_at=old.created_at, version=old.version + 1, needs_reauth=False
                 )
             else:
                 if record.uuid in self._connections:
-                    raise Conflict(
-                        f"A connection with uuid {record.uuid!r} already exists under another "
-                        "name. Generate a new uuid for a new connection."
-                    )
-                stored = self._normalized(record.replace(needs_reauth=False))
+                    raise connection_uuid_conflict(record)
+                stored = record.replace(needs_reauth=False)
                 self._connection_names[(record.integration, record.name)] = record.uuid
                 self._connection_seq[record.uuid] = self._next_seq
                 self._next_seq += 1
             self._connections[stored.uuid] = stored
             return stored
 
-    def update_connection(
-        self, record: ConnectionRecord, *, expected_version: int,
-        lease: Lease | None = None, now: datetime | None = None,
+    def _update_connection(
+        self, record: ConnectionRecord, expected_version: int, lease: Lease | None, now: datetime
     ) -> ConnectionRecord | None:
         with self._lock:
             old = self._connections.get(record.uuid)
             if old is None or old.integration != record.integration or old.version != expected_version:
                 return None
-            if lease is not None:
-                held = self._leases.get(lease.key)
-                if held is None or held[0] != lease.owner or held[1] <= _ms(now or utcnow()):
-                    return None
+            if lease is not None and self._holder(lease.key, now) != lease.owner:
+                return None
             self._require_client(record)
-            stored = self._normalized(
-                record.replace(name=old.name, created_at=old.created_at, version=expected_version + 1)
-            )
+            stored = record.replace(name=old.name, created_at=old.created_at, version=expected_version + 1)
             self._connections[stored.uuid] = stored
             return stored
 
-    def delete_connection(self, integration: str, uuid: str) -> bool:
+    def _delete_connection(self, integration: str, uuid: str) -> bool:
         with self._lock:
             record = self._connections.get(uuid)
             if record is None or record.integration != integration:
@@ -232,63 +185,59 @@ class MemoryStorage(Storage):
             self._drop_connection(record)
             return True
 
-    def list_connections(self, integration: str, *, limit: int = 100, cursor: str | None = None) -> Page:
-        if limit < 1:
-            raise InvalidValue("limit", "must be a positive integer")
-        after = parse_cursor(cursor)
-        items: list[ConnectionRecord] = []
-        last_seq = 0
+    def _list_connections(
+        self, integration: str, after: int, limit: int
+    ) -> list[tuple[int, ConnectionRecord]]:
+        rows: list[tuple[int, ConnectionRecord]] = []
         with self._lock:
             # Dict order is insertion order, which is sequence order.
             for uuid, record in self._connections.items():
                 seq = self._connection_seq[uuid]
-                if seq <= after or record.integration != integration:
-                    continue
-                if len(items) == limit:
-                    return Page(items=items, next_cursor=str(last_seq))
-                items.append(record)
-                last_seq = seq
-        return Page(items=items, next_cursor=None)
+                if seq > after and record.integration == integration:
+                    rows.append((seq, record))
+                    if len(rows) == limit:
+                        break
+        return rows
 
-    def connections_expiring_before(self, moment: datetime) -> list[ConnectionRecord]:
-        limit = _norm(moment)
+    def _connections_expiring_before(self, moment: datetime) -> list[ConnectionRecord]:
         with self._lock:
             records = list(self._connections.values())
         due = [
-            r for r in records if r.token_expiry is not None and r.token_expiry < limit and not r.needs_reauth
+            r
+            for r in records
+            if r.token_expiry is not None and r.token_expiry < moment and not r.needs_reauth
         ]
-        due.sort(key=lambda r: r.token_expiry or limit)
+        due.sort(key=lambda r: r.token_expiry or moment)
         return due
 
     # -- flows -----------------------------------------------------------------
-    def add_flow(self, flow: PendingFlow) -> None:
-        stored = replace(flow, created_at=_norm(flow.created_at), expires_at=_norm(flow.expires_at))
+    def _add_flow(self, flow: PendingFlow) -> None:
         with self._lock:
             if flow.id in self._flows:
-                raise Conflict(f"A flow with id {flow.id!r} already exists.")
-            self._flows[flow.id] = stored
+                raise flow_conflict(flow)
+            self._flows[flow.id] = flow
 
-    def get_flow(self, flow_id: str) -> PendingFlow | None:
+    def _get_flow(self, flow_id: str) -> PendingFlow | None:
         with self._lock:
             return self._flows.get(flow_id)
 
-    def bind_flow(self, flow_id: str, browser_binding_hash: str, now: datetime) -> PendingFlow | None:
+    def _bind_flow(self, flow_id: str, browser_binding_hash: str, now: datetime) -> PendingFlow | None:
         with self._lock:
             flow = self._flows.get(flow_id)
-            if flow is None or flow.status != "pending" or _ms(flow.expires_at) <= _ms(now):
+            if flow is None or flow.status != "pending" or flow.expires_at <= now:
                 return None
             bound = replace(flow, status="redirected", browser_binding_hash=browser_binding_hash)
             self._flows[flow_id] = bound
             return bound
 
-    def consume_flow(self, flow_id: str, browser_binding_hash: str, now: datetime) -> PendingFlow | None:
+    def _consume_flow(self, flow_id: str, browser_binding_hash: str, now: datetime) -> PendingFlow | None:
         with self._lock:
             flow = self._flows.get(flow_id)
             if (
                 flow is None
                 or flow.status != "redirected"
                 or flow.browser_binding_hash != browser_binding_hash
-                or _ms(flow.expires_at) <= _ms(now)
+                or flow.expires_at <= now
             ):
                 return None
             consumed = replace(flow, status="consumed")
@@ -296,41 +245,37 @@ class MemoryStorage(Storage):
             return consumed
 
     # -- verification codes ----------------------------------------------------
-    def add_verification_code(self, code: VerificationCode) -> None:
-        stored = replace(code, created_at=_norm(code.created_at), expires_at=_norm(code.expires_at))
+    def _add_verification_code(self, code: VerificationCode) -> None:
         with self._lock:
             if code.code_hash in self._codes:
-                raise Conflict("That verification code already exists; generate a new one.")
-            self._codes[code.code_hash] = stored
+                raise code_conflict()
+            self._codes[code.code_hash] = code
 
-    def consume_verification_code(
+    def _consume_verification_code(
         self, code_hash: str, integration: str, now: datetime
     ) -> VerificationCode | None:
         with self._lock:
             code = self._codes.get(code_hash)
-            if code is None or code.integration != integration or _ms(code.expires_at) <= _ms(now):
+            if code is None or code.integration != integration or code.expires_at <= now:
                 return None
             del self._codes[code_hash]
             return code
 
     # -- API tokens --------------------------------------------------------------
-    def add_api_token(self, token: ApiToken) -> None:
-        stored = replace(token, created_at=_norm(token.created_at))
+    def _add_api_token(self, token: ApiToken) -> None:
         with self._lock:
             if token.id in self._tokens or token.token_hash in self._token_hashes:
-                raise Conflict("That API token already exists; issue a new one.")
-            self._tokens[token.id] = stored
+                raise token_conflict()
+            self._tokens[token.id] = token
             self._token_hashes[token.token_hash] = token.id
 
-    def get_api_token(self, token_hash: str) -> ApiToken | None:
+    def _get_api_token(self, token_hash: str) -> ApiToken | None:
         with self._lock:
             token_id = self._token_hashes.get(token_hash)
             token = None if token_id is None else self._tokens[token_id]
-        if token is None or token.revoked:
-            return None
-        return token
+        return None if token is None or token.revoked else token
 
-    def revoke_api_token(self, token_id_or_hash: str) -> bool:
+    def _revoke_api_token(self, token_id_or_hash: str) -> bool:
         with self._lock:
             # Like the SQL backend's ``WHERE id = :x OR token_hash = :x``.
             ids = [token_id_or_hash, self._token_hashes.get(token_id_or_hash)]
@@ -339,7 +284,7 @@ class MemoryStorage(Storage):
                 self._tokens[token.id] = replace(token, revoked=True)
             return bool(matched)
 
-    def list_api_tokens(self, integration: str | None = None) -> list[ApiToken]:
+    def _list_api_tokens(self, integration: str | None) -> list[ApiToken]:
         with self._lock:
             tokens = list(self._tokens.values())
         live = [t for t in tokens if not t.revoked and (integration is None or t.integration == integration)]
@@ -347,62 +292,54 @@ class MemoryStorage(Storage):
         return live
 
     # -- refresh lease -----------------------------------------------------------
-    def acquire_lease(self, key: str, owner: str, ttl: float, now: datetime) -> bool:
-        now_ms = _ms(now)
-        expires_ms = _ms(now + timedelta(seconds=ttl))
+    def _acquire_lease(self, key: str, owner: str, now: datetime, expires_at: datetime) -> bool:
         with self._lock:
-            held = self._leases.get(key)
-            if held is not None and held[1] > now_ms:
+            if self._holder(key, now) is not None:
                 return False
-            self._leases[key] = (owner, expires_ms)
+            self._leases[key] = (owner, expires_at)
             return True
 
-    def renew_lease(self, key: str, owner: str, ttl: float, now: datetime) -> bool:
+    def _renew_lease(self, key: str, owner: str, now: datetime, expires_at: datetime) -> bool:
         with self._lock:
-            held = self._leases.get(key)
-            if held is None or held[0] != owner or held[1] <= _ms(now):
+            if self._holder(key, now) != owner:
                 return False
-            self._leases[key] = (owner, _ms(now + timedelta(seconds=ttl)))
+            self._leases[key] = (owner, expires_at)
             return True
 
-    # -- refresh back-off ----------------------------------------------------------
-    def record_refresh_failure(
-        self, connection_uuid: str, reason: str, now: datetime, *, base: float, cap: float
-    ) -> RefreshBackoff:
-        with self._lock:
-            old = self._backoff.get(connection_uuid)
-            failures = 1 if old is None else old.failures + 1
-            now = _norm(now)
-            stored = RefreshBackoff(
-                connection_uuid=connection_uuid, failures=failures, reason=reason[:64],
-                failed_at=now, retry_at=_norm(now + backoff_delay(failures, base=base, cap=cap)),
-            )
-            self._backoff[connection_uuid] = stored
-            return stored
-
-    def get_refresh_backoff(self, connection_uuid: str) -> RefreshBackoff | None:
-        with self._lock:
-            return self._backoff.get(connection_uuid)
-
-    def clear_refresh_backoff(self, connection_uuid: str) -> None:
-        with self._lock:
-            self._backoff.pop(connection_uuid, None)
-
-    def release_lease(self, key: str, owner: str) -> None:
+    def _release_lease(self, key: str, owner: str) -> None:
         with self._lock:
             held = self._leases.get(key)
             if held is not None and held[0] == owner:
                 del self._leases[key]
 
-    def lease_holder(self, key: str, now: datetime) -> str | None:
+    def _lease_holder(self, key: str, now: datetime) -> str | None:
         with self._lock:
-            held = self._leases.get(key)
-        if held is None or held[1] <= _ms(now):
-            return None
-        return held[0]
+            return self._holder(key, now)
+
+    # -- refresh back-off ----------------------------------------------------------
+    def _record_refresh_failure(
+        self, connection_uuid: str, reason: str, now: datetime, delay: Callable[[int], timedelta]
+    ) -> RefreshBackoff:
+        with self._lock:
+            old = self._backoff.get(connection_uuid)
+            failures = 1 if old is None else old.failures + 1
+            stored = RefreshBackoff(
+                connection_uuid=connection_uuid, failures=failures, reason=reason,
+                failed_at=now, retry_at=at_ms(now + delay(failures)),
+            )
+            self._backoff[connection_uuid] = stored
+            return stored
+
+    def _get_refresh_backoff(self, connection_uuid: str) -> RefreshBackoff | None:
+        with self._lock:
+            return self._backoff.get(connection_uuid)
+
+    def _clear_refresh_backoff(self, connection_uuid: str) -> None:
+        with self._lock:
+            self._backoff.pop(connection_uuid, None)
 
     # -- maintenance -------------------------------------------------------------
-    def reencrypt(self, rotate: Callable[[str], str]) -> int:
+    def _reencrypt(self, rotate: Callable[[str], str]) -> int:
         def new(value: str | None) -> str | None:
             return None if value is None else rotate(value)
 
@@ -440,12 +377,11 @@ class MemoryStorage(Storage):
                     changed += 1
         return changed
 
-    def purge_expired(self, now: datetime) -> int:
-        now_ms = _ms(now)
+    def _purge_expired(self, now: datetime) -> int:
         with self._lock:
-            flows = [k for k, f in self._flows.items() if _ms(f.expires_at) <= now_ms]
-            codes = [k for k, c in self._codes.items() if _ms(c.expires_at) <= now_ms]
-            leases = [k for k, (_, expires) in self._leases.items() if expires <= now_ms]
+            flows = [k for k, f in self._flows.items() if f.expires_at <= now]
+            codes = [k for k, c in self._codes.items() if c.expires_at <= now]
+            leases = [k for k, (_, expires_at) in self._leases.items() if expires_at <= now]
             for flow_id in flows:
                 del self._flows[flow_id]
             for code_hash in codes:
@@ -455,6 +391,11 @@ class MemoryStorage(Storage):
         return len(flows) + len(codes) + len(leases)
 
     # -- helpers -------------------------------------------------------------------
+    def _holder(self, key: str, now: datetime) -> str | None:
+        """The owner of an unexpired lease; call with the lock held."""
+        held = self._leases.get(key)
+        return None if held is None or held[1] <= now else held[0]
+
     def _require_client(self, record: ConnectionRecord) -> None:
         """The SQL backend's foreign key, enforced by hand."""
         if record.oauth_client_uuid not in self._clients:
@@ -465,11 +406,3 @@ class MemoryStorage(Storage):
         del self._connections[record.uuid]
         del self._connection_names[(record.integration, record.name)]
         del self._connection_seq[record.uuid]
-
-    @staticmethod
-    def _normalized(record: ConnectionRecord) -> ConnectionRecord:
-        return record.replace(
-            token_expiry=_norm_opt(record.token_expiry),
-            created_at=_norm(record.created_at),
-            updated_at=_norm(record.updated_at),
-        )

@@ -12,7 +12,7 @@ from typing import Any
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from flask_zis_connections.storage.schema import metadata
+from flask_zis_connections.storage.sqlalchemy.schema import metadata
 
 VERSION_TABLE = "zis_alembic_version"
 config = context.config

@@ -1,4 +1,4 @@
-"""Initial schema: every zis_* table as storage/schema.py declares it.
+"""Initial schema: every zis_* table as storage/sqlalchemy/schema.py declares it.
 
 Revision ID: 0001
 Revises:

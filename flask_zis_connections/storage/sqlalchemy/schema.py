@@ -2,10 +2,11 @@
 
 Choices made for portability between SQLite and PostgreSQL:
 
-* Every datetime is a ``BigInteger`` of epoch **milliseconds** (:func:`to_ms`,
-  :func:`from_ms` convert at the boundary).  Integers compare and index the same
-  everywhere and SQLite has no timezone-aware type to get wrong.
-* Mappings are JSON text written by :func:`dump_json`, not a ``JSON`` column type,
+* Every datetime is a ``BigInteger`` of epoch **milliseconds**
+  (:func:`~flask_zis_connections.storage.times.to_ms` and ``from_ms`` convert at the
+  boundary, in :mod:`.rows`).  Integers compare and index the same everywhere and
+  SQLite has no timezone-aware type to get wrong.
+* Mappings are JSON text written by :func:`.rows.dump_json`, not a ``JSON`` column type,
   so migrations stay plain and the values compare byte-for-byte.
 * Tables whose model has a ``uuid`` get an integer surrogate key ``id`` as well:
   connections are listed with keyset pagination on it.  ``sqlite_autoincrement``
@@ -16,10 +17,6 @@ Choices made for portability between SQLite and PostgreSQL:
 """
 
 from __future__ import annotations
-
-import json
-from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import (
     BigInteger,
@@ -46,33 +43,6 @@ NAMING_CONVENTION: dict[str, str] = {
 }
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
-
-
-def to_ms(moment: datetime) -> int:
-    """Epoch milliseconds of an aware datetime (a naive one is taken as UTC)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // _MS
-
-
-def from_ms(value: int) -> datetime:
-    """The aware UTC datetime of epoch milliseconds (integer arithmetic, no float)."""
-    return _EPOCH + value * _MS
-
-
-def dump_json(mapping: Mapping[str, str]) -> str:
-    """Serialize a mapping deterministically (sorted keys)."""
-    return json.dumps(dict(mapping), sort_keys=True, separators=(",", ":"))
-
-
-def load_json(text: str | None) -> dict[str, str]:
-    if not text:
-        return {}
-    value = json.loads(text)
-    return dict(value) if isinstance(value, dict) else {}
 
 
 oauth_clients = Table(
@@ -202,14 +172,10 @@ __all__ = [
     "NAMING_CONVENTION",
     "api_tokens",
     "connections",
-    "dump_json",
     "flows",
-    "from_ms",
-    "load_json",
     "metadata",
     "oauth_clients",
     "refresh_backoff",
     "refresh_leases",
-    "to_ms",
     "verification_codes",
 ]

@@ -1,0 +1,170 @@
+"""The SQL hooks for the rows that coordinate flows and refreshes.
+
+Pending flows, verification codes, refresh leases and back-off: every single-winner
+step here is one conditional ``UPDATE``/``DELETE``/``INSERT`` whose row count
+decides the winner.  On PostgreSQL that is correct under the default READ COMMITTED
+(a second writer blocks on the row lock, then re-checks the ``WHERE`` clause against
+the committed row); on SQLite writers queue on the file lock (:mod:`.sqlite`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from ...models import PendingFlow, RefreshBackoff, VerificationCode
+from ..conflicts import code_conflict, flow_conflict
+from ..times import to_ms
+from . import queries as q
+from .engine import SQLBackend
+from .rows import backoff_from_row, code_from_row, code_row, flow_from_row, flow_row
+from .schema import flows, refresh_backoff, refresh_leases, verification_codes
+
+
+class CoordinationHooks(SQLBackend):
+    """Hooks for flows, verification codes, refresh leases and back-off."""
+
+    # -- flows -----------------------------------------------------------------
+    def _add_flow(self, flow: PendingFlow) -> None:
+        try:
+            with self._writer.begin() as conn:
+                conn.execute(sa.insert(flows).values(**flow_row(flow)))
+        except IntegrityError as exc:
+            raise flow_conflict(flow) from exc
+
+    def _get_flow(self, flow_id: str) -> PendingFlow | None:
+        rows = self._read(q.FLOW, {"id": flow_id})
+        return flow_from_row(rows[0]) if rows else None
+
+    def _flow_transition(
+        self, flow_id: str, condition: sa.ColumnElement[bool], **values: Any
+    ) -> PendingFlow | None:
+        with self._writer.begin() as conn:
+            changed = conn.execute(
+                sa.update(flows).where(flows.c.id == flow_id, condition).values(**values)
+            ).rowcount
+            if changed != 1:
+                return None
+            row = conn.execute(q.FLOW, {"id": flow_id}).one()
+        return flow_from_row(row)
+
+    def _bind_flow(self, flow_id: str, browser_binding_hash: str, now: datetime) -> PendingFlow | None:
+        f = flows
+        return self._flow_transition(
+            flow_id,
+            sa.and_(f.c.status == "pending", f.c.expires_at > to_ms(now)),
+            status="redirected",
+            browser_binding_hash=browser_binding_hash,
+        )
+
+    def _consume_flow(self, flow_id: str, browser_binding_hash: str, now: datetime) -> PendingFlow | None:
+        f = flows
+        return self._flow_transition(
+            flow_id,
+            sa.and_(
+                f.c.status == "redirected",
+                f.c.browser_binding_hash == browser_binding_hash,
+                f.c.expires_at > to_ms(now),
+            ),
+            status="consumed",
+        )
+
+    # -- verification codes ----------------------------------------------------
+    def _add_verification_code(self, code: VerificationCode) -> None:
+        try:
+            with self._writer.begin() as conn:
+                conn.execute(sa.insert(verification_codes).values(**code_row(code)))
+        except IntegrityError as exc:
+            raise code_conflict() from exc
+
+    def _consume_verification_code(
+        self, code_hash: str, integration: str, now: datetime
+    ) -> VerificationCode | None:
+        params = {"code_hash": code_hash, "integration": integration, "now": to_ms(now)}
+        with self._writer.begin() as conn:
+            row = conn.execute(q.CODE, params).first()
+            # The DELETE's row count, not the SELECT, decides the single winner.
+            if row is None or conn.execute(q.DELETE_CODE, params).rowcount != 1:
+                return None
+        return code_from_row(row)
+
+
+    # -- refresh lease -----------------------------------------------------------
+    def _acquire_lease(self, key: str, owner: str, now: datetime, expires_at: datetime) -> bool:
+        """Take over an expired row, else insert; the primary key refuses a second.
+
+        The ``INSERT`` runs in a savepoint so that losing the race (an
+        ``IntegrityError``) does not abort the surrounding PostgreSQL transaction.
+        """
+        expires_ms = to_ms(expires_at)
+        params = {"b_key": key, "b_owner": owner, "b_now": to_ms(now), "b_expires_at": expires_ms}
+        with self._writer.begin() as conn:
+            if conn.execute(q.TAKE_EXPIRED_LEASE, params).rowcount == 1:
+                return True
+            try:
+                with conn.begin_nested():
+                    conn.execute(
+                        sa.insert(refresh_leases).values(key=key, owner=owner, expires_at=expires_ms)
+                    )
+            except IntegrityError:
+                return False
+        return True
+
+    def _renew_lease(self, key: str, owner: str, now: datetime, expires_at: datetime) -> bool:
+        ls = refresh_leases
+        with self._writer.begin() as conn:
+            renewed = conn.execute(
+                sa.update(ls)
+                .where(ls.c.key == key, ls.c.owner == owner, ls.c.expires_at > to_ms(now))
+                .values(expires_at=to_ms(expires_at))
+            ).rowcount
+        return renewed == 1
+
+    def _release_lease(self, key: str, owner: str) -> None:
+        ls = refresh_leases
+        with self._writer.begin() as conn:
+            conn.execute(sa.delete(ls).where(ls.c.key == key, ls.c.owner == owner))
+
+    def _lease_holder(self, key: str, now: datetime) -> str | None:
+        rows = self._read(q.LEASE_HOLDER, {"key": key, "now": to_ms(now)})
+        return str(rows[0][0]) if rows else None
+
+    # -- refresh back-off ----------------------------------------------------------
+    def _record_refresh_failure(
+        self, connection_uuid: str, reason: str, now: datetime, delay: Callable[[int], timedelta]
+    ) -> RefreshBackoff:
+        b = refresh_backoff
+        mine = b.c.connection_uuid == connection_uuid
+        with self._writer.begin() as conn:
+            row = conn.execute(sa.select(b.c.failures).where(mine)).first()
+            failures = 1 if row is None else int(row[0]) + 1
+            values: dict[str, Any] = {
+                "failures": failures, "reason": reason,
+                "failed_at": to_ms(now), "retry_at": to_ms(now + delay(failures)),
+            }
+            if row is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(sa.insert(b).values(connection_uuid=connection_uuid, **values))
+                except IntegrityError:
+                    # A concurrent first failure won the insert: count ours on top.
+                    values["failures"] = b.c.failures + 1
+                    conn.execute(sa.update(b).where(mine).values(**values))
+            else:
+                conn.execute(sa.update(b).where(mine).values(**values))
+            stored = conn.execute(q.BACKOFF, {"uuid": connection_uuid}).one()
+        return backoff_from_row(stored)
+
+    def _get_refresh_backoff(self, connection_uuid: str) -> RefreshBackoff | None:
+        rows = self._read(q.BACKOFF, {"uuid": connection_uuid})
+        return backoff_from_row(rows[0]) if rows else None
+
+    def _clear_refresh_backoff(self, connection_uuid: str) -> None:
+        b = refresh_backoff
+        with self._writer.begin() as conn:
+            conn.execute(sa.delete(b).where(b.c.connection_uuid == connection_uuid))
+

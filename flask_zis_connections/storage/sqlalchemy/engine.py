@@ -1,0 +1,107 @@
+"""What every part of the SQL backend shares: its engines, reads and error message.
+
+The backend holds two views of one engine.  Writes go through ``_writer`` in short
+explicit transactions (``BEGIN IMMEDIATE`` on SQLite, see :mod:`.sqlite`).  Reads
+(``get_connection`` above all, the hot path of ``get_token``) go through ``_reader``
+outside an explicit transaction: on SQLite with no ``BEGIN`` at all, on other
+databases in driver-level autocommit, so a lookup costs one round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, Row
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError, ProgrammingError
+
+from ...errors import StorageUnavailable
+from ..base import Storage
+from .schema import metadata
+from .sqlite import sqlite_reader_and_writer
+
+
+class SQLBackend(Storage):
+    """Engine set-up, life cycle and reads; the hooks live in the mixins that
+    :class:`~.backend.SQLAlchemyStorage` joins.
+
+    "The database is not there" (:attr:`unavailable_errors`) becomes
+    :class:`~flask_zis_connections.errors.StorageUnavailable` in every hook these
+    classes define, wrapped once by :class:`~flask_zis_connections.storage.base.Storage`
+    as each class is created.
+    """
+
+    unavailable_errors = (OperationalError, InterfaceError)
+
+    def __init__(
+        self, url: str | None = None, *, engine: Engine | None = None,
+        engine_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if (url is None) == (engine is None):
+            raise TypeError("SQLAlchemyStorage() takes exactly one of url= or engine=.")
+        if engine is None:
+            assert url is not None
+            engine = sa.create_engine(url, **{"hide_parameters": True, **(engine_options or {})})
+        self.engine: Engine = engine
+        self._reader: Engine
+        self._writer: Engine
+        if engine.dialect.name == "sqlite":
+            self._reader, self._writer = sqlite_reader_and_writer(engine)
+        else:
+            self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
+            self._writer = engine
+
+    def __repr__(self) -> str:
+        return f"<SQLAlchemyStorage {self.engine.url.render_as_string(hide_password=True)}>"
+
+    def _unavailable(self, error: Exception) -> StorageUnavailable:
+        """A message that says what to check and carries no URL, host or password.
+
+        The driver's own text (which may name the host, and SQLAlchemy's rendering of
+        which includes the SQL) stays on ``__cause__`` for the logs.
+        """
+        orig = getattr(error, "orig", None)
+        kind = type(orig).__name__ if orig is not None else type(error).__name__
+        return StorageUnavailable(
+            f"The connections database is unavailable ({kind}). Check ZIS_DATABASE_URI, "
+            "that the database server is running and reachable, and that its tables exist "
+            "(ZIS_CREATE_TABLES or the shipped migrations)."
+        )
+
+    # -- life cycle ------------------------------------------------------------
+    def create_tables(self) -> None:
+        """``metadata.create_all``; a second process racing us is tolerated.
+
+        On SQLite the DDL runs in a ``BEGIN IMMEDIATE`` transaction, so concurrent
+        start-ups serialize.  PostgreSQL may report a duplicate table or type when
+        two processes create at once; the retry then finds everything in place.
+        """
+        try:
+            metadata.create_all(self._writer)
+        except (ProgrammingError, IntegrityError):
+            metadata.create_all(self._writer)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def healthcheck(self) -> None:
+        with self._reader.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def _read(self, stmt: sa.Select[Any], params: Mapping[str, Any]) -> Sequence[Row[Any]]:
+        """Run a read, retrying once on a connection the server dropped.
+
+        A pooled PostgreSQL connection can die while idle (server restart, proxy
+        timeout); SQLAlchemy invalidates the pool and a retry gets a fresh one.  Reads
+        are safe to repeat, writes are not, so only reads retry.
+        """
+        try:
+            with self._reader.connect() as conn:
+                return conn.execute(stmt, params).all()
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+        with self._reader.connect() as conn:
+            return conn.execute(stmt, params).all()
+

@@ -1,0 +1,104 @@
+"""The statements the backend runs with bound parameters, built once at import.
+
+Every call then hits SQLAlchemy's compiled cache without rebuilding the expression
+tree, which is most of the cost of a read on the hot path (``get_token`` ->
+:data:`CONNECTION_BY_NAME`).  Statements whose shape depends on the call (an
+optional lease, a list of updates) are built where they run.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import sqlalchemy as sa
+
+from .rows import (
+    BACKOFF_FIELDS,
+    CLIENT_FIELDS,
+    CODE_FIELDS,
+    CONNECTION_FIELDS,
+    FLOW_FIELDS,
+    TOKEN_FIELDS,
+    columns,
+)
+from .schema import (
+    api_tokens,
+    connections,
+    flows,
+    oauth_clients,
+    refresh_backoff,
+    refresh_leases,
+    verification_codes,
+)
+
+_bp = sa.bindparam
+
+# -- OAuth clients -----------------------------------------------------------------------
+_k = oauth_clients
+CLIENTS: Final = sa.select(*columns(_k, CLIENT_FIELDS)).order_by(_k.c.id)
+CLIENTS_OF: Final = CLIENTS.where(_k.c.integration == _bp("integration"))
+CLIENT_BY_NAME: Final = sa.select(*columns(_k, CLIENT_FIELDS)).where(
+    _k.c.integration == _bp("integration"), _k.c.name == _bp("name")
+)
+CLIENT_BY_UUID: Final = sa.select(*columns(_k, CLIENT_FIELDS)).where(
+    _k.c.integration == _bp("integration"), _k.c.uuid == _bp("uuid")
+)
+
+# -- connections -------------------------------------------------------------------------
+_c = connections
+CONNECTION_BY_NAME: Final = sa.select(*columns(_c, CONNECTION_FIELDS)).where(
+    _c.c.integration == _bp("integration"), _c.c.name == _bp("name")
+)
+CONNECTION_BY_UUID: Final = sa.select(*columns(_c, CONNECTION_FIELDS)).where(
+    _c.c.integration == _bp("integration"), _c.c.uuid == _bp("uuid")
+)
+#: The sequence number (``id``) first, then the connection.
+CONNECTION_PAGE: Final = (
+    sa.select(_c.c.id, *columns(_c, CONNECTION_FIELDS))
+    .where(_c.c.integration == _bp("integration"), _c.c.id > _bp("after"))
+    .order_by(_c.c.id)
+    .limit(_bp("limit"))
+)
+CONNECTIONS_DUE: Final = (
+    sa.select(*columns(_c, CONNECTION_FIELDS))
+    .where(
+        _c.c.token_expiry.is_not(None),
+        _c.c.token_expiry < _bp("moment"),
+        _c.c.needs_reauth.is_(False),
+    )
+    .order_by(_c.c.token_expiry, _c.c.id)
+)
+
+# -- flows and verification codes ----------------------------------------------------------
+FLOW: Final = sa.select(*columns(flows, FLOW_FIELDS)).where(flows.c.id == _bp("id"))
+_v = verification_codes
+_live_code = (
+    _v.c.code_hash == _bp("code_hash"),
+    _v.c.integration == _bp("integration"),
+    _v.c.expires_at > _bp("now"),
+)
+CODE: Final = sa.select(*columns(_v, CODE_FIELDS)).where(*_live_code)
+DELETE_CODE: Final = sa.delete(_v).where(*_live_code)
+
+# -- API tokens --------------------------------------------------------------------------
+_t = api_tokens
+TOKEN: Final = sa.select(*columns(_t, TOKEN_FIELDS)).where(
+    _t.c.token_hash == _bp("token_hash"), _t.c.revoked.is_(False)
+)
+TOKENS: Final = (
+    sa.select(*columns(_t, TOKEN_FIELDS)).where(_t.c.revoked.is_(False)).order_by(_t.c.created_at, _t.c.id)
+)
+TOKENS_OF: Final = TOKENS.where(_t.c.integration == _bp("integration"))
+
+# -- leases and back-off -----------------------------------------------------------------
+_ls = refresh_leases
+LEASE_HOLDER: Final = sa.select(_ls.c.owner).where(_ls.c.key == _bp("key"), _ls.c.expires_at > _bp("now"))
+#: Bind names differ from the column names: SQLAlchemy reserves those for SET.
+TAKE_EXPIRED_LEASE: Final = (
+    sa.update(_ls)
+    .where(_ls.c.key == _bp("b_key"), _ls.c.expires_at <= _bp("b_now"))
+    .values(owner=_bp("b_owner"), expires_at=_bp("b_expires_at"))
+)
+BACKOFF: Final = sa.select(*columns(refresh_backoff, BACKOFF_FIELDS)).where(
+    refresh_backoff.c.connection_uuid == _bp("uuid")
+)

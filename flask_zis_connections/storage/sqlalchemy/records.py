@@ -1,0 +1,229 @@
+"""The SQL hooks for long-lived rows: OAuth clients, connections and API tokens.
+
+Writes that must not lose an update are one conditional statement whose row count
+decides: an ``UPDATE ... WHERE version = :expected`` for compare-and-swap, an
+``UPDATE`` then (in a savepoint) an ``INSERT`` for an upsert, so two writers never
+both succeed and a lost race never aborts the surrounding PostgreSQL transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from ...errors import Conflict, OAuthClientNotFound
+from ...models import ApiToken, ConnectionRecord, Lease, OAuthClient
+from ..conflicts import client_conflict, connection_uuid_conflict, stale_client, token_conflict
+from ..times import to_ms
+from . import queries as q
+from .engine import SQLBackend
+from .rows import (
+    client_from_row,
+    client_row,
+    client_update,
+    connection_from_row,
+    connection_row,
+    token_from_row,
+    token_row,
+    token_update,
+)
+from .schema import api_tokens, connections, oauth_clients, refresh_backoff, refresh_leases
+
+
+class RecordHooks(SQLBackend):
+    """Hooks for OAuth clients, connections and API tokens."""
+
+    # -- OAuth clients ---------------------------------------------------------
+    def _add_client(self, client: OAuthClient) -> OAuthClient:
+        try:
+            with self._writer.begin() as conn:
+                conn.execute(sa.insert(oauth_clients).values(**client_row(client)))
+                row = conn.execute(
+                    q.CLIENT_BY_UUID, {"integration": client.integration, "uuid": client.uuid}
+                ).one()
+        except IntegrityError as exc:
+            raise client_conflict(client) from exc
+        return client_from_row(row)
+
+    def _update_client(self, client: OAuthClient, expected_version: int | None) -> OAuthClient:
+        k = oauth_clients
+        where = [k.c.uuid == client.uuid, k.c.integration == client.integration]
+        if expected_version is not None:
+            where.append(k.c.version == expected_version)
+        try:
+            with self._writer.begin() as conn:
+                changed = conn.execute(
+                    sa.update(k).where(*where).values(**client_update(client), version=k.c.version + 1)
+                ).rowcount
+                if changed != 1:
+                    if conn.execute(sa.select(k.c.version).where(*where[:2])).first() is None:
+                        raise OAuthClientNotFound(client.integration, client.uuid)
+                    raise stale_client(client)
+                row = conn.execute(
+                    q.CLIENT_BY_UUID, {"integration": client.integration, "uuid": client.uuid}
+                ).one()
+        except IntegrityError as exc:
+            raise client_conflict(client) from exc
+        return client_from_row(row)
+
+    def _get_client_by_uuid(self, integration: str, uuid: str) -> OAuthClient | None:
+        rows = self._read(q.CLIENT_BY_UUID, {"integration": integration, "uuid": uuid})
+        return client_from_row(rows[0]) if rows else None
+
+    def _get_client_by_name(self, integration: str, name: str) -> OAuthClient | None:
+        rows = self._read(q.CLIENT_BY_NAME, {"integration": integration, "name": name})
+        return client_from_row(rows[0]) if rows else None
+
+    def _list_clients(self, integration: str | None) -> list[OAuthClient]:
+        if integration is None:
+            rows = self._read(q.CLIENTS, {})
+        else:
+            rows = self._read(q.CLIENTS_OF, {"integration": integration})
+        return [client_from_row(r) for r in rows]
+
+    def _delete_client(self, integration: str, uuid: str) -> bool:
+        k, c, b = oauth_clients, connections, refresh_backoff
+        with self._writer.begin() as conn:
+            found = conn.execute(
+                sa.select(k.c.id).where(k.c.uuid == uuid, k.c.integration == integration)
+            ).first()
+            if found is None:
+                return False
+            # Explicit, not only ON DELETE CASCADE: a connection made without our
+            # PRAGMA foreign_keys=ON would not cascade on SQLite.
+            conn.execute(
+                sa.delete(b).where(
+                    b.c.connection_uuid.in_(sa.select(c.c.uuid).where(c.c.oauth_client_uuid == uuid))
+                )
+            )
+            conn.execute(sa.delete(c).where(c.c.oauth_client_uuid == uuid))
+            deleted = conn.execute(sa.delete(k).where(k.c.id == found.id)).rowcount
+        return deleted == 1
+
+    # -- connections -----------------------------------------------------------
+    def _get_connection_by_uuid(self, integration: str, uuid: str) -> ConnectionRecord | None:
+        rows = self._read(q.CONNECTION_BY_UUID, {"integration": integration, "uuid": uuid})
+        return connection_from_row(rows[0]) if rows else None
+
+    def _get_connection_by_name(self, integration: str, name: str) -> ConnectionRecord | None:
+        rows = self._read(q.CONNECTION_BY_NAME, {"integration": integration, "name": name})
+        return connection_from_row(rows[0]) if rows else None
+
+    def _upsert_connection(self, record: ConnectionRecord) -> ConnectionRecord:
+        c = connections
+        update = (
+            sa.update(c)
+            .where(c.c.integration == record.integration, c.c.name == record.name)
+            .values(**token_update(record), needs_reauth=False, version=c.c.version + 1)
+        )
+        with self._writer.begin() as conn:
+            if conn.execute(update).rowcount == 0:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(sa.insert(c).values({**connection_row(record), "needs_reauth": False}))
+                except IntegrityError as exc:
+                    # Another writer inserted the same name first (PostgreSQL), or the
+                    # client or uuid is the problem: find out which.
+                    if conn.execute(update).rowcount == 0:
+                        raise self._connection_integrity_error(conn, record) from exc
+            row = conn.execute(
+                q.CONNECTION_BY_NAME, {"integration": record.integration, "name": record.name}
+            ).one()
+        return connection_from_row(row)
+
+    def _connection_integrity_error(
+        self, conn: Connection, record: ConnectionRecord
+    ) -> OAuthClientNotFound | Conflict:
+        k = oauth_clients
+        if conn.execute(sa.select(k.c.id).where(k.c.uuid == record.oauth_client_uuid)).first() is None:
+            return OAuthClientNotFound(record.integration, record.oauth_client_uuid)
+        return connection_uuid_conflict(record)
+
+    def _update_connection(
+        self, record: ConnectionRecord, expected_version: int, lease: Lease | None, now: datetime
+    ) -> ConnectionRecord | None:
+        c = connections
+        where = [
+            c.c.uuid == record.uuid,
+            c.c.integration == record.integration,
+            c.c.version == expected_version,
+        ]
+        if lease is not None:
+            ls = refresh_leases
+            # In the same statement as the compare-and-swap: no gap in which the
+            # lease could lapse between checking it and writing.
+            where.append(
+                sa.exists().where(
+                    ls.c.key == lease.key, ls.c.owner == lease.owner, ls.c.expires_at > to_ms(now)
+                )
+            )
+        try:
+            with self._writer.begin() as conn:
+                changed = conn.execute(
+                    sa.update(c)
+                    .where(*where)
+                    .values(
+                        **token_update(record), needs_reauth=record.needs_reauth, version=expected_version + 1
+                    )
+                ).rowcount
+                if changed != 1:
+                    return None
+                row = conn.execute(
+                    q.CONNECTION_BY_UUID, {"integration": record.integration, "uuid": record.uuid}
+                ).one()
+        except IntegrityError as exc:
+            raise OAuthClientNotFound(record.integration, record.oauth_client_uuid) from exc
+        return connection_from_row(row)
+
+    def _delete_connection(self, integration: str, uuid: str) -> bool:
+        c, b = connections, refresh_backoff
+        with self._writer.begin() as conn:
+            deleted = conn.execute(
+                sa.delete(c).where(c.c.uuid == uuid, c.c.integration == integration)
+            ).rowcount
+            if deleted:
+                conn.execute(sa.delete(b).where(b.c.connection_uuid == uuid))
+        return deleted == 1
+
+    def _list_connections(
+        self, integration: str, after: int, limit: int
+    ) -> list[tuple[int, ConnectionRecord]]:
+        rows = self._read(q.CONNECTION_PAGE, {"integration": integration, "after": after, "limit": limit})
+        return [(row[0], connection_from_row(row[1:])) for row in rows]
+
+    def _connections_expiring_before(self, moment: datetime) -> list[ConnectionRecord]:
+        return [connection_from_row(r) for r in self._read(q.CONNECTIONS_DUE, {"moment": to_ms(moment)})]
+
+
+    # -- API tokens --------------------------------------------------------------
+    def _add_api_token(self, token: ApiToken) -> None:
+        try:
+            with self._writer.begin() as conn:
+                conn.execute(sa.insert(api_tokens).values(**token_row(token)))
+        except IntegrityError as exc:
+            raise token_conflict() from exc
+
+    def _get_api_token(self, token_hash: str) -> ApiToken | None:
+        rows = self._read(q.TOKEN, {"token_hash": token_hash})
+        return token_from_row(rows[0]) if rows else None
+
+    def _revoke_api_token(self, token_id_or_hash: str) -> bool:
+        t = api_tokens
+        with self._writer.begin() as conn:
+            matched = conn.execute(
+                sa.update(t)
+                .where(sa.or_(t.c.id == token_id_or_hash, t.c.token_hash == token_id_or_hash))
+                .values(revoked=True)
+            ).rowcount
+        return matched > 0
+
+    def _list_api_tokens(self, integration: str | None) -> list[ApiToken]:
+        if integration is None:
+            rows = self._read(q.TOKENS, {})
+        else:
+            rows = self._read(q.TOKENS_OF, {"integration": integration})
+        return [token_from_row(r) for r in rows]
+
