@@ -24,7 +24,7 @@ zis = ZISConnections()
 
 DEMO_INTEGRATION = "demo"
 DEMO_CLIENT_ID = "demo-client"
-DEMO_CLIENT_SECRET = "demo-client-secret"  # noqa: S105 - the demo provider's own client
+DEMO_CLIENT_SECRET = "demo-client-secret"  # the demo provider's own client, not a secret
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:

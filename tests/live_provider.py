@@ -1,9 +1,10 @@
-"""Run the demo OAuth provider on a real loopback port for a test.
+"""Run the instrumented demo OAuth provider on a real loopback port for a test.
 
-The extension talks to providers over HTTP with ``requests``; the Flask test client cannot
-answer those calls, so the provider gets a real (threaded) werkzeug server on
-``127.0.0.1:<free port>``. :meth:`LiveProvider.approve` plays the user's browser on the
-consent page.
+The provider is the example app's, with the test suite's call logs and fault injection
+(:mod:`tests.support.instrumented_provider`). The extension talks to providers over HTTP
+with ``requests``; the Flask test client cannot answer those calls, so the provider gets a
+real (threaded) werkzeug server on ``127.0.0.1:<free port>``. :meth:`LiveProvider.approve`
+plays the user's browser on the consent page.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from urllib.parse import urlsplit
 import requests
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from example_app.provider import ProviderState, create_provider_app
+from .support.instrumented_provider import InstrumentedProviderState, create_instrumented_provider_app
 
 __all__ = ["DEFAULT_REDIRECT_URI", "LiveProvider"]
 
@@ -39,8 +40,8 @@ class LiveProvider:
     """A started-on-demand provider server; use as a context manager or call start/stop."""
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
-        self.app = create_provider_app(config)
-        self.state: ProviderState = self.app.extensions["demo_provider"]
+        self.app = create_instrumented_provider_app(config)
+        self.state: InstrumentedProviderState = self.app.extensions["demo_provider"]
         self.url = ""
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -127,7 +128,7 @@ class LiveProvider:
 
             def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
                 # The access log would print authorize URLs (state, code_challenge) into
-                # captured logs; tests read ProviderState instead.
+                # captured logs; tests read the provider's state instead.
                 pass
 
         return _Handler
@@ -165,7 +166,7 @@ class LiveProvider:
         redirect_uris: Iterable[str] = (DEFAULT_REDIRECT_URI,),
         **kw: Any,
     ) -> None:
-        """Register a client; ``kw`` goes to :meth:`ProviderState.register_client`."""
+        """Register a client; ``kw`` goes to :meth:`~example_app.provider.ProviderState.register_client`."""
         self.state.register_client(client_id, client_secret, list(redirect_uris), **kw)
 
     def approve(

@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from flask import Flask
@@ -38,7 +38,7 @@ CHROMIUM_FLAGS = (
 )
 
 
-def _unavailable(msg: str) -> None:
+def _unavailable(msg: str) -> NoReturn:
     """Skip, or fail under CI=true: CI must run the browser tests."""
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI=true requires the browser tests: {msg}")

@@ -17,9 +17,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 import requests
 
-from example_app.provider import FAULT_KINDS
-
 from .live_provider import DEFAULT_REDIRECT_URI, LiveProvider
+from .support.instrumented_provider import FAULT_KINDS
 
 # The ``provider`` and ``provider_factory`` fixtures come from provider_fixtures.py, which
 # tests/conftest.py star-imports.
