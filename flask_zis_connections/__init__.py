@@ -1,5 +1,6 @@
 """flask-zis-connections: OAuth connections for a Flask host application."""
 
+from .domain import Connection, OAuthClient
 from .errors import (
     ConnectionNotFound,
     ProviderError,
@@ -7,7 +8,6 @@ from .errors import (
     ZISError,
 )
 from .extension import ZISConnections, get_token
-from .models import Connection, OAuthClient
 from .signals import (
     connection_created,
     connection_deleted,

@@ -13,9 +13,9 @@ import click
 from flask.cli import AppGroup
 from sqlalchemy import Engine
 
+from ._state import state
+from .domain import utcnow
 from .errors import ZISError
-from .extension import state
-from .models import utcnow
 from .storage import SQLAlchemyStorage
 
 zis_cli = AppGroup("zis", help="Manage flask-zis-connections (OAuth clients, tokens, keys).")

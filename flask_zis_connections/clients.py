@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import uuid as uuidlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import validation as v
 from .crypto import Encryptor
+from .domain import OAuthClient, utcnow
 from .errors import InvalidValue, OAuthClientNotFound
-from .models import OAuthClient, utcnow
 from .storage import Storage
+from .storage.base import stale_client
+
+if TYPE_CHECKING:
+    from ._state import AppState
 
 #: Fields a client create/update accepts (REST bodies, config dicts, keyword options).
 CLIENT_FIELDS = frozenset({
@@ -146,6 +150,46 @@ def build_client(
         created_at=existing.created_at if existing else now,
         updated_at=now,
     )
+
+
+def create_client(
+    st: AppState, integration: str, data: Mapping[str, Any], *, created_by: str | None
+) -> OAuthClient:
+    """Validate and store a new client (the Python API and the HTTP API both come here)."""
+    client = build_client(
+        integration, data, encryptor=st.encryptor,
+        allow_insecure=st.settings.allow_insecure_http, created_by=created_by,
+    )
+    return st.storage.add_client(client)
+
+
+def update_client(
+    st: AppState, integration: str, uuid: str, changes: Mapping[str, Any], *,
+    expected_version: int | None = None, secret_follows_routing: bool = True,
+) -> OAuthClient:
+    """Apply ``changes`` to a stored client with a compare-and-swap on its version.
+
+    ``expected_version`` is the version the caller read (HTTP ``If-Match``); without
+    it, the version read here.  Either way, of two concurrent edits the second gets a
+    ``Conflict`` instead of silently undoing the first.  See :func:`build_client` for
+    ``secret_follows_routing``.
+    """
+    existing = require_client(st.storage, integration, uuid=v.uuid_value(uuid))
+    if expected_version is not None and expected_version != existing.version:
+        raise stale_client(existing)
+    client = build_client(
+        integration, changes, encryptor=st.encryptor, existing=existing,
+        allow_insecure=st.settings.allow_insecure_http, secret_follows_routing=secret_follows_routing,
+    )
+    return st.storage.update_client(client, expected_version=existing.version)
+
+
+def delete_client(st: AppState, integration: str, uuid: str) -> OAuthClient:
+    """Delete the client and every connection made with it; returns what was deleted."""
+    client = require_client(st.storage, integration, uuid=v.uuid_value(uuid))
+    if not st.storage.delete_client(integration, client.uuid):
+        raise OAuthClientNotFound(integration, uuid)
+    return client
 
 
 def upsert_from_config(

@@ -2,11 +2,19 @@
 
 Keeping the names here (as Flask-Limiter does in ``constants.py``) means the README
 table, ``init_app`` defaults and the code that reads them cannot drift apart.
+:class:`Settings` is what the rest of the package reads: built once by ``init_app``
+from ``app.config`` (as Flask-SQLAlchemy's ``init_app`` reads its keys once), checked
+there so a malformed value fails at start-up, and frozen - changing ``app.config``
+afterwards has no effect.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
+
+from .errors import ConfigurationError
 
 STORAGE: Final = "ZIS_STORAGE"
 DATABASE_URI: Final = "ZIS_DATABASE_URI"
@@ -67,3 +75,89 @@ DEFAULTS: Final[dict[str, Any]] = {
     RATELIMIT_UNAUTHENTICATED: "60 per minute",
     RATELIMIT_TOKEN_PROXY: "300 per minute",
 }
+
+
+def _strings(key: str, value: Any) -> tuple[str, ...]:
+    """A list of strings, or one comma-separated string (handy in environment variables)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if not isinstance(value, Iterable) or isinstance(value, Mapping) or not all(
+        isinstance(item, str) for item in value
+    ):
+        raise ConfigurationError(f"{key} must be a list of strings (or one comma-separated string).")
+    return tuple(item.strip() for item in value if item.strip())
+
+
+def _positive(key: str, value: Any, kind: type[int] | type[float] = float) -> Any:
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{key} must be a positive number, not {value!r}.") from None
+    if isinstance(value, bool) or number <= 0:
+        raise ConfigurationError(f"{key} must be a positive number, not {value!r}.")
+    return number
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The ``ZIS_*`` values of one app, read once at ``init_app``.
+
+    ``init_app`` reads: every key in :data:`DEFAULTS`.  Storage keys
+    (``ZIS_STORAGE``, ``ZIS_DATABASE_URI``, ``ZIS_ENGINE_OPTIONS``,
+    ``ZIS_CREATE_TABLES``), ``ZIS_ENCRYPTION_KEYS`` and ``ZIS_OAUTH_CLIENTS`` are used
+    during ``init_app`` only and are not kept here.
+    """
+
+    allowed_redirect_origins: tuple[str, ...]
+    trusted_origins: tuple[str, ...]
+    public_url: str | None
+    allow_insecure_http: bool
+    flow_token_max_age: int
+    verification_code_max_age: int
+    refresh_leeway: float
+    refresh_lease_ttl: float
+    refresh_backoff_max: float
+    http_timeout: float
+    max_provider_response_bytes: int
+    allowed_private_hosts: tuple[str, ...]
+    host_token_url: str | None
+    account_id: Any
+    max_body_bytes: int
+    flow_cookie_name: str
+
+    @property
+    def public_https(self) -> bool:
+        """Whether browsers reach the extension over https (a TLS-terminating proxy
+        in front makes requests look like http)."""
+        return bool(self.public_url and self.public_url.startswith("https://"))
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Settings:
+        public = config[PUBLIC_URL]
+        token_url = config[HOST_TOKEN_URL]
+        return cls(
+            allowed_redirect_origins=_strings(ALLOWED_REDIRECT_ORIGINS, config[ALLOWED_REDIRECT_ORIGINS]),
+            trusted_origins=_strings(TRUSTED_ORIGINS, config[TRUSTED_ORIGINS]),
+            public_url=str(public).rstrip("/") if public else None,
+            allow_insecure_http=bool(config[ALLOW_INSECURE_HTTP]),
+            flow_token_max_age=_positive(FLOW_TOKEN_MAX_AGE, config[FLOW_TOKEN_MAX_AGE], int),
+            verification_code_max_age=_positive(
+                VERIFICATION_CODE_MAX_AGE, config[VERIFICATION_CODE_MAX_AGE], int
+            ),
+            refresh_leeway=float(config[REFRESH_LEEWAY]),
+            refresh_lease_ttl=_positive(REFRESH_LEASE_TTL, config[REFRESH_LEASE_TTL]),
+            refresh_backoff_max=_positive(REFRESH_BACKOFF_MAX, config[REFRESH_BACKOFF_MAX]),
+            http_timeout=_positive(HTTP_TIMEOUT, config[HTTP_TIMEOUT]),
+            max_provider_response_bytes=_positive(
+                MAX_PROVIDER_RESPONSE_BYTES, config[MAX_PROVIDER_RESPONSE_BYTES], int
+            ),
+            allowed_private_hosts=tuple(
+                h.lower() for h in _strings(ALLOWED_PRIVATE_HOSTS, config[ALLOWED_PRIVATE_HOSTS])
+            ),
+            host_token_url=str(token_url) if token_url else None,
+            account_id=config[ACCOUNT_ID],
+            max_body_bytes=_positive(MAX_BODY_BYTES, config[MAX_BODY_BYTES], int),
+            flow_cookie_name=str(config[FLOW_COOKIE_NAME]),
+        )

@@ -1,7 +1,7 @@
 """The exception tree.
 
 Python callers catch :class:`ZISError` subclasses; the HTTP layer turns every one of
-them (and every werkzeug ``HTTPException``) into the seed's envelope
+them (and every werkzeug ``HTTPException``) into the service's error envelope
 ``{"errors": [{"code", "detail", "status"}]}``.  Each exception carries the HTTP
 status and envelope code it maps to, so the mapping lives with the error rather than
 in a table in the views.  Messages say what to do next and never contain a token,
@@ -10,7 +10,7 @@ secret or raw provider body.
 
 from __future__ import annotations
 
-#: Envelope codes from the seed, plus our own for what the seed does not cover.
+#: Envelope codes of the service's API reference, plus our own for what it does not cover.
 CODE_UNAUTHORIZED = "1200"
 CODE_TOO_MANY_REQUESTS = "1300"
 CODE_INVALID_REQUEST = "1301"

@@ -2,8 +2,11 @@
 
 Modelled on Flask-SQLAlchemy: ``ZISConnections(app=None, *, storage=None)``, an
 ``init_app`` that refuses to run twice on one app, config defaults through
-``setdefault``, and all per-app state in ``app.extensions["zis_connections"]`` (never
-``self.app``), so app factories and several apps in one process work.
+``setdefault``, the configuration read once into a frozen
+:class:`~flask_zis_connections.config.Settings`, and all per-app state under one key of
+``app.extensions`` (never ``self.app``), so app factories and several apps in one
+process work.  The methods here are the Python API; the HTTP API calls the same
+services.
 """
 
 from __future__ import annotations
@@ -14,52 +17,27 @@ import os
 import secrets
 import uuid as uuidlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Flask, current_app
 
+from . import clients
 from . import config as cfg
-from .auth import AdminSessionLoader
-from .clients import build_client, require_client, upsert_from_config
+from ._state import EXTENSION_KEY, AppState, state
+from .api import bp as api_blueprint
+from .api.auth import AdminSessionLoader
+from .clients import require_client, upsert_from_config
 from .crypto import Encryptor, hash_secret
-from .errors import ConfigurationError, ConnectionNotFound, InvalidRequest
+from .domain import ApiToken, Connection, OAuthClient
+from .errors import ConfigurationError, InvalidRequest
 from .flow import FlowService
 from .lifecycle import Lifecycle
-from .models import ApiToken, Connection, OAuthClient
 from .outbound import OutboundPolicy
 from .ratelimit import RateLimits
 from .storage import MemoryStorage, SQLAlchemyStorage, Storage
 from .validation import integration_name
 
-EXTENSION_KEY = "zis_connections"
 log = logging.getLogger("flask_zis_connections")
-
-
-@dataclass
-class AppState:
-    """Everything the extension keeps for one Flask app."""
-
-    ext: ZISConnections
-    storage: Storage
-    encryptor: Encryptor
-    lifecycle: Lifecycle
-    flows: FlowService
-    #: The blueprint's rate limits; None when ``ZIS_RATELIMIT`` turns them off.
-    limits: RateLimits | None = None
-
-
-def state(app: Flask | None = None) -> AppState:
-    """The extension state of ``app`` (default: ``current_app``)."""
-    extensions = app.extensions if app is not None else current_app.extensions
-    try:
-        found: AppState = extensions[EXTENSION_KEY]
-        return found
-    except KeyError:
-        raise ConfigurationError(
-            "flask_zis_connections is not initialised on this app. "
-            "Did you call zis.init_app(app)?"
-        ) from None
 
 
 class ZISConnections:
@@ -73,14 +51,20 @@ class ZISConnections:
     def __init__(self, app: Flask | None = None, *, storage: Storage | None = None) -> None:
         self._storage_override = storage
         self._admin_loader: AdminSessionLoader | None = None
-        from .views import make_blueprint  # views import this module
-
-        self.blueprint: Blueprint = make_blueprint(self)
+        #: The HTTP API to register on the host: ``app.register_blueprint(zis.blueprint)``.
+        #: One blueprint object shared by every app; views find their app's state.
+        self.blueprint: Blueprint = api_blueprint
         if app is not None:
             self.init_app(app)
 
     # -- set-up -------------------------------------------------------------------
     def init_app(self, app: Flask) -> None:
+        """Set up storage, keys and services for ``app``.
+
+        Reads every ``ZIS_*`` key once, here (see :class:`~.config.Settings`); later
+        changes to ``app.config`` are not seen.  Creates missing tables unless
+        ``ZIS_CREATE_TABLES`` is off, and creates or updates ``ZIS_OAUTH_CLIENTS``.
+        """
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError(
                 "A 'ZISConnections' instance has already been registered on this Flask app. "
@@ -104,35 +88,36 @@ class ZISConnections:
 
     def _set_up(self, app: Flask, storage: Storage) -> None:
         conf = app.config
+        settings = cfg.Settings.from_config(conf)
         if conf[cfg.CREATE_TABLES]:
             storage.create_tables()
         encryptor = Encryptor.from_config(
             conf[cfg.ENCRYPTION_KEYS], conf.get("SECRET_KEY"), conf.get("SECRET_KEY_FALLBACKS")
         )
-        outbound = outbound_policy(conf)
+        outbound = OutboundPolicy(
+            timeout=settings.http_timeout, max_response_bytes=settings.max_provider_response_bytes,
+            allow_private=settings.allow_insecure_http,
+            allowed_private_hosts=frozenset(settings.allowed_private_hosts),
+        )
         lifecycle = Lifecycle(
-            app=app, storage=storage, encryptor=encryptor,
-            leeway=float(conf[cfg.REFRESH_LEEWAY]), lease_ttl=float(conf[cfg.REFRESH_LEASE_TTL]),
-            http_timeout=outbound.timeout, outbound=outbound,
-            backoff_max=float(conf[cfg.REFRESH_BACKOFF_MAX]),
+            app=app, storage=storage, encryptor=encryptor, leeway=settings.refresh_leeway,
+            lease_ttl=settings.refresh_lease_ttl, http_timeout=settings.http_timeout,
+            outbound=outbound, backoff_max=settings.refresh_backoff_max,
         )
         flows = FlowService(
             app=app, storage=storage, encryptor=encryptor,
-            flow_max_age=int(conf[cfg.FLOW_TOKEN_MAX_AGE]),
-            code_max_age=int(conf[cfg.VERIFICATION_CODE_MAX_AGE]),
-            allowed_origins=list(conf[cfg.ALLOWED_REDIRECT_ORIGINS]),
-            allow_insecure=bool(conf[cfg.ALLOW_INSECURE_HTTP]),
-            outbound=outbound,
-            cookie_prefix=str(conf[cfg.FLOW_COOKIE_NAME]),
+            flow_max_age=settings.flow_token_max_age, code_max_age=settings.verification_code_max_age,
+            allowed_origins=list(settings.allowed_redirect_origins),
+            allow_insecure=settings.allow_insecure_http, outbound=outbound,
+            cookie_prefix=settings.flow_cookie_name,
         )
         app.extensions[EXTENSION_KEY] = AppState(
-            ext=self, storage=storage, encryptor=encryptor, lifecycle=lifecycle, flows=flows,
-            limits=RateLimits.from_config(conf),
+            ext=self, settings=settings, storage=storage, encryptor=encryptor, lifecycle=lifecycle,
+            flows=flows, limits=RateLimits.from_config(conf),
         )
         if conf[cfg.OAUTH_CLIENTS]:
             upsert_from_config(
-                storage, encryptor, conf[cfg.OAUTH_CLIENTS],
-                allow_insecure=bool(conf[cfg.ALLOW_INSECURE_HTTP]),
+                storage, encryptor, conf[cfg.OAUTH_CLIENTS], allow_insecure=settings.allow_insecure_http
             )
 
     def _make_storage(self, app: Flask) -> Storage:
@@ -166,23 +151,22 @@ class ZISConnections:
     def create_oauth_client(
         self, integration: str, *, created_by: str | None = None, **options: Any
     ) -> OAuthClient:
-        """Register an OAuth client (see SPEC options); ``Conflict`` on a duplicate name."""
-        st = state()
-        client = build_client(
-            integration, options, encryptor=st.encryptor,
-            allow_insecure=bool(current_app.config[cfg.ALLOW_INSECURE_HTTP]),
-            created_by=created_by,
-        )
-        return st.storage.add_client(client)
+        """Register an OAuth client; ``Conflict`` on a duplicate name.
 
-    def update_oauth_client(self, integration: str, uuid: str, **changes: Any) -> OAuthClient:
-        st = state()
-        existing = require_client(st.storage, integration, uuid=uuid)
-        client = build_client(
-            integration, changes, encryptor=st.encryptor, existing=existing,
-            allow_insecure=bool(current_app.config[cfg.ALLOW_INSECURE_HTTP]),
-        )
-        return st.storage.update_client(client)
+        ``options`` are the client fields (``name``, ``client_id``, ``client_secret``,
+        ``auth_url``, ``token_url``, ``default_scopes``, ``grant_type``,
+        ``token_endpoint_auth_method``, ``pkce``, ``issuer``, ``authorize_params``,
+        ``offline_access_params``, ``revocation_url``, ``per_client_callback``).
+        """
+        return clients.create_client(state(), integration, options, created_by=created_by)
+
+    def update_oauth_client(
+        self, integration: str, uuid: str, *, expected_version: int | None = None, **changes: Any
+    ) -> OAuthClient:
+        """Change some fields of a client; ``Conflict`` when ``expected_version`` is
+        given and someone changed it since.  The host's own code may move its URLs and
+        keep the stored secret (the HTTP API may not)."""
+        return clients.update_client(state(), integration, uuid, changes, expected_version=expected_version)
 
     def get_oauth_client(
         self, integration: str, *, name: str | None = None, uuid: str | None = None
@@ -194,9 +178,7 @@ class ZISConnections:
 
     def delete_oauth_client(self, integration: str, uuid: str) -> None:
         """Delete the client and every connection made with it."""
-        st = state()
-        if not st.storage.delete_client(integration, uuid):
-            require_client(st.storage, integration, uuid=uuid)  # raises the helpful 404
+        clients.delete_client(state(), integration, uuid)
 
     # -- API tokens -----------------------------------------------------------------
     def issue_access_token(self, integration: str) -> str:
@@ -251,26 +233,6 @@ class ZISConnections:
         return {"connections": page.items, "next_cursor": page.next_cursor}
 
 
-def outbound_policy(conf: Mapping[str, Any]) -> OutboundPolicy:
-    """The rules every outbound call follows, from ``ZIS_HTTP_TIMEOUT``,
-    ``ZIS_MAX_PROVIDER_RESPONSE_BYTES``, ``ZIS_ALLOW_INSECURE_HTTP`` and
-    ``ZIS_ALLOWED_PRIVATE_HOSTS``; a malformed value fails at start-up."""
-    timeout = float(conf[cfg.HTTP_TIMEOUT])
-    max_bytes = int(conf[cfg.MAX_PROVIDER_RESPONSE_BYTES])
-    hosts = conf[cfg.ALLOWED_PRIVATE_HOSTS]
-    if isinstance(hosts, str):
-        hosts = [h for h in hosts.split(",") if h.strip()]
-    if not isinstance(hosts, list | tuple | set | frozenset) or not all(isinstance(h, str) for h in hosts):
-        raise ConfigurationError("ZIS_ALLOWED_PRIVATE_HOSTS must be a list of host names or IP addresses.")
-    if timeout <= 0 or max_bytes <= 0:
-        raise ConfigurationError("ZIS_HTTP_TIMEOUT and ZIS_MAX_PROVIDER_RESPONSE_BYTES must be positive.")
-    return OutboundPolicy(
-        timeout=timeout, max_response_bytes=max_bytes,
-        allow_private=bool(conf[cfg.ALLOW_INSECURE_HTTP]),
-        allowed_private_hosts=frozenset(h.strip().lower() for h in hosts),
-    )
-
-
 def _one_of(name: str | None, uuid: str | None) -> dict[str, str]:
     if (name is None) == (uuid is None):
         raise InvalidRequest("Give exactly one of name or uuid.")
@@ -288,4 +250,4 @@ def get_token(integration: str, name: str) -> str:
     return st.lifecycle.get_token(integration, name)
 
 
-__all__ = ["AppState", "ConnectionNotFound", "ZISConnections", "get_token", "state"]
+__all__ = ["ZISConnections", "get_token"]

@@ -28,11 +28,10 @@ from . import signals
 from . import validation as v
 from .clients import require_client
 from .crypto import Encryptor, hash_secret
+from .domain import ConnectionRecord, OAuthClient, PendingFlow, VerificationCode, utcnow
 from .errors import Forbidden, InvalidRequest, InvalidValue, NotFound, ProviderError
-from .lifecycle import expiry_from
-from .models import ConnectionRecord, OAuthClient, PendingFlow, VerificationCode, utcnow
 from .outbound import OutboundPolicy
-from .provider import (
+from .provider_client import (
     ProviderClient,
     TokenRequestRejected,
     TokenResponse,
@@ -371,10 +370,7 @@ class FlowService:
 
     # -- helpers ------------------------------------------------------------------
     def _provider(self, client: OAuthClient, subdomain: str | None) -> ProviderClient:
-        return ProviderClient(
-            client, self.encryptor.decrypt_optional(client.client_secret_enc),
-            policy=self.outbound, subdomain=subdomain,
-        )
+        return ProviderClient.for_client(client, self.encryptor, self.outbound, subdomain)
 
     def _store(
         self, client: OAuthClient, name: str, subdomain: str | None, created_by: str | None,
@@ -383,19 +379,13 @@ class FlowService:
         """Store (or re-authorize) the connection; the granted scope is the response's
         ``scope``, or the requested one when the provider omits it (RFC 6749 §5.1)."""
         now = utcnow()
-        enc = self.encryptor
         new_uuid = str(uuidlib.uuid4())
         rec = self.storage.upsert_connection(ConnectionRecord(
             uuid=new_uuid,
             integration=client.integration,
             name=name,
             oauth_client_uuid=client.uuid,
-            access_token_enc=enc.encrypt(resp.access_token),
-            token_type=resp.token_type,
-            refresh_token_enc=enc.encrypt_optional(resp.refresh_token),
-            token_response_enc=enc.encrypt(resp.raw_body),
-            token_expiry=expiry_from(resp, now),
-            permission_scope=resp.scope if resp.scope is not None else requested_scope,
+            **resp.stored_fields(self.encryptor, now, kept_refresh_token=None, kept_scope=requested_scope),
             oauth_url_subdomain=subdomain,
             created_by=created_by,
             grant_type=grant_type,  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ZISError
 
 if TYPE_CHECKING:
-    from .extension import AppState
+    from ._state import AppState
 
 
 def check(st: AppState) -> dict[str, Any]:

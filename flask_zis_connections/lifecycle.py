@@ -11,7 +11,7 @@ as soon as its version moves they use the winner's result.  A crashed refresher'
 lease simply expires after ``ZIS_REFRESH_LEASE_TTL`` seconds.
 
 A refresh that fails at the provider is recorded apart from the connection row
-(:class:`~flask_zis_connections.models.RefreshBackoff`) and backs the connection off
+(:class:`~flask_zis_connections.domain.RefreshBackoff`) and backs the connection off
 exponentially, across every process: until ``retry_at`` callers get the still-valid
 token, or fail fast with a ``Retry-After`` - the provider is not called again.
 """
@@ -30,10 +30,10 @@ from flask import Flask
 
 from . import signals
 from .crypto import Encryptor
+from .domain import Connection, ConnectionRecord, Lease, OAuthClient, RefreshBackoff, utcnow
 from .errors import ConnectionNotFound, ProviderError, ReauthorizationRequired, ZISError
-from .models import Connection, ConnectionRecord, Lease, OAuthClient, RefreshBackoff, utcnow
 from .outbound import OutboundPolicy
-from .provider import REAUTH_ERRORS, ProviderClient, TokenRequestRejected, TokenResponse
+from .provider_client import REAUTH_ERRORS, ProviderClient, TokenRequestRejected, TokenResponse
 from .storage import Storage
 
 log = logging.getLogger("flask_zis_connections")
@@ -251,10 +251,7 @@ class Lifecycle:
             client = self.storage.get_client(rec.integration, uuid=rec.oauth_client_uuid)
         if client is None:
             raise ReauthorizationRequired(rec.integration, rec.name, "its OAuth client is gone")
-        return ProviderClient(
-            client, self.encryptor.decrypt_optional(client.client_secret_enc),
-            policy=self.outbound, subdomain=rec.oauth_url_subdomain,
-        )
+        return ProviderClient.for_client(client, self.encryptor, self.outbound, rec.oauth_url_subdomain)
 
     def _refresh_locked(
         self, current: ConnectionRecord, lease: Lease, taken_at: float, *, force: bool,
@@ -358,22 +355,13 @@ class Lifecycle:
 
     def apply_token(self, rec: ConnectionRecord, resp: TokenResponse) -> ConnectionRecord:
         """``rec`` with the new tokens; a response without a refresh token keeps the old one."""
-        enc = self.encryptor
         now = utcnow()
-        return rec.replace(
-            access_token_enc=enc.encrypt(resp.access_token),
-            # A kept refresh token is re-encrypted too: this write may land after a
-            # concurrent rotate-keys, which must not find old-key ciphertext behind it.
-            refresh_token_enc=enc.encrypt_optional(
-                resp.refresh_token or enc.decrypt_optional(rec.refresh_token_enc)
-            ),
-            token_response_enc=enc.encrypt(resp.raw_body),
-            token_type=resp.token_type,
-            token_expiry=expiry_from(resp, now),
-            permission_scope=resp.scope if resp.scope is not None else rec.permission_scope,
-            needs_reauth=False,
-            updated_at=now,
+        fields = resp.stored_fields(
+            self.encryptor, now,
+            kept_refresh_token=self.encryptor.decrypt_optional(rec.refresh_token_enc),
+            kept_scope=rec.permission_scope,
         )
+        return rec.replace(**fields, needs_reauth=False, updated_at=now)
 
     # -- delete ------------------------------------------------------------------
     def delete(self, rec: ConnectionRecord) -> bool | None:
@@ -400,9 +388,3 @@ class Lifecycle:
             self.app, integration=rec.integration, name=rec.name, uuid=rec.uuid, revoked=revoked
         )
         return revoked
-
-
-def expiry_from(resp: TokenResponse, now: datetime) -> datetime | None:
-    if resp.expires_in is None:
-        return None
-    return (now + timedelta(seconds=resp.expires_in)).replace(microsecond=0)

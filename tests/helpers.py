@@ -10,7 +10,7 @@ PREFIX = "/api/services/zis"
 
 
 def assert_envelope(resp: TestResponse, status: int, code: str, detail_has: str = "") -> dict[str, Any]:
-    """The seed's error envelope, exactly, with the expected status and code."""
+    """The service's error envelope, exactly, with the expected status and code."""
     assert resp.status_code == status, resp.get_data(as_text=True)
     body = resp.get_json()
     assert isinstance(body, dict) and set(body) == {"errors"}, body

@@ -1,4 +1,4 @@
-"""Every error under the prefix is the seed's envelope; the host's routes keep theirs."""
+"""Every error under the prefix is the service's envelope; the host's routes keep theirs."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from flask_zis_connections import ZISConnections
-from flask_zis_connections.models import ConnectionRecord, utcnow
+from flask_zis_connections.domain import ConnectionRecord, utcnow
 from flask_zis_connections.storage import Storage
 
 from .flow_driver import auth_header, callback, connect, query, register, start, zis_of
@@ -696,7 +696,10 @@ def test_a_stale_client_update_is_a_409(app: Flask, bearer: dict[str, str]) -> N
 @pytest.mark.parametrize("backend", ["memory"], indirect=True)
 @pytest.mark.parametrize(
     "param",
-    ["response_type", "client_id", "redirect_uri", "state", "code_challenge", "code_challenge_method", "scope"],
+    [
+        "response_type", "client_id", "redirect_uri", "state",
+        "code_challenge", "code_challenge_method", "scope",
+    ],
 )
 def test_authorize_params_cannot_override_what_the_flow_sets(
     app: Flask, bearer: dict[str, str], param: str
@@ -722,7 +725,7 @@ def test_no_cors_and_no_framing_on_any_answer(app: Flask, bearer: dict[str, str]
         c.get(f"{PREFIX}/health", headers=cross),
     ]
     for resp in answers:
-        assert not [h for h in resp.headers.keys() if h.lower().startswith("access-control-")]
+        assert not [k for k, _ in resp.headers.items() if k.lower().startswith("access-control-")]
         assert resp.headers["X-Frame-Options"] == "DENY"
         assert resp.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
 

@@ -3,7 +3,7 @@
 Everything runs against the real in-process provider (Authlib, refresh-token rotation:
 a used refresh token dies) on every backend.  Tokens become due by moving the clock
 with ``time-machine`` - never by sleeping.  The package reads the time through
-``models.utcnow()``; wait loops use ``time.monotonic``, which time-machine leaves alone.
+``domain.utcnow()``; wait loops use ``time.monotonic``, which time-machine leaves alone.
 """
 
 from __future__ import annotations
@@ -35,15 +35,15 @@ from flask_zis_connections import (
     connection_refreshed,
     get_token,
 )
-from flask_zis_connections.models import ConnectionRecord, utcnow
+from flask_zis_connections.domain import ConnectionRecord, utcnow
 from flask_zis_connections.storage import SQLAlchemyStorage, Storage
-from flask_zis_connections.storage.schema import connections
+from flask_zis_connections.storage.sqlalchemy.schema import connections
 
 from .flow_driver import auth_header, connect, register, start, zis_of
 from .helpers import PREFIX, assert_envelope
 from .live_provider import DEFAULT_REDIRECT_URI, LiveProvider
 
-SEED_FIELDS = {
+SERVICE_FIELDS = {
     "access_token", "created_by", "integration", "name", "oauth_access_token_response_body",
     "oauth_client_uuid", "oauth_url_subdomain", "permission_scope", "refresh_token",
     "token_expiry", "token_type", "uuid", "zendesk_account_id",
@@ -179,13 +179,13 @@ def refresh_at_provider(provider: LiveProvider, refresh_token: str) -> requests.
 
 
 # -- show ------------------------------------------------------------------------------------
-def test_show_returns_the_seed_json_without_refreshing_a_fresh_token(env: Env) -> None:
+def test_show_returns_the_service_json_without_refreshing_a_fresh_token(env: Env) -> None:
     calls = env.provider.state.token_call_count
     by_name = env.get("/connections/acme", name="main")
     assert by_name.status_code == 200, by_name.get_json()
     assert by_name.headers["Cache-Control"] == "no-store"
     body = by_name.get_json()
-    assert set(body) == SEED_FIELDS
+    assert set(body) == SERVICE_FIELDS
     assert body["access_token"] == env.conn["access_token"]
     assert body["refresh_token"] == env.conn["refresh_token"]
     assert body["integration"] == "acme" and body["name"] == "main"
@@ -240,7 +240,7 @@ def test_refresh_endpoint_refreshes_now_and_stores_the_rotated_refresh_token(env
     resp = env.get("/connections/refresh/acme", name="main")
     assert resp.status_code == 200, resp.get_json()
     body = resp.get_json()
-    assert set(body) == SEED_FIELDS and body["uuid"] == env.conn["uuid"]
+    assert set(body) == SERVICE_FIELDS and body["uuid"] == env.conn["uuid"]
     assert env.provider.state.refresh_call_count == 1
     assert env.provider.state.token_calls[-1]["refresh_token"] == old_refresh
     assert body["access_token"] != env.conn["access_token"]

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from flask_zis_connections.models import utcnow
+from flask_zis_connections.domain import utcnow
 from flask_zis_connections.storage import Storage
 
 from . import lifecycle_worker

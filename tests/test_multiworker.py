@@ -36,7 +36,7 @@ import requests
 from cryptography.fernet import Fernet
 from flask import Flask
 
-from flask_zis_connections.models import utcnow
+from flask_zis_connections.domain import utcnow
 
 from .conftest import ORIGIN, reset_postgres
 from .flow_driver import auth_header, connect, register

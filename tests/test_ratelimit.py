@@ -16,8 +16,8 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from flask_zis_connections.crypto import hash_secret
+from flask_zis_connections.domain import ApiToken
 from flask_zis_connections.errors import ConfigurationError
-from flask_zis_connections.models import ApiToken
 
 from .flow_driver import auth_header
 from .helpers import PREFIX, assert_envelope

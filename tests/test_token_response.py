@@ -10,7 +10,7 @@ import pytest
 
 from flask_zis_connections import ProviderError
 from flask_zis_connections.errors import InvalidValue
-from flask_zis_connections.provider import TokenRequestRejected, interpolate, parse_token_response
+from flask_zis_connections.provider_client import TokenRequestRejected, interpolate, parse_token_response
 
 
 def _parse(**fields: Any) -> Any:

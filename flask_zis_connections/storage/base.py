@@ -1,6 +1,6 @@
 """The storage interface every backend implements.
 
-Backends speak domain values (:mod:`flask_zis_connections.models`) and own every
+Backends speak domain values (:mod:`flask_zis_connections.domain`) and own every
 atomic step: consuming a flow or a verification code exactly once, the refresh lease,
 and compare-and-swap writes.  Views and the token lifecycle never lock by hand.
 
@@ -18,8 +18,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from ..errors import InvalidValue
-from ..models import (
+from ..domain import (
     ApiToken,
     ConnectionRecord,
     Lease,
@@ -30,6 +29,7 @@ from ..models import (
     VerificationCode,
     utcnow,
 )
+from ..errors import InvalidValue
 from .conflicts import client_conflict, stale_client
 from .hooks import StorageHooks
 from .times import at_ms, at_ms_or_none

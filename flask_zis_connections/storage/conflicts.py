@@ -7,8 +7,8 @@ message, saying what to do instead.
 
 from __future__ import annotations
 
+from ..domain import ConnectionRecord, OAuthClient, PendingFlow
 from ..errors import Conflict
-from ..models import ConnectionRecord, OAuthClient, PendingFlow
 
 
 def client_conflict(client: OAuthClient) -> Conflict:

@@ -20,8 +20,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 
-from ..errors import StorageUnavailable
-from ..models import (
+from ..domain import (
     ApiToken,
     ConnectionRecord,
     Lease,
@@ -30,6 +29,7 @@ from ..models import (
     RefreshBackoff,
     VerificationCode,
 )
+from ..errors import StorageUnavailable
 
 _R = TypeVar("_R")
 

@@ -1,7 +1,7 @@
 """A thread-safe in-memory backend.
 
 It exists for tests, demos and single-process development servers: it keeps the
-frozen dataclasses of :mod:`~flask_zis_connections.models` in plain dicts and does
+frozen dataclasses of :mod:`~flask_zis_connections.domain` in plain dicts and does
 every operation under one :class:`threading.RLock`, which is what makes the atomic
 steps of the :class:`~.base.Storage` contract (single-use flows and codes, leases,
 compare-and-swap writes) hold across threads.  Nothing survives the process and
@@ -21,8 +21,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from ..errors import OAuthClientNotFound
-from ..models import (
+from ..domain import (
     ApiToken,
     ConnectionRecord,
     Lease,
@@ -31,6 +30,7 @@ from ..models import (
     RefreshBackoff,
     VerificationCode,
 )
+from ..errors import OAuthClientNotFound
 from .base import Storage
 from .conflicts import (
     client_conflict,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from ...models import ConnectionRecord, OAuthClient, PendingFlow, VerificationCode
+from ...domain import ConnectionRecord, OAuthClient, PendingFlow, VerificationCode
 
 T = TypeVar("T")
 

@@ -8,8 +8,8 @@ from datetime import timedelta
 
 import pytest
 
+from ...domain import ApiToken
 from ...errors import Conflict
-from ...models import ApiToken
 from ..base import Storage
 from .builders import SEC, T0, make_code, make_flow, new_id
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from ...models import Lease
+from ...domain import Lease
 from ..base import Storage
 from .builders import SEC, T0, make_client, make_record
 

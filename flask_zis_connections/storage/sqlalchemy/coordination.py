@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from ...models import PendingFlow, RefreshBackoff, VerificationCode
+from ...domain import PendingFlow, RefreshBackoff, VerificationCode
 from ..conflicts import code_conflict, flow_conflict
 from ..times import to_ms
 from . import queries as q

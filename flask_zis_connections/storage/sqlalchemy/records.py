@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from ...domain import ApiToken, ConnectionRecord, Lease, OAuthClient
 from ...errors import Conflict, OAuthClientNotFound
-from ...models import ApiToken, ConnectionRecord, Lease, OAuthClient
 from ..conflicts import client_conflict, connection_uuid_conflict, stale_client, token_conflict
 from ..times import to_ms
 from . import queries as q

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
-from ...models import (
+from ...domain import (
     ApiToken,
     ConnectionRecord,
     OAuthClient,

@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import requests
@@ -23,8 +24,9 @@ from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
+from .crypto import Encryptor
+from .domain import OAuthClient
 from .errors import InvalidValue, ProviderError
-from .models import OAuthClient
 from .outbound import (
     DeadlineExceeded,
     DestinationRefused,
@@ -70,6 +72,33 @@ class TokenResponse:
     expires_in: float | None
     scope: str | None
     raw_body: str
+
+    def expiry(self, now: datetime) -> datetime | None:
+        """When the access token expires, to the second (None: the provider did not say)."""
+        if self.expires_in is None:
+            return None
+        return (now + timedelta(seconds=self.expires_in)).replace(microsecond=0)
+
+    def stored_fields(
+        self, encryptor: Encryptor, now: datetime, *, kept_refresh_token: str | None,
+        kept_scope: str | None,
+    ) -> dict[str, Any]:
+        """The connection fields this answer sets, encrypted: one rule for a new
+        connection (the flow) and a refreshed one (the lifecycle).
+
+        An answer without a refresh token keeps ``kept_refresh_token`` (re-encrypted
+        under the newest key, so this write never puts old-key ciphertext back behind a
+        concurrent ``rotate-keys``); without ``scope`` the scope is ``kept_scope``: the
+        requested one for a new grant, the stored one on refresh (RFC 6749 §5.1, §6).
+        """
+        return {
+            "access_token_enc": encryptor.encrypt(self.access_token),
+            "refresh_token_enc": encryptor.encrypt_optional(self.refresh_token or kept_refresh_token),
+            "token_response_enc": encryptor.encrypt(self.raw_body),
+            "token_type": self.token_type,
+            "token_expiry": self.expiry(now),
+            "permission_scope": self.scope if self.scope is not None else kept_scope,
+        }
 
 
 def interpolate(url: str, subdomain: str | None) -> str:
@@ -161,6 +190,15 @@ class ProviderClient:
     redirect is followed, private destinations are refused, and the whole call
     (connect, headers, body) has one deadline and a size cap.
     """
+
+    @classmethod
+    def for_client(
+        cls, client: OAuthClient, encryptor: Encryptor, policy: OutboundPolicy, subdomain: str | None
+    ) -> ProviderClient:
+        """The client's token operations, its secret decrypted for this call only."""
+        return cls(
+            client, encryptor.decrypt_optional(client.client_secret_enc), policy=policy, subdomain=subdomain
+        )
 
     def __init__(
         self, client: OAuthClient, client_secret: str | None, *, policy: OutboundPolicy,

@@ -1,15 +1,15 @@
-"""JSON shapes of the HTTP API (the seed's field names, nothing more)."""
+"""JSON shapes of the HTTP API: the service's field names, nothing more."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-from .models import Connection, ConnectionRecord, OAuthClient
+from ..domain import Connection, ConnectionRecord, OAuthClient
 
 
 def format_time(value: datetime | None) -> str | None:
-    """``YYYY-MM-DDThh:mm:ssZ`` as in the seed."""
+    """``YYYY-MM-DDThh:mm:ssZ``, as the service's Connections API writes times."""
     if value is None:
         return None
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

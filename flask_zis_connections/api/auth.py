@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from flask import Request
 
-from .crypto import hash_secret
-from .errors import Forbidden, Unauthorized
-from .storage import Storage
-from .validation import integration_name, origin_of
+from ..crypto import hash_secret
+from ..errors import Forbidden, Unauthorized
+from ..storage import Storage
+from ..validation import integration_name, origin_of
 
 AdminSessionLoader = Callable[[str], str | None]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

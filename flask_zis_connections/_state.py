@@ -1,0 +1,61 @@
+"""Per-app state of the extension, and how code finds it: a leaf module.
+
+Like Flask's ``globals.py``, this module imports nothing of the package above the
+error types (everything else only for type checking), so the extension object, the
+HTTP API, the CLI and the health check can all import :func:`state` without the
+extension module importing them back.  Everything the extension keeps for one app
+lives under one key of ``app.extensions``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from flask import Flask, current_app
+
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .crypto import Encryptor
+    from .extension import ZISConnections
+    from .flow import FlowService
+    from .lifecycle import Lifecycle
+    from .ratelimit import RateLimits
+    from .storage import Storage
+
+#: The one key the extension uses in ``app.extensions``.
+EXTENSION_KEY = "zis_connections"
+
+
+@dataclass
+class AppState:
+    """Everything the extension keeps for one Flask app."""
+
+    ext: ZISConnections
+    settings: Settings
+    storage: Storage
+    encryptor: Encryptor
+    lifecycle: Lifecycle
+    flows: FlowService
+    #: The HTTP API's rate limits; None when ``ZIS_RATELIMIT`` turns them off.
+    limits: RateLimits | None = None
+    #: Where the HTTP API blueprint is registered on this app (usually once), so that
+    #: routing errors under those prefixes get the API's error envelope.
+    url_prefixes: set[str] = field(default_factory=set)
+
+
+def state(app: Flask | None = None) -> AppState:
+    """The extension state of ``app`` (default: ``current_app``)."""
+    extensions = app.extensions if app is not None else current_app.extensions
+    try:
+        found: AppState = extensions[EXTENSION_KEY]
+        return found
+    except KeyError:
+        raise ConfigurationError(
+            "flask_zis_connections is not initialised on this app. Did you call zis.init_app(app)?"
+        ) from None
+
+
+__all__ = ["EXTENSION_KEY", "AppState", "state"]

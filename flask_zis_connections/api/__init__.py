@@ -1,0 +1,26 @@
+"""The HTTP API (prefix ``/api/services/zis``): the service's Connections API.
+
+Views are thin: parse and authenticate the request, call the extension's services,
+shape JSON.  Where to look:
+
+=====================  ==========================================================
+``blueprint.py``       the blueprint and what every request goes through (body
+                       limit, rate limits on credential-less routes, private headers)
+``errors.py``          the error envelope every failure under the prefix leaves as
+``auth.py``            who is calling: bearer tokens, admin sessions, CSRF check
+``helpers.py``         what views share (auth with rate limits, origins, lookups)
+``flow.py``            start, start_redirect, the provider's callback, access codes
+``connections.py``     show, refresh, delete, list connections
+``clients.py``         the OAuth Clients API
+``token_proxy.py``     the token endpoint proxied to the host's own
+``health.py``          ``GET /health``
+``serializers.py``     the JSON shapes
+=====================  ==========================================================
+"""
+
+from __future__ import annotations
+
+from . import clients, connections, flow, health, token_proxy  # noqa: F401 - register the routes
+from .blueprint import URL_PREFIX, bp
+
+__all__ = ["URL_PREFIX", "bp"]
