@@ -52,14 +52,20 @@ _BATCH = 5_000
 def build(path: Path, size: int, key: str) -> Flask:
     app = Flask("bench_host", instance_path=str(path.parent))
     app.config.update(
-        SECRET_KEY="bench", ZIS_STORAGE="sqlalchemy", ZIS_DATABASE_URI=f"sqlite:///{path}",
+        SECRET_KEY="bench",
+        ZIS_STORAGE="sqlalchemy",
+        ZIS_DATABASE_URI=f"sqlite:///{path}",
         ZIS_ENCRYPTION_KEYS=[key],
     )
     zis = ZISConnections(app)
     with app.app_context():
         client = zis.create_oauth_client(
-            INTEGRATION, name="acme", client_id="bench", client_secret="bench-secret",
-            auth_url="https://provider.test/authorize", token_url="https://provider.test/token",
+            INTEGRATION,
+            name="acme",
+            client_id="bench",
+            client_secret="bench-secret",
+            auth_url="https://provider.test/authorize",
+            token_url="https://provider.test/token",
         )
     storage: SQLAlchemyStorage = app.extensions["zis_connections"].storage
     fill(storage.engine, Encryptor([key]), client.uuid, size)
@@ -75,12 +81,23 @@ def fill(engine: sa.Engine, enc: Encryptor, client_uuid: str, size: int) -> None
     for start in range(0, size, _BATCH):
         rows = [
             {
-                "uuid": str(uuid.uuid4()), "integration": INTEGRATION, "name": name_of(i),
-                "oauth_client_uuid": client_uuid, "access_token_enc": enc.encrypt(f"access-{i}"),
-                "token_type": "bearer", "refresh_token_enc": refresh, "token_response_enc": body,
-                "token_expiry": expiry_ms, "permission_scope": "read write",
-                "oauth_url_subdomain": None, "created_by": "bench", "grant_type": "authorization_code",
-                "needs_reauth": False, "version": 1, "created_at": now_ms, "updated_at": now_ms,
+                "uuid": str(uuid.uuid4()),
+                "integration": INTEGRATION,
+                "name": name_of(i),
+                "oauth_client_uuid": client_uuid,
+                "access_token_enc": enc.encrypt(f"access-{i}"),
+                "token_type": "bearer",
+                "refresh_token_enc": refresh,
+                "token_response_enc": body,
+                "token_expiry": expiry_ms,
+                "permission_scope": "read write",
+                "oauth_url_subdomain": None,
+                "created_by": "bench",
+                "grant_type": "authorization_code",
+                "needs_reauth": False,
+                "version": 1,
+                "created_at": now_ms,
+                "updated_at": now_ms,
             }
             for i in range(start, min(size, start + _BATCH))
         ]
@@ -154,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 app.extensions["zis_connections"].storage.close()
             print(f"# {size:,} connections inserted in {filled:.1f}s", file=sys.stderr)
-    print(f"get_token on a fresh token, SQLite file, {iterations:,} random names x {rounds} rounds "
-          "(median round)")
+    print(
+        f"get_token on a fresh token, SQLite file, {iterations:,} random names x {rounds} rounds "
+        "(median round)"
+    )
     print(f"{'connections':>12} {'get_token us':>13} {'bare select us':>15} {'ours/bare':>10}")
     for size, (ours_us, bare_us) in results.items():
         print(f"{size:>12,} {ours_us:>13.1f} {bare_us:>15.1f} {ours_us / bare_us:>10.2f}")

@@ -38,15 +38,17 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         ZIS_PUBLIC_URL=public,
         ZIS_ALLOW_INSECURE_HTTP=True,  # the demo provider runs on plain http on localhost
         ZIS_OAUTH_CLIENTS={
-            DEMO_INTEGRATION: [{
-                "name": "demo-provider",
-                "client_id": DEMO_CLIENT_ID,
-                "client_secret": DEMO_CLIENT_SECRET,
-                "auth_url": f"{public}/provider/oauth/authorize",
-                "token_url": f"{public}/provider/oauth/token",
-                "revocation_url": f"{public}/provider/oauth/revoke",
-                "default_scopes": "read write",
-            }],
+            DEMO_INTEGRATION: [
+                {
+                    "name": "demo-provider",
+                    "client_id": DEMO_CLIENT_ID,
+                    "client_secret": DEMO_CLIENT_SECRET,
+                    "auth_url": f"{public}/provider/oauth/authorize",
+                    "token_url": f"{public}/provider/oauth/token",
+                    "revocation_url": f"{public}/provider/oauth/revoke",
+                    "default_scopes": "read write",
+                }
+            ],
         },
     )
     if os.environ.get("ZIS_DATABASE_URI"):
@@ -66,7 +68,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     provider_app = create_provider_app(app.config.get("DEMO_PROVIDER_CONFIG"))
     provider_app.extensions["demo_provider"].register_client(
-        DEMO_CLIENT_ID, DEMO_CLIENT_SECRET,
+        DEMO_CLIENT_ID,
+        DEMO_CLIENT_SECRET,
         redirect_uris=[f"{public}/api/services/zis/connections/oauth/callback"],
         token_endpoint_auth_method="client_secret_basic",
     )
@@ -77,13 +80,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     def index() -> str:
         session["admin"] = "demo-admin"  # the demo logs everyone in as an admin
         page = zis.list_connections(DEMO_INTEGRATION)
-        return render_template("index.html", connections=page["connections"],
-                               integration=DEMO_INTEGRATION)
+        return render_template("index.html", connections=page["connections"], integration=DEMO_INTEGRATION)
 
     @app.get("/connected")
     def connected() -> str:
-        return render_template("connected.html", integration=DEMO_INTEGRATION,
-                               error=request.args.get("error"))
+        return render_template(
+            "connected.html", integration=DEMO_INTEGRATION, error=request.args.get("error")
+        )
 
     @app.post("/call-api")
     def call_api() -> Any:
@@ -92,8 +95,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             token = get_token(DEMO_INTEGRATION, "main")
         except ZISError as exc:
             return jsonify({"error": exc.message}), 409
-        resp = requests.get(f"{public}/provider/api/me",
-                            headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        resp = requests.get(
+            f"{public}/provider/api/me", headers={"Authorization": f"Bearer {token}"}, timeout=5
+        )
         return jsonify({"provider_status": resp.status_code, "provider_says": resp.json()})
 
     return app

@@ -34,36 +34,65 @@ zis_cli.add_command(clients_cli)
 @click.argument("integration", required=False)
 def clients_list(integration: str | None) -> None:
     for client in state().storage.list_clients(integration):
-        click.echo(f"{client.integration}\t{client.name}\t{client.uuid}\t{client.grant_type}\t"
-                   f"{client.token_url}")
+        click.echo(
+            f"{client.integration}\t{client.name}\t{client.uuid}\t{client.grant_type}\t{client.token_url}"
+        )
 
 
 @clients_cli.command("create")
 @click.argument("integration")
 @click.option("--name", required=True)
 @click.option("--client-id", required=True)
-@click.option("--client-secret", envvar="ZIS_CLIENT_SECRET",
-              help="Or set ZIS_CLIENT_SECRET, to keep it out of shell history.")
+@click.option(
+    "--client-secret",
+    envvar="ZIS_CLIENT_SECRET",
+    help="Or set ZIS_CLIENT_SECRET, to keep it out of shell history.",
+)
 @click.option("--auth-url")
 @click.option("--token-url", required=True)
 @click.option("--default-scopes", default="")
-@click.option("--grant-type", default="authorization_code",
-              type=click.Choice(["authorization_code", "client_credentials"]))
-@click.option("--token-endpoint-auth-method", default="client_secret_basic",
-              type=click.Choice(["client_secret_basic", "client_secret_post"]))
+@click.option(
+    "--grant-type",
+    default="authorization_code",
+    type=click.Choice(["authorization_code", "client_credentials"]),
+)
+@click.option(
+    "--token-endpoint-auth-method",
+    default="client_secret_basic",
+    type=click.Choice(["client_secret_basic", "client_secret_post"]),
+)
 @click.option("--no-pkce", is_flag=True)
 @click.option("--issuer")
 @click.option("--revocation-url")
-def clients_create(integration: str, name: str, client_id: str, client_secret: str | None,
-                   auth_url: str | None, token_url: str, default_scopes: str, grant_type: str,
-                   token_endpoint_auth_method: str, no_pkce: bool, issuer: str | None,
-                   revocation_url: str | None) -> None:
+def clients_create(
+    integration: str,
+    name: str,
+    client_id: str,
+    client_secret: str | None,
+    auth_url: str | None,
+    token_url: str,
+    default_scopes: str,
+    grant_type: str,
+    token_endpoint_auth_method: str,
+    no_pkce: bool,
+    issuer: str | None,
+    revocation_url: str | None,
+) -> None:
     try:
         client = state().ext.create_oauth_client(
-            integration, name=name, client_id=client_id, client_secret=client_secret,
-            auth_url=auth_url, token_url=token_url, default_scopes=default_scopes,
-            grant_type=grant_type, token_endpoint_auth_method=token_endpoint_auth_method,
-            pkce=not no_pkce, issuer=issuer, revocation_url=revocation_url, created_by="cli",
+            integration,
+            name=name,
+            client_id=client_id,
+            client_secret=client_secret,
+            auth_url=auth_url,
+            token_url=token_url,
+            default_scopes=default_scopes,
+            grant_type=grant_type,
+            token_endpoint_auth_method=token_endpoint_auth_method,
+            pkce=not no_pkce,
+            issuer=issuer,
+            revocation_url=revocation_url,
+            created_by="cli",
         )
     except ZISError as exc:
         _fail(exc)
@@ -125,8 +154,13 @@ def rotate_keys() -> None:
 
 
 @zis_cli.command("refresh-due")
-@click.option("--within", default=300, show_default=True, type=click.IntRange(min=0),
-              help="Refresh tokens that expire within this many seconds.")
+@click.option(
+    "--within",
+    default=300,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Refresh tokens that expire within this many seconds.",
+)
 def refresh_due(within: int) -> None:
     """Refresh connections about to expire (run it from cron)."""
     st = state()

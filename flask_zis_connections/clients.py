@@ -21,11 +21,24 @@ if TYPE_CHECKING:
     from ._state import AppState
 
 #: Fields a client create/update accepts (REST bodies, config dicts, keyword options).
-CLIENT_FIELDS = frozenset({
-    "name", "client_id", "client_secret", "auth_url", "token_url", "default_scopes",
-    "grant_type", "token_endpoint_auth_method", "pkce", "issuer", "authorize_params",
-    "offline_access_params", "revocation_url", "per_client_callback",
-})
+CLIENT_FIELDS = frozenset(
+    {
+        "name",
+        "client_id",
+        "client_secret",
+        "auth_url",
+        "token_url",
+        "default_scopes",
+        "grant_type",
+        "token_endpoint_auth_method",
+        "pkce",
+        "issuer",
+        "authorize_params",
+        "offline_access_params",
+        "revocation_url",
+        "per_client_callback",
+    }
+)
 _OPTIONAL_URLS = ("issuer", "revocation_url")
 #: Fields that decide where, or how, the client secret is sent.
 SECRET_ROUTING_FIELDS = ("token_url", "revocation_url", "token_endpoint_auth_method")
@@ -59,11 +72,15 @@ def build_client(
                 raise InvalidValue(required, "is required")
     else:
         base = {
-            "name": existing.name, "client_id": existing.client_id,
-            "auth_url": existing.auth_url, "token_url": existing.token_url,
-            "default_scopes": existing.default_scopes, "grant_type": existing.grant_type,
+            "name": existing.name,
+            "client_id": existing.client_id,
+            "auth_url": existing.auth_url,
+            "token_url": existing.token_url,
+            "default_scopes": existing.default_scopes,
+            "grant_type": existing.grant_type,
             "token_endpoint_auth_method": existing.token_endpoint_auth_method,
-            "pkce": existing.pkce, "issuer": existing.issuer,
+            "pkce": existing.pkce,
+            "issuer": existing.issuer,
             "authorize_params": existing.authorize_params,
             "offline_access_params": existing.offline_access_params,
             "revocation_url": existing.revocation_url,
@@ -76,7 +93,8 @@ def build_client(
     grant_type = v.choice(merged.get("grant_type", "authorization_code"), "grant_type", v.GRANT_TYPES)
     auth_method = v.choice(
         merged.get("token_endpoint_auth_method", "client_secret_basic"),
-        "token_endpoint_auth_method", v.AUTH_METHODS,
+        "token_endpoint_auth_method",
+        v.AUTH_METHODS,
     )
     token_url = v.provider_url(merged["token_url"], "token_url", allow_insecure=allow_insecure)
     auth_url = merged.get("auth_url")
@@ -87,20 +105,21 @@ def build_client(
     urls: dict[str, str | None] = {}
     for field in _OPTIONAL_URLS:
         value = merged.get(field)
-        urls[field] = (
-            None if value is None
-            else v.provider_url(value, field, allow_insecure=allow_insecure)
-        )
+        urls[field] = None if value is None else v.provider_url(value, field, allow_insecure=allow_insecure)
     default_scopes = v.scopes(merged.get("default_scopes", ""), "default_scopes")
     pkce = v.boolean(merged.get("pkce", True), "pkce")
     authorize_params = v.str_mapping(merged.get("authorize_params", {}), "authorize_params")
-    offline_params = v.str_mapping(
-        merged.get("offline_access_params", {}), "offline_access_params"
-    )
-    reserved = {"response_type", "client_id", "redirect_uri", "state", "code_challenge",
-                "code_challenge_method", "scope"}
-    for field, params in (("authorize_params", authorize_params),
-                          ("offline_access_params", offline_params)):
+    offline_params = v.str_mapping(merged.get("offline_access_params", {}), "offline_access_params")
+    reserved = {
+        "response_type",
+        "client_id",
+        "redirect_uri",
+        "state",
+        "code_challenge",
+        "code_challenge_method",
+        "scope",
+    }
+    for field, params in (("authorize_params", authorize_params), ("offline_access_params", offline_params)):
         clash = sorted(reserved & set(params))
         if clash:
             raise InvalidValue(field, f"must not set {clash[0]!r}: the flow sets it itself")
@@ -157,15 +176,23 @@ def create_client(
 ) -> OAuthClient:
     """Validate and store a new client (the Python API and the HTTP API both come here)."""
     client = build_client(
-        integration, data, encryptor=st.encryptor,
-        allow_insecure=st.settings.allow_insecure_http, created_by=created_by,
+        integration,
+        data,
+        encryptor=st.encryptor,
+        allow_insecure=st.settings.allow_insecure_http,
+        created_by=created_by,
     )
     return st.storage.add_client(client)
 
 
 def update_client(
-    st: AppState, integration: str, uuid: str, changes: Mapping[str, Any], *,
-    expected_version: int | None = None, secret_follows_routing: bool = True,
+    st: AppState,
+    integration: str,
+    uuid: str,
+    changes: Mapping[str, Any],
+    *,
+    expected_version: int | None = None,
+    secret_follows_routing: bool = True,
 ) -> OAuthClient:
     """Apply ``changes`` to a stored client with a compare-and-swap on its version.
 
@@ -178,8 +205,12 @@ def update_client(
     if expected_version is not None and expected_version != existing.version:
         raise stale_client(existing)
     client = build_client(
-        integration, changes, encryptor=st.encryptor, existing=existing,
-        allow_insecure=st.settings.allow_insecure_http, secret_follows_routing=secret_follows_routing,
+        integration,
+        changes,
+        encryptor=st.encryptor,
+        existing=existing,
+        allow_insecure=st.settings.allow_insecure_http,
+        secret_follows_routing=secret_follows_routing,
     )
     return st.storage.update_client(client, expected_version=existing.version)
 
@@ -209,7 +240,10 @@ def upsert_from_config(
                 )
             existing = storage.get_client(integration, name=str(entry["name"]))
             client = build_client(
-                integration, entry, encryptor=encryptor, allow_insecure=allow_insecure,
+                integration,
+                entry,
+                encryptor=encryptor,
+                allow_insecure=allow_insecure,
                 existing=existing,
             )
             if existing is None:

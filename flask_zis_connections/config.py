@@ -83,8 +83,10 @@ def _strings(key: str, value: Any) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         return tuple(part.strip() for part in value.split(",") if part.strip())
-    if not isinstance(value, Iterable) or isinstance(value, Mapping) or not all(
-        isinstance(item, str) for item in value
+    if (
+        not isinstance(value, Iterable)
+        or isinstance(value, Mapping)
+        or not all(isinstance(item, str) for item in value)
     ):
         raise ConfigurationError(f"{key} must be a list of strings (or one comma-separated string).")
     return tuple(item.strip() for item in value if item.strip())

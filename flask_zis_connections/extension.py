@@ -95,25 +95,40 @@ class ZISConnections:
             conf[cfg.ENCRYPTION_KEYS], conf.get("SECRET_KEY"), conf.get("SECRET_KEY_FALLBACKS")
         )
         outbound = OutboundPolicy(
-            timeout=settings.http_timeout, max_response_bytes=settings.max_provider_response_bytes,
+            timeout=settings.http_timeout,
+            max_response_bytes=settings.max_provider_response_bytes,
             allow_private=settings.allow_insecure_http,
             allowed_private_hosts=frozenset(settings.allowed_private_hosts),
         )
         lifecycle = Lifecycle(
-            app=app, storage=storage, encryptor=encryptor, leeway=settings.refresh_leeway,
-            lease_ttl=settings.refresh_lease_ttl, http_timeout=settings.http_timeout,
-            outbound=outbound, backoff_max=settings.refresh_backoff_max,
+            app=app,
+            storage=storage,
+            encryptor=encryptor,
+            leeway=settings.refresh_leeway,
+            lease_ttl=settings.refresh_lease_ttl,
+            http_timeout=settings.http_timeout,
+            outbound=outbound,
+            backoff_max=settings.refresh_backoff_max,
         )
         flows = FlowService(
-            app=app, storage=storage, encryptor=encryptor,
-            flow_max_age=settings.flow_token_max_age, code_max_age=settings.verification_code_max_age,
+            app=app,
+            storage=storage,
+            encryptor=encryptor,
+            flow_max_age=settings.flow_token_max_age,
+            code_max_age=settings.verification_code_max_age,
             allowed_origins=list(settings.allowed_redirect_origins),
-            allow_insecure=settings.allow_insecure_http, outbound=outbound,
+            allow_insecure=settings.allow_insecure_http,
+            outbound=outbound,
             cookie_prefix=settings.flow_cookie_name,
         )
         app.extensions[EXTENSION_KEY] = AppState(
-            ext=self, settings=settings, storage=storage, encryptor=encryptor, lifecycle=lifecycle,
-            flows=flows, limits=RateLimits.from_config(conf),
+            ext=self,
+            settings=settings,
+            storage=storage,
+            encryptor=encryptor,
+            lifecycle=lifecycle,
+            flows=flows,
+            limits=RateLimits.from_config(conf),
         )
         if conf[cfg.OAUTH_CLIENTS]:
             upsert_from_config(
@@ -185,16 +200,14 @@ class ZISConnections:
         """A new random bearer token for ``integration``; only its hash is stored."""
         integration_name(integration)
         token = "zis_" + secrets.token_urlsafe(32)
-        state().storage.add_api_token(ApiToken(
-            id=str(uuidlib.uuid4()), token_hash=hash_secret(token), integration=integration
-        ))
+        state().storage.add_api_token(
+            ApiToken(id=str(uuidlib.uuid4()), token_hash=hash_secret(token), integration=integration)
+        )
         return token
 
     def revoke_access_token(self, token_or_id: str) -> bool:
         storage = state().storage
-        return storage.revoke_api_token(token_or_id) or storage.revoke_api_token(
-            hash_secret(token_or_id)
-        )
+        return storage.revoke_api_token(token_or_id) or storage.revoke_api_token(hash_secret(token_or_id))
 
     # -- connections ------------------------------------------------------------------
     def get_token(self, integration: str, name: str) -> str:
@@ -202,7 +215,11 @@ class ZISConnections:
         return state().lifecycle.get_token(integration, name)
 
     def get_connection(
-        self, integration: str, name: str | None = None, *, uuid: str | None = None,
+        self,
+        integration: str,
+        name: str | None = None,
+        *,
+        uuid: str | None = None,
         refresh_if_due: bool = True,
     ) -> Connection:
         life = state().lifecycle

@@ -43,10 +43,18 @@ from .storage import Storage
 
 log = logging.getLogger("flask_zis_connections")
 
-START_FIELDS = frozenset({
-    "name", "oauth_client_name", "oauth_client_uuid", "origin_oauth_redirect_url",
-    "permission_scopes", "allow_offline_access", "oauth_url_subdomain", "grant_type",
-})
+START_FIELDS = frozenset(
+    {
+        "name",
+        "oauth_client_name",
+        "oauth_client_uuid",
+        "origin_oauth_redirect_url",
+        "permission_scopes",
+        "allow_offline_access",
+        "oauth_url_subdomain",
+        "grant_type",
+    }
+)
 _URL_FORBIDDEN_CHARS = frozenset("\\ \t\r\n\x00")
 _OAUTH_ERROR_RE = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -108,16 +116,21 @@ class FlowService:
             raise InvalidValue(field, "must use https")
         allowed = {o for o in (v.origin_of(x) for x in [*own_origins, *self.allowed_origins]) if o}
         if origin not in allowed:
-            raise InvalidValue(
-                field, "its origin is not allowed; add it to ZIS_ALLOWED_REDIRECT_ORIGINS"
-            )
+            raise InvalidValue(field, "its origin is not allowed; add it to ZIS_ALLOWED_REDIRECT_ORIGINS")
         return text
 
     # -- start -------------------------------------------------------------------
     def start(
-        self, integration: str, body: Mapping[str, Any], *, created_by: str | None,
-        own_origins: list[str], callback_url: str, access_codes_url: str,
-        start_redirect_url: str, admin_id: str | None = None,
+        self,
+        integration: str,
+        body: Mapping[str, Any],
+        *,
+        created_by: str | None,
+        own_origins: list[str],
+        callback_url: str,
+        access_codes_url: str,
+        start_redirect_url: str,
+        admin_id: str | None = None,
     ) -> dict[str, str]:
         """Record a pending flow; ``admin_id`` binds it to the admin whose browser
         session started it (see :meth:`start_redirect`)."""
@@ -145,7 +158,8 @@ class FlowService:
         grant_type = v.choice(body.get("grant_type", client.grant_type), "grant_type", v.GRANT_TYPES)
         scopes = (
             v.scopes(body["permission_scopes"], "permission_scopes")
-            if body.get("permission_scopes") is not None else client.default_scopes
+            if body.get("permission_scopes") is not None
+            else client.default_scopes
         )
         offline = v.boolean(body.get("allow_offline_access", False), "allow_offline_access")
         subdomain = body.get("oauth_url_subdomain")
@@ -194,8 +208,14 @@ class FlowService:
         return {"redirect_url": add_query(start_redirect_url, {"flow_token": token})}
 
     def _start_client_credentials(
-        self, client: OAuthClient, name: str, scopes: str, subdomain: str | None,
-        origin_url: str, created_by: str | None, access_codes_url: str,
+        self,
+        client: OAuthClient,
+        name: str,
+        scopes: str,
+        subdomain: str | None,
+        origin_url: str,
+        created_by: str | None,
+        access_codes_url: str,
     ) -> dict[str, str]:
         provider = self._provider(client, subdomain)
         resp = provider.client_credentials(scopes or None)
@@ -254,7 +274,10 @@ class FlowService:
 
     # -- callback ----------------------------------------------------------------------
     def callback(
-        self, args: Mapping[str, str], cookies: Mapping[str, str], raw_query: str,
+        self,
+        args: Mapping[str, str],
+        cookies: Mapping[str, str],
+        raw_query: str,
         path_client_uuid: str | None = None,
     ) -> Redirect:
         state = args.get("state")
@@ -298,22 +321,30 @@ class FlowService:
         except TokenRequestRejected as exc:
             return Redirect(
                 add_query(origin, {"error": exc.error, "error_description": exc.message}),
-                302, clear_cookie=name,
+                302,
+                clear_cookie=name,
             )
         except ProviderError as exc:
             log.warning("Code exchange for integration %s failed: %s", flow.integration, exc.message)
             return Redirect(
                 add_query(origin, {"error": "provider_error", "error_description": exc.message}),
-                302, clear_cookie=name,
+                302,
+                clear_cookie=name,
             )
         rec = self._store(
-            client, consumed.connection_name, consumed.oauth_url_subdomain,
-            consumed.created_by, resp, "authorization_code", consumed.scopes,
+            client,
+            consumed.connection_name,
+            consumed.oauth_url_subdomain,
+            consumed.created_by,
+            resp,
+            "authorization_code",
+            consumed.scopes,
         )
         vcode = self._issue_code(rec, origin, raw_params=raw_query)
         return Redirect(
             add_query(origin, {"verification_code": vcode, "verification_token": vcode}),
-            302, clear_cookie=name,
+            302,
+            clear_cookie=name,
         )
 
     @staticmethod
@@ -360,9 +391,7 @@ class FlowService:
             raise InvalidRequest("verification_code is required.")
         found = self.storage.consume_verification_code(hash_secret(code), integration, utcnow())
         if found is None:
-            raise NotFound(
-                "The verification code is unknown, used or expired. Start the OAuth flow again."
-            )
+            raise NotFound("The verification code is unknown, used or expired. Start the OAuth flow again.")
         rec = self.storage.get_connection(integration, uuid=found.connection_uuid)
         if rec is None:
             raise NotFound("The connection for this verification code was deleted.")
@@ -373,25 +402,35 @@ class FlowService:
         return ProviderClient.for_client(client, self.encryptor, self.outbound, subdomain)
 
     def _store(
-        self, client: OAuthClient, name: str, subdomain: str | None, created_by: str | None,
-        resp: TokenResponse, grant_type: str, requested_scope: str,
+        self,
+        client: OAuthClient,
+        name: str,
+        subdomain: str | None,
+        created_by: str | None,
+        resp: TokenResponse,
+        grant_type: str,
+        requested_scope: str,
     ) -> ConnectionRecord:
         """Store (or re-authorize) the connection; the granted scope is the response's
         ``scope``, or the requested one when the provider omits it (RFC 6749 §5.1)."""
         now = utcnow()
         new_uuid = str(uuidlib.uuid4())
-        rec = self.storage.upsert_connection(ConnectionRecord(
-            uuid=new_uuid,
-            integration=client.integration,
-            name=name,
-            oauth_client_uuid=client.uuid,
-            **resp.stored_fields(self.encryptor, now, kept_refresh_token=None, kept_scope=requested_scope),
-            oauth_url_subdomain=subdomain,
-            created_by=created_by,
-            grant_type=grant_type,  # type: ignore[arg-type]
-            created_at=now,
-            updated_at=now,
-        ))
+        rec = self.storage.upsert_connection(
+            ConnectionRecord(
+                uuid=new_uuid,
+                integration=client.integration,
+                name=name,
+                oauth_client_uuid=client.uuid,
+                **resp.stored_fields(
+                    self.encryptor, now, kept_refresh_token=None, kept_scope=requested_scope
+                ),
+                oauth_url_subdomain=subdomain,
+                created_by=created_by,
+                grant_type=grant_type,  # type: ignore[arg-type]
+                created_at=now,
+                updated_at=now,
+            )
+        )
         # The upsert keeps an existing connection's uuid, so a fresh uuid means "created".
         # (Asking first and writing after would race with a concurrent flow for the name.)
         if rec.uuid == new_uuid:
@@ -406,15 +445,17 @@ class FlowService:
     def _issue_code(self, rec: ConnectionRecord, origin: str, raw_params: str) -> str:
         code = secrets.token_urlsafe(32)
         now = utcnow()
-        self.storage.add_verification_code(VerificationCode(
-            code_hash=hash_secret(code),
-            integration=rec.integration,
-            connection_uuid=rec.uuid,
-            origin_oauth_redirect_url=origin,
-            raw_callback_params_enc=self.encryptor.encrypt(raw_params),
-            expires_at=now + timedelta(seconds=self.code_max_age),
-            created_at=now,
-        ))
+        self.storage.add_verification_code(
+            VerificationCode(
+                code_hash=hash_secret(code),
+                integration=rec.integration,
+                connection_uuid=rec.uuid,
+                origin_oauth_redirect_url=origin,
+                raw_callback_params_enc=self.encryptor.encrypt(raw_params),
+                expires_at=now + timedelta(seconds=self.code_max_age),
+                created_at=now,
+            )
+        )
         return code
 
 

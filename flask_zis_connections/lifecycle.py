@@ -107,9 +107,7 @@ class Lifecycle:
         self._leeway = timedelta(seconds=self.leeway)
 
     # -- reads -------------------------------------------------------------------
-    def find(
-        self, integration: str, *, name: str | None = None, uuid: str | None = None
-    ) -> ConnectionRecord:
+    def find(self, integration: str, *, name: str | None = None, uuid: str | None = None) -> ConnectionRecord:
         rec = self.storage.get_connection(integration, name=name, uuid=uuid)
         if rec is None:
             raise ConnectionNotFound(integration, name=name, uuid=uuid)
@@ -150,16 +148,23 @@ class Lifecycle:
     def decrypt(self, rec: ConnectionRecord) -> Connection:
         enc = self.encryptor
         return Connection(
-            uuid=rec.uuid, integration=rec.integration, name=rec.name,
+            uuid=rec.uuid,
+            integration=rec.integration,
+            name=rec.name,
             oauth_client_uuid=rec.oauth_client_uuid,
             access_token=enc.decrypt(rec.access_token_enc),
             token_type=rec.token_type,
             refresh_token=enc.decrypt_optional(rec.refresh_token_enc),
             oauth_access_token_response_body=enc.decrypt_optional(rec.token_response_enc),
-            token_expiry=rec.token_expiry, permission_scope=rec.permission_scope,
-            oauth_url_subdomain=rec.oauth_url_subdomain, created_by=rec.created_by,
-            grant_type=rec.grant_type, needs_reauth=rec.needs_reauth, version=rec.version,
-            created_at=rec.created_at, updated_at=rec.updated_at,
+            token_expiry=rec.token_expiry,
+            permission_scope=rec.permission_scope,
+            oauth_url_subdomain=rec.oauth_url_subdomain,
+            created_by=rec.created_by,
+            grant_type=rec.grant_type,
+            needs_reauth=rec.needs_reauth,
+            version=rec.version,
+            created_at=rec.created_at,
+            updated_at=rec.updated_at,
         )
 
     # -- refresh -----------------------------------------------------------------
@@ -197,7 +202,10 @@ class Lifecycle:
                     if stored_backoff is not None and stored_backoff.retry_at > utcnow():
                         return self._backed_off(current, stored_backoff, force)
                     return self._refresh_locked(
-                        current, Lease(key, owner), taken_at, force=force,
+                        current,
+                        Lease(key, owner),
+                        taken_at,
+                        force=force,
                         had_backoff=stored_backoff is not None,
                     )
                 finally:
@@ -244,9 +252,7 @@ class Lifecycle:
         if rec.needs_reauth:
             raise ReauthorizationRequired(rec.integration, rec.name, "a refresh was refused")
 
-    def _provider_for(
-        self, rec: ConnectionRecord, client: OAuthClient | None = None
-    ) -> ProviderClient:
+    def _provider_for(self, rec: ConnectionRecord, client: OAuthClient | None = None) -> ProviderClient:
         if client is None:
             client = self.storage.get_client(rec.integration, uuid=rec.oauth_client_uuid)
         if client is None:
@@ -254,7 +260,12 @@ class Lifecycle:
         return ProviderClient.for_client(client, self.encryptor, self.outbound, rec.oauth_url_subdomain)
 
     def _refresh_locked(
-        self, current: ConnectionRecord, lease: Lease, taken_at: float, *, force: bool,
+        self,
+        current: ConnectionRecord,
+        lease: Lease,
+        taken_at: float,
+        *,
+        force: bool,
         had_backoff: bool,
     ) -> ConnectionRecord:
         """Call the provider and store the result; the caller holds ``lease``."""
@@ -262,7 +273,8 @@ class Lifecycle:
             # Not marked needs_reauth: nothing was refused, the access token may still
             # work until it expires - but only a new flow can give a refresh token.
             raise ReauthorizationRequired(
-                current.integration, current.name,
+                current.integration,
+                current.name,
                 "it has no refresh token, so it cannot be refreshed; start the flow with "
                 "allow_offline_access if the provider only issues one for offline access",
             )
@@ -292,13 +304,18 @@ class Lifecycle:
             # The row moved or the lease lapsed under us: never overwrite the newer state.
             log.error(
                 "A refresh of connection %s of %s finished after its lease was lost; its "
-                "result was discarded.", current.uuid, current.integration,
+                "result was discarded.",
+                current.uuid,
+                current.integration,
             )
             return self.find(current.integration, uuid=current.uuid)
         if had_backoff:
             self.storage.clear_refresh_backoff(current.uuid)
         signals.connection_refreshed.send(
-            self.app, integration=stored.integration, name=stored.name, uuid=stored.uuid,
+            self.app,
+            integration=stored.integration,
+            name=stored.name,
+            uuid=stored.uuid,
             token_expiry=stored.token_expiry,
         )
         return stored
@@ -313,7 +330,12 @@ class Lifecycle:
         retry_after = max(1, math.ceil((backoff.retry_at - utcnow()).total_seconds()))
         log.warning(
             "Refreshing connection %s of %s failed (%s, %d in a row): %s Next attempt in %ss.",
-            current.uuid, current.integration, reason, backoff.failures, exc.message, retry_after,
+            current.uuid,
+            current.integration,
+            reason,
+            backoff.failures,
+            exc.message,
+            retry_after,
         )
         if not force and not self._expired(current):
             return current  # still valid: the caller keeps working meanwhile
@@ -323,7 +345,9 @@ class Lifecycle:
     def _mark_needs_reauth(self, current: ConnectionRecord, error: str, lease: Lease) -> ConnectionRecord:
         marked = self.storage.update_connection(
             self._rotated(current).replace(needs_reauth=True, updated_at=utcnow()),
-            expected_version=current.version, lease=lease, now=utcnow(),
+            expected_version=current.version,
+            lease=lease,
+            now=utcnow(),
         )
         if marked is None:
             # The refresh token changed meanwhile (a re-authorization), or our lease
@@ -333,7 +357,9 @@ class Lifecycle:
                 return latest
         log.warning(
             "Connection %s of %s needs re-authorization (%s).",
-            current.uuid, current.integration, error,
+            current.uuid,
+            current.integration,
+            error,
         )
         raise ReauthorizationRequired(current.integration, current.name, error)
 
@@ -357,7 +383,8 @@ class Lifecycle:
         """``rec`` with the new tokens; a response without a refresh token keeps the old one."""
         now = utcnow()
         fields = resp.stored_fields(
-            self.encryptor, now,
+            self.encryptor,
+            now,
             kept_refresh_token=self.encryptor.decrypt_optional(rec.refresh_token_enc),
             kept_scope=rec.permission_scope,
         )

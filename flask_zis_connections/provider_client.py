@@ -80,7 +80,11 @@ class TokenResponse:
         return (now + timedelta(seconds=self.expires_in)).replace(microsecond=0)
 
     def stored_fields(
-        self, encryptor: Encryptor, now: datetime, *, kept_refresh_token: str | None,
+        self,
+        encryptor: Encryptor,
+        now: datetime,
+        *,
+        kept_refresh_token: str | None,
         kept_scope: str | None,
     ) -> dict[str, Any]:
         """The connection fields this answer sets, encrypted: one rule for a new
@@ -106,9 +110,7 @@ def interpolate(url: str, subdomain: str | None) -> str:
     if SUBDOMAIN_PLACEHOLDER not in url:
         return url
     if subdomain is None:
-        raise InvalidValue(
-            "oauth_url_subdomain", "is required: the OAuth client's URL has a {{subdomain}}"
-        )
+        raise InvalidValue("oauth_url_subdomain", "is required: the OAuth client's URL has a {{subdomain}}")
     if not DNS_LABEL_RE.fullmatch(subdomain):
         raise InvalidValue("oauth_url_subdomain", "must be a single DNS label like 'acme'")
     return url.replace(SUBDOMAIN_PLACEHOLDER, subdomain.lower())
@@ -201,7 +203,11 @@ class ProviderClient:
         )
 
     def __init__(
-        self, client: OAuthClient, client_secret: str | None, *, policy: OutboundPolicy,
+        self,
+        client: OAuthClient,
+        client_secret: str | None,
+        *,
+        policy: OutboundPolicy,
         subdomain: str | None = None,
     ) -> None:
         self.client = client
@@ -239,8 +245,7 @@ class ProviderClient:
             raise ProviderError(refusal_message("token endpoint", exc, self.policy)) from exc
         except requests.Timeout as exc:
             raise ProviderError(
-                f"The provider's token endpoint did not answer within {self.timeout:g}s. "
-                "Try again later."
+                f"The provider's token endpoint did not answer within {self.timeout:g}s. Try again later."
             ) from exc
         except requests.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else "?"
@@ -260,16 +265,15 @@ class ProviderClient:
             raise ProviderError("The provider's token response is malformed.")
         resp = captured[-1]
         if resp.status_code != 200:
-            raise ProviderError(
-                f"The provider's token endpoint failed (HTTP {resp.status_code})."
-            )
+            raise ProviderError(f"The provider's token endpoint failed (HTTP {resp.status_code}).")
         return parse_token_response(resp.text)
 
-    def exchange_code(
-        self, code: str, *, redirect_uri: str, code_verifier: str | None
-    ) -> TokenResponse:
-        kwargs: dict[str, Any] = {"code": code, "redirect_uri": redirect_uri,
-                                  "grant_type": "authorization_code"}
+    def exchange_code(self, code: str, *, redirect_uri: str, code_verifier: str | None) -> TokenResponse:
+        kwargs: dict[str, Any] = {
+            "code": code,
+            "redirect_uri": redirect_uri,
+            "grant_type": "authorization_code",
+        }
         if code_verifier:
             kwargs["code_verifier"] = code_verifier
         return self._token_request("fetch_token", **kwargs)
@@ -294,7 +298,9 @@ class ProviderClient:
         try:
             with self._session(None) as session:
                 resp = session.revoke_token(
-                    url, token, token_type_hint=token_type_hint,
+                    url,
+                    token,
+                    token_type_hint=token_type_hint,
                     timeout=self.timeout,
                 )
         except OutboundRefused as exc:
@@ -302,6 +308,4 @@ class ProviderClient:
         except requests.RequestException as exc:
             raise ProviderError("The provider's revocation endpoint could not be reached.") from exc
         if resp.status_code != 200:
-            raise ProviderError(
-                f"The provider's revocation endpoint failed (HTTP {resp.status_code})."
-            )
+            raise ProviderError(f"The provider's revocation endpoint failed (HTTP {resp.status_code}).")

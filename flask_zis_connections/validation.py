@@ -100,9 +100,7 @@ def str_mapping(value: object, field: str) -> dict[str, str]:
     return out
 
 
-def provider_url(
-    value: object, field: str, *, allow_insecure: bool, allow_placeholder: bool = True
-) -> str:
+def provider_url(value: object, field: str, *, allow_insecure: bool, allow_placeholder: bool = True) -> str:
     """An absolute provider URL, https unless insecure http is allowed.
 
     ``{{subdomain}}`` may appear in the host; it is replaced by a validated DNS label

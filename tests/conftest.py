@@ -170,11 +170,13 @@ def demo(tmp_path: Any) -> Iterator[tuple[str, Flask]]:
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    app = create_app({
-        "DEMO_PUBLIC_URL": base,
-        "ZIS_DATABASE_URI": f"sqlite:///{tmp_path / 'demo.sqlite3'}",
-        "ZIS_ENCRYPTION_KEYS": [Fernet.generate_key().decode()],
-    })
+    app = create_app(
+        {
+            "DEMO_PUBLIC_URL": base,
+            "ZIS_DATABASE_URI": f"sqlite:///{tmp_path / 'demo.sqlite3'}",
+            "ZIS_ENCRYPTION_KEYS": [Fernet.generate_key().decode()],
+        }
+    )
     server = make_server("127.0.0.1", port, app.wsgi_app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -32,8 +32,14 @@ def build_app(database_uri: str, encryption_keys: list[str]) -> Flask:
 
 
 def run(
-    database_uri: str, encryption_keys: list[str], provider_url: str, integration: str, name: str,
-    threads: int, start: Any, results: Any,
+    database_uri: str,
+    encryption_keys: list[str],
+    provider_url: str,
+    integration: str,
+    name: str,
+    threads: int,
+    start: Any,
+    results: Any,
 ) -> None:
     """Wait for every process (``start``, a barrier), then ``threads`` concurrent get_token calls.
 

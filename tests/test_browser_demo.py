@@ -32,9 +32,16 @@ pytestmark = pytest.mark.browser
 INSTALL_HINT = "apt-get install chromium chromium-driver"
 WAIT = 10  # seconds for any single browser step
 CHROMIUM_FLAGS = (
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-    "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--window-size=1280,900",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,900",
 )
 
 
@@ -90,7 +97,8 @@ def evidence_on_failure(driver: Any, tmp_path: Path) -> Iterator[None]:
         try:
             driver.save_screenshot(str(tmp_path / "failure.png"))
             (tmp_path / "failure.html").write_text(
-                f"<!-- {driver.current_url} -->\n{driver.page_source}", encoding="utf-8")
+                f"<!-- {driver.current_url} -->\n{driver.page_source}", encoding="utf-8"
+            )
             (tmp_path / "console.json").write_text(json.dumps(_console(driver), indent=2), encoding="utf-8")
             print(f"browser evidence saved in {tmp_path}")
         except Exception as exc:  # the browser itself may be gone
@@ -123,15 +131,21 @@ def _to_consent_page(driver: Any, base: str) -> None:
     driver.get(f"{base}/")
     assert "none yet" in driver.find_element(By.TAG_NAME, "table").text
     _click(driver, By.ID, "connect")
-    _wait(driver, "the provider's consent page",
-          lambda d: d.current_url.startswith(f"{base}/provider/oauth/authorize?"))
+    _wait(
+        driver,
+        "the provider's consent page",
+        lambda d: d.current_url.startswith(f"{base}/provider/oauth/authorize?"),
+    )
     _wait(driver, "the Approve button", lambda d: d.find_elements(By.XPATH, "//button[text()='Approve']"))
 
 
 def _js_errors(driver: Any) -> list[dict[str, Any]]:
     """Uncaught exceptions and the like; failed HTTP loads (favicon, expected 4xx) are not JS errors."""
-    return [e for e in _console(driver)
-            if e.get("level") == "SEVERE" and "Failed to load resource" not in e["message"]]
+    return [
+        e
+        for e in _console(driver)
+        if e.get("level") == "SEVERE" and "Failed to load resource" not in e["message"]
+    ]
 
 
 def test_connect_approve_and_call_api(demo: tuple[str, Flask], browser: Any, tmp_path: Path) -> None:
@@ -162,8 +176,11 @@ def test_connect_approve_and_call_api(demo: tuple[str, Flask], browser: Any, tmp
 
         # The code is single-use: a reload says so instead of "Exchanging..." forever.
         driver.refresh()
-        _wait(driver, "#status to report the used code", lambda d: "Could not get the connection" in
-              _text(d, "status"))
+        _wait(
+            driver,
+            "#status to report the used code",
+            lambda d: "Could not get the connection" in _text(d, "status"),
+        )
         assert "unknown, used or expired" in _text(driver, "out")
 
         # Back to the demo: the connection is listed; the Call button uses get_token().
@@ -171,8 +188,11 @@ def test_connect_approve_and_call_api(demo: tuple[str, Flask], browser: Any, tmp
         _wait(driver, "the demo page", lambda d: d.current_url == f"{base}/")
         assert shown["uuid"] in driver.find_element(By.TAG_NAME, "table").text
         _click(driver, By.ID, "call")
-        _wait(driver, '#out to contain "provider_status": 200',
-              lambda d: '"provider_status": 200' in _text(d, "out"))
+        _wait(
+            driver,
+            '#out to contain "provider_status": 200',
+            lambda d: '"provider_status": 200' in _text(d, "out"),
+        )
         called = json.loads(_text(driver, "out"))
         assert called["provider_says"]["user_id"] == "demo-user"
         assert conn.access_token not in driver.page_source
@@ -188,8 +208,11 @@ def test_deny_stores_nothing(demo: tuple[str, Flask], browser: Any, tmp_path: Pa
         _to_consent_page(driver, base)
         _click(driver, By.XPATH, "//button[text()='Deny']")
 
-        _wait(driver, "/connected with the provider's error",
-              lambda d: d.current_url.startswith(f"{base}/connected?"))
+        _wait(
+            driver,
+            "/connected with the provider's error",
+            lambda d: d.current_url.startswith(f"{base}/connected?"),
+        )
         assert "error=access_denied" in driver.current_url
         assert "verification_code" not in driver.current_url
         _wait(driver, "#status to show access_denied", lambda d: "access_denied" in _text(d, "status"))

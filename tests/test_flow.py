@@ -68,8 +68,12 @@ class Flow:
 
 
 def begin(
-    app: Flask, headers: dict[str, str], *, browser: FlaskClient | None = None,
-    integration: str = "acme", **body: Any,
+    app: Flask,
+    headers: dict[str, str],
+    *,
+    browser: FlaskClient | None = None,
+    integration: str = "acme",
+    **body: Any,
 ) -> Flow:
     browser = browser or app.test_client()
     resp = start(browser, headers, integration=integration, **body)
@@ -86,7 +90,8 @@ def exchange(
 ) -> TestResponse:
     return browser.get(
         f"{PREFIX}/connections/oauth/access_codes/{integration}",
-        query_string={"verification_code": code}, headers=headers,
+        query_string={"verification_code": code},
+        headers=headers,
     )
 
 
@@ -316,7 +321,8 @@ def test_subdomain_is_interpolated_in_auth_and_token_urls(
     tenants = TenantPaths(provider.app.wsgi_app)
     provider.app.wsgi_app = tenants  # type: ignore[method-assign]
     register(
-        app, provider,
+        app,
+        provider,
         auth_url=f"{provider.url}/t/{{{{subdomain}}}}/oauth/authorize",
         token_url=f"{provider.url}/t/{{{{subdomain}}}}/oauth/token",
     )
@@ -332,7 +338,8 @@ def test_subdomain_is_interpolated_in_auth_and_token_urls(
 def test_subdomain_in_host(app: Flask, provider: LiveProvider, headers: dict[str, str]) -> None:
     port = urlsplit(provider.url).port
     register(
-        app, provider,
+        app,
+        provider,
         auth_url=f"http://{{{{subdomain}}}}.localhost:{port}/oauth/authorize",
         token_url=f"http://{{{{subdomain}}}}.localhost:{port}/oauth/token",
     )
@@ -365,8 +372,12 @@ def test_subdomain_required_when_url_needs_one(
 def test_authorize_and_offline_params(
     app: Flask, provider: LiveProvider, headers: dict[str, str], offline: bool
 ) -> None:
-    register(app, provider, authorize_params={"prompt": "consent"},
-             offline_access_params={"access_type": "offline"})
+    register(
+        app,
+        provider,
+        authorize_params={"prompt": "consent"},
+        offline_access_params={"access_type": "offline"},
+    )
     flow = begin(app, headers, allow_offline_access=offline)
     q = query(flow.location)
     assert q["prompt"] == ["consent"]
@@ -795,12 +806,15 @@ def test_bad_origins_refused_at_start(
     assert nothing_pending(app)
 
 
-@pytest.mark.parametrize("origin", [
-    "https://client.int/callback?keep=1",
-    "https://CLIENT.int:443/x#frag",
-    "http://localhost/admin/connected",
-    "http://localhost:80/admin",
-])
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://client.int/callback?keep=1",
+        "https://CLIENT.int:443/x#frag",
+        "http://localhost/admin/connected",
+        "http://localhost:80/admin",
+    ],
+)
 def test_allowed_origins_work(
     app: Flask, provider: LiveProvider, acme: None, headers: dict[str, str], origin: str
 ) -> None:
@@ -815,8 +829,12 @@ def test_https_origin_required_without_insecure_http(make_app: Callable[..., Fla
     app = make_app(ZIS_ALLOW_INSECURE_HTTP=False, ZIS_ALLOWED_REDIRECT_ORIGINS=["http://client.int"])
     with app.app_context():
         zis_of(app).create_oauth_client(
-            "acme", name="acme", client_id="c", client_secret="s",
-            auth_url="https://idp.test/authorize", token_url="https://idp.test/token",
+            "acme",
+            name="acme",
+            client_id="c",
+            client_secret="s",
+            auth_url="https://idp.test/authorize",
+            token_url="https://idp.test/token",
         )
     resp = start(app.test_client(), auth_header(app), origin_oauth_redirect_url="http://client.int/cb")
     assert_envelope(resp, 422, "1303", "origin_oauth_redirect_url")
@@ -835,7 +853,7 @@ START_ERRORS: list[tuple[dict[str, Any], str]] = [
     ({"oauth_client_name": None, "oauth_client_uuid": "not-a-uuid"}, "oauth_client_uuid"),
     ({"allow_offline_access": "yes"}, "allow_offline_access"),
     ({"permission_scopes": 5}, "permission_scopes"),
-    ({"permission_scopes": "read \"write\""}, "permission_scopes"),
+    ({"permission_scopes": 'read "write"'}, "permission_scopes"),
     ({"grant_type": "password"}, "grant_type"),
     ({"surprise": 1}, "surprise"),
 ]
@@ -856,9 +874,16 @@ def test_start_validation_names_the_field(
 def test_start_treats_null_optionals_as_absent(
     app: Flask, provider: LiveProvider, acme: None, headers: dict[str, str]
 ) -> None:
-    payload = {"name": "main", "oauth_client_name": "acme", "origin_oauth_redirect_url": ORIGIN_URL,
-               "oauth_client_uuid": None, "permission_scopes": None, "allow_offline_access": None,
-               "oauth_url_subdomain": None, "grant_type": None}
+    payload = {
+        "name": "main",
+        "oauth_client_name": "acme",
+        "origin_oauth_redirect_url": ORIGIN_URL,
+        "oauth_client_uuid": None,
+        "permission_scopes": None,
+        "allow_offline_access": None,
+        "oauth_url_subdomain": None,
+        "grant_type": None,
+    }
     resp = app.test_client().post(f"{PREFIX}/connections/oauth/start/acme", json=payload, headers=headers)
     assert resp.status_code == 200, resp.get_json()
 
@@ -909,10 +934,21 @@ def test_access_codes_returns_connection_and_is_single_use(
     assert got.headers["Cache-Control"] == "no-store"
     conn = got.get_json()
     assert set(conn) >= {
-        "access_token", "created_by", "integration", "name", "oauth_access_token_response_body",
-        "oauth_client_uuid", "oauth_url_subdomain", "permission_scope", "refresh_token",
-        "token_expiry", "token_type", "uuid", "zendesk_account_id",
-        "origin_oauth_redirect_url", "raw_callback_params",
+        "access_token",
+        "created_by",
+        "integration",
+        "name",
+        "oauth_access_token_response_body",
+        "oauth_client_uuid",
+        "oauth_url_subdomain",
+        "permission_scope",
+        "refresh_token",
+        "token_expiry",
+        "token_type",
+        "uuid",
+        "zendesk_account_id",
+        "origin_oauth_redirect_url",
+        "raw_callback_params",
     }
     with app.app_context():
         assert conn["oauth_client_uuid"] == zis_of(app).get_oauth_client("acme", name="acme").uuid
@@ -965,8 +1001,13 @@ def test_verification_code_is_bound_to_its_integration(
 @pytest.mark.parametrize("how", ["client_grant", "body_grant"])
 def test_client_credentials(app: Flask, provider: LiveProvider, headers: dict[str, str], how: str) -> None:
     if how == "client_grant":
-        register(app, provider, grant_type="client_credentials", auth_url=None,
-                 token_endpoint_auth_method="client_secret_post")
+        register(
+            app,
+            provider,
+            grant_type="client_credentials",
+            auth_url=None,
+            token_endpoint_auth_method="client_secret_post",
+        )
         body: dict[str, Any] = {"origin_oauth_redirect_url": None}
     else:
         register(app, provider)
@@ -1019,8 +1060,12 @@ def approve_unlogged(
 
 
 def secrets_of_one_flow(
-    app: Flask, provider: LiveProvider, headers: dict[str, str], *,
-    caplog: pytest.LogCaptureFixture | None = None, noise: list[Any] | None = None,
+    app: Flask,
+    provider: LiveProvider,
+    headers: dict[str, str],
+    *,
+    caplog: pytest.LogCaptureFixture | None = None,
+    noise: list[Any] | None = None,
 ) -> dict[str, str]:
     """Run one whole flow and return every secret value it produced, by name."""
     flow = begin(app, headers)
@@ -1058,8 +1103,15 @@ def test_database_file_holds_no_secret_in_clear(
     assert files, "the sqlite backend wrote no database file"
     dump = b"".join(p.read_bytes() for p in files)
     assert len(dump) > 0
-    for what in ("access_token", "refresh_token", "client_secret", "code", "pkce_verifier",
-                 "verification_code", "binding_cookie"):
+    for what in (
+        "access_token",
+        "refresh_token",
+        "client_secret",
+        "code",
+        "pkce_verifier",
+        "verification_code",
+        "binding_cookie",
+    ):
         assert seen[what].encode() not in dump, f"{what} is in the database file in clear"
 
 
@@ -1079,7 +1131,10 @@ def _record_texts(record: Any) -> Iterator[str]:
 
 
 def test_logs_over_a_whole_flow_hold_no_secret(
-    app: Flask, provider: LiveProvider, secret_client: None, headers: dict[str, str],
+    app: Flask,
+    provider: LiveProvider,
+    secret_client: None,
+    headers: dict[str, str],
     all_logs: pytest.LogCaptureFixture,
 ) -> None:
     noise: list[Any] = []
@@ -1092,8 +1147,12 @@ def test_logs_over_a_whole_flow_hold_no_secret(
     # ... and bad requests carrying secrets (a replayed state, a used verification code).
     callback(app.test_client(), at_provider)
     exchange(flow.browser, headers, values["verification_code"])
-    values |= {"code_2": query(at_provider)["code"][0], "state_2": flow.state,
-               "flow_token_2": flow.flow_token, "binding_cookie_2": flow.cookie[1]}
+    values |= {
+        "code_2": query(at_provider)["code"][0],
+        "state_2": flow.state,
+        "flow_token_2": flow.flow_token,
+        "binding_cookie_2": flow.cookie[1],
+    }
 
     records = [r for r in all_logs.records if not any(r is n for n in noise)]
     assert any(r.name == "flask_zis_connections" for r in records)  # the capture works

@@ -71,7 +71,8 @@ class Env:
     def patch_client(self, body: dict[str, Any], **headers: str) -> TestResponse:
         return self.http().patch(
             f"{PREFIX}/connections/oauth/clients/acme/{self.client_uuid}",
-            json=body, headers={**self.headers, **headers},
+            json=body,
+            headers={**self.headers, **headers},
         )
 
     def point_client_at(self, **urls: str) -> None:
@@ -211,9 +212,7 @@ def test_a_redirecting_revocation_endpoint_is_not_followed(
 
 
 @pytest.mark.parametrize("backend", ["memory"], indirect=True)
-def test_the_token_proxy_does_not_follow_a_redirect(
-    make_app: Callable[..., Flask], servers: Servers
-) -> None:
+def test_the_token_proxy_does_not_follow_a_redirect(make_app: Callable[..., Flask], servers: Servers) -> None:
     catcher = servers(lambda h: h.json(TOKEN_JSON))
     redirector = servers(lambda h: h.redirect(307, catcher.url + "/token"))
     app = make_app(ZIS_HOST_TOKEN_URL=redirector.url + "/token")
@@ -285,9 +284,7 @@ def test_a_refresh_slower_than_its_lease_sends_the_refresh_token_once(
     # The lease (1.2 s) is far shorter than the provider's answer (2.5 s): the refresher
     # must keep it alive, or a second refresher would replay the same refresh token and
     # the rotating provider would answer invalid_grant (reuse detection).
-    env = make_env(
-        provider_config={"SLOW_SLEEP": 2.5}, ZIS_REFRESH_LEASE_TTL=1.2, ZIS_HTTP_TIMEOUT=5
-    )
+    env = make_env(provider_config={"SLOW_SLEEP": 2.5}, ZIS_REFRESH_LEASE_TTL=1.2, ZIS_HTTP_TIMEOUT=5)
     old_refresh = env.conn["refresh_token"]
     env.provider.state.reset_counters()
     env.provider.state.inject_token_fault("slow")
@@ -424,7 +421,9 @@ def test_with_a_public_url_the_host_header_is_not_an_own_origin(
     def start_as(host: str, origin_url: str) -> TestResponse:
         # The attacker picks the Host header (and the proxy forwards https).
         return c.post(
-            f"{PREFIX}/connections/oauth/start/acme", base_url=f"https://{host}", headers=headers,
+            f"{PREFIX}/connections/oauth/start/acme",
+            base_url=f"https://{host}",
+            headers=headers,
             json={"name": "main", "oauth_client_name": "acme", "origin_oauth_redirect_url": origin_url},
         )
 
@@ -535,8 +534,13 @@ def test_a_flow_started_by_an_admin_opens_only_in_that_admins_browser(
 def _register_attacker_client(app: Flask, evil: HostileServer, **options: Any) -> None:
     with app.app_context():
         zis_of(app).create_oauth_client(
-            "acme", name="evil", client_id="demo-client", client_secret="attacker-secret",
-            auth_url=evil.url + "/authorize", token_url=evil.url + "/token", **options,
+            "acme",
+            name="evil",
+            client_id="demo-client",
+            client_secret="attacker-secret",
+            auth_url=evil.url + "/authorize",
+            token_url=evil.url + "/token",
+            **options,
         )
 
 
@@ -545,8 +549,11 @@ def _bounce_to_honest_provider(location: str, provider: LiveProvider, redirect_u
     keeping the state of the attacker-client's flow."""
     params = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
     honest = {
-        "response_type": "code", "client_id": "demo-client", "redirect_uri": redirect_uri,
-        "scope": "read write", "state": params["state"],
+        "response_type": "code",
+        "client_id": "demo-client",
+        "redirect_uri": redirect_uri,
+        "scope": "read write",
+        "state": params["state"],
     }
     return provider.approve(f"{provider.auth_url}?{urlencode(honest)}")
 
@@ -691,14 +698,18 @@ def test_a_stale_client_update_is_a_409(app: Flask, bearer: dict[str, str]) -> N
     assert c.get(CLIENTS_URL, headers=bearer).get_json()["clients"][0]["version"] == 3
 
 
-
 # -- headers and parameters a browser or a provider could be tricked with ---------------------
 @pytest.mark.parametrize("backend", ["memory"], indirect=True)
 @pytest.mark.parametrize(
     "param",
     [
-        "response_type", "client_id", "redirect_uri", "state",
-        "code_challenge", "code_challenge_method", "scope",
+        "response_type",
+        "client_id",
+        "redirect_uri",
+        "state",
+        "code_challenge",
+        "code_challenge_method",
+        "scope",
     ],
 )
 def test_authorize_params_cannot_override_what_the_flow_sets(
@@ -733,7 +744,5 @@ def test_no_cors_and_no_framing_on_any_answer(app: Flask, bearer: dict[str, str]
 @pytest.mark.parametrize("backend", ["memory"], indirect=True)
 def test_a_form_post_response_cannot_complete_a_flow(app: Flask) -> None:
     # response_mode=form_post would deliver code and state in a POST body: refused.
-    resp = app.test_client().post(
-        f"{PREFIX}/connections/oauth/callback", data={"code": "c", "state": "s"}
-    )
+    resp = app.test_client().post(f"{PREFIX}/connections/oauth/callback", data={"code": "c", "state": "s"})
     assert_envelope(resp, 405, "1301")

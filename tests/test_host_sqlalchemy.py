@@ -45,8 +45,9 @@ def host(
 ) -> Iterator[tuple[Flask, SQLAlchemy, ZISConnections]]:
     url = db_url
     app = Flask("sqla_host", instance_path=str(tmp_path))
-    app.config.update(SECRET_KEY="x", SQLALCHEMY_DATABASE_URI=url,
-                      ZIS_ENCRYPTION_KEYS=[Fernet.generate_key().decode()])
+    app.config.update(
+        SECRET_KEY="x", SQLALCHEMY_DATABASE_URI=url, ZIS_ENCRYPTION_KEYS=[Fernet.generate_key().decode()]
+    )
     db = SQLAlchemy(app, model_class=Base)
     with app.app_context():
         db.create_all()

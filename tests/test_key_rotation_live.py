@@ -263,8 +263,10 @@ class ProviderGate:
         provider.app.before_request(self._hold)
 
     def _hold(self) -> None:
-        if self.armed and request.path == "/oauth/token" and (
-            request.form.get("grant_type") == "refresh_token"
+        if (
+            self.armed
+            and request.path == "/oauth/token"
+            and (request.form.get("grant_type") == "refresh_token")
         ):
             self.armed = False
             self.entered.set()
@@ -329,7 +331,8 @@ def test_refused_refresh_across_rotation_stays_decryptable(
 
 
 def test_client_update_across_rotation_stays_decryptable(
-    hosts: Callable[..., Flask], provider_factory: Callable[..., LiveProvider],
+    hosts: Callable[..., Flask],
+    provider_factory: Callable[..., LiveProvider],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     old, new = _keys()

@@ -44,9 +44,19 @@ from .helpers import PREFIX, assert_envelope
 from .live_provider import DEFAULT_REDIRECT_URI, LiveProvider
 
 SERVICE_FIELDS = {
-    "access_token", "created_by", "integration", "name", "oauth_access_token_response_body",
-    "oauth_client_uuid", "oauth_url_subdomain", "permission_scope", "refresh_token",
-    "token_expiry", "token_type", "uuid", "zendesk_account_id",
+    "access_token",
+    "created_by",
+    "integration",
+    "name",
+    "oauth_access_token_response_body",
+    "oauth_client_uuid",
+    "oauth_url_subdomain",
+    "permission_scope",
+    "refresh_token",
+    "token_expiry",
+    "token_type",
+    "uuid",
+    "zendesk_account_id",
 }
 EXPIRY_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 #: Generous bound for joining worker threads; a hang fails the test instead of the run.
@@ -107,8 +117,11 @@ def make_env(
     make_app: Callable[..., Flask], provider_factory: Callable[..., LiveProvider]
 ) -> Callable[..., Env]:
     def build(
-        *, config: dict[str, Any] | None = None, provider_config: dict[str, Any] | None = None,
-        client: dict[str, Any] | None = None, connect_main: bool = True,
+        *,
+        config: dict[str, Any] | None = None,
+        provider_config: dict[str, Any] | None = None,
+        client: dict[str, Any] | None = None,
+        connect_main: bool = True,
     ) -> Env:
         provider = provider_factory(**{"SLOW_SLEEP": 0.3, **(provider_config or {})})
         app = make_app(**(config or {}))
@@ -173,8 +186,10 @@ def refresh_at_provider(provider: LiveProvider, refresh_token: str) -> requests.
     """Use a refresh token at the provider directly, as an attacker replaying it would."""
     with requests.Session() as http:
         return http.post(
-            provider.token_url, data={"grant_type": "refresh_token", "refresh_token": refresh_token},
-            auth=("demo-client", "demo-secret"), timeout=10,
+            provider.token_url,
+            data={"grant_type": "refresh_token", "refresh_token": refresh_token},
+            auth=("demo-client", "demo-secret"),
+            timeout=10,
         )
 
 
@@ -203,8 +218,9 @@ def test_show_returns_the_service_json_without_refreshing_a_fresh_token(env: Env
 def test_show_lookup_errors(env: Env) -> None:
     other = env.connect("other")
     assert_envelope(env.get("/connections/acme"), 400, "1301", "name or uuid")
-    assert_envelope(env.get("/connections/acme", name="main", uuid=other["uuid"]), 400, "1301",
-                    "different connections")
+    assert_envelope(
+        env.get("/connections/acme", name="main", uuid=other["uuid"]), 400, "1301", "different connections"
+    )
     assert_envelope(env.get("/connections/acme", name="nope"), 404, "1302")
     assert_envelope(env.get("/connections/acme", uuid="0b6f3c4e-8a52-4c55-9d2b-7f7f5c0d7e11"), 404, "1302")
     assert_envelope(env.get("/connections/acme", uuid="not-a-uuid"), 422, "1303", "uuid")
@@ -260,8 +276,9 @@ def test_refresh_endpoint_refreshes_now_and_stores_the_rotated_refresh_token(env
 def test_refresh_endpoint_fetches_a_new_client_credentials_token(env: Env) -> None:
     register(env.app, env.provider, name="svc", client_id="svc-client", grant_type="client_credentials")
     browser = env.app.test_client()
-    started = start(browser, env.headers, name="robot", oauth_client_name="svc",
-                    grant_type="client_credentials")
+    started = start(
+        browser, env.headers, name="robot", oauth_client_name="svc", grant_type="client_credentials"
+    )
     assert started.status_code == 200, started.get_json()
     location = started.get_json()["redirect_url"]
     created = browser.get(location.replace("http://localhost", ""), headers=env.headers).get_json()
@@ -419,7 +436,8 @@ def test_tokens_shorter_than_the_leeway_are_not_refreshed_on_every_call(
 
 
 def test_a_crashed_refresher_blocks_others_only_until_its_lease_expires(
-    make_env: Callable[..., Env], monkeypatch: pytest.MonkeyPatch,
+    make_env: Callable[..., Env],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     env = make_env(config={"ZIS_REFRESH_LEASE_TTL": 5})
     storage = env.storage
@@ -504,8 +522,10 @@ def test_a_refused_refresh_marks_needs_reauth_without_retrying_until_a_new_flow(
     def on_failed(sender: Flask, **payload: Any) -> None:
         failed.append(payload)
 
-    with connection_refresh_failed.connected_to(on_failed, sender=env.app), \
-            clock_at(expiry_of(env) + timedelta(seconds=5)):
+    with (
+        connection_refresh_failed.connected_to(on_failed, sender=env.app),
+        clock_at(expiry_of(env) + timedelta(seconds=5)),
+    ):
         with pytest.raises(ReauthorizationRequired, match="new OAuth flow") as info:
             env.token()
         assert info.value.reason == refusal
@@ -549,13 +569,15 @@ def test_a_refusal_after_a_concurrent_reauthorization_uses_the_new_tokens(env: E
         # Runs between the provider's refusal and the needs_reauth write.
         rec = storage.get_connection("acme", uuid=payload["uuid"])
         assert rec is not None
-        written = storage.upsert_connection(rec.replace(
-            token_expiry=utcnow() + timedelta(hours=1), updated_at=utcnow()
-        ))
+        written = storage.upsert_connection(
+            rec.replace(token_expiry=utcnow() + timedelta(hours=1), updated_at=utcnow())
+        )
         fresh.append(written)
 
-    with connection_refresh_failed.connected_to(reconnect_meanwhile, sender=env.app), \
-            clock_at(expiry_of(env) + timedelta(seconds=5)):
+    with (
+        connection_refresh_failed.connected_to(reconnect_meanwhile, sender=env.app),
+        clock_at(expiry_of(env) + timedelta(seconds=5)),
+    ):
         assert env.token() == env.conn["access_token"]
     assert fresh and not env.record().needs_reauth
     assert env.record().version == fresh[0].version
@@ -567,7 +589,9 @@ FAULTS = ["timeout", "http500", "html200", "no_access_token"]
 
 @pytest.mark.parametrize("fault", FAULTS)
 def test_provider_failures_leave_the_row_unchanged_and_release_the_lease(
-    make_env: Callable[..., Env], fault: str, all_logs: pytest.LogCaptureFixture,
+    make_env: Callable[..., Env],
+    fault: str,
+    all_logs: pytest.LogCaptureFixture,
 ) -> None:
     env = make_env(config={"ZIS_HTTP_TIMEOUT": 1}, provider_config={"FAULT_SLEEP": 2})
     uuid = env.conn["uuid"]
@@ -617,8 +641,15 @@ def proxy_post(app: Flask, body: Any, **kw: Any) -> TestResponse:
 @pytest.mark.parametrize("backend", ["memory"])
 def test_token_proxy_forwards_client_credentials(proxy: tuple[Flask, LiveProvider]) -> None:
     app, provider = proxy
-    resp = proxy_post(app, {"client_id": "host-client", "client_secret": "host-secret",
-                            "grant_type": "client_credentials", "scope": "read"})
+    resp = proxy_post(
+        app,
+        {
+            "client_id": "host-client",
+            "client_secret": "host-secret",
+            "grant_type": "client_credentials",
+            "scope": "read",
+        },
+    )
     assert resp.status_code == 200, resp.get_json()
     assert resp.headers["Cache-Control"] == "no-store"
     body = resp.get_json()
@@ -637,8 +668,13 @@ def test_token_proxy_forwards_an_authorization_code(proxy: tuple[Flask, LiveProv
     )
     code = re.search(r"[?&]code=([^&]+)", location)
     assert code is not None, location
-    body = {"client_id": "host-client", "client_secret": "host-secret", "code": code.group(1),
-            "grant_type": "authorization_code", "redirect_uri": DEFAULT_REDIRECT_URI}
+    body = {
+        "client_id": "host-client",
+        "client_secret": "host-secret",
+        "code": code.group(1),
+        "grant_type": "authorization_code",
+        "redirect_uri": DEFAULT_REDIRECT_URI,
+    }
     resp = proxy_post(app, body)
     assert resp.status_code == 200, resp.get_json()
     assert provider.state.is_access_token_active(resp.get_json()["access_token"])
@@ -654,18 +690,19 @@ def test_token_proxy_errors(proxy: tuple[Flask, LiveProvider], make_app: Callabl
     err = assert_envelope(proxy_post(app, {**good, "client_secret": "wrong"}), 401, "1200")
     assert "wrong" not in err["detail"]
     assert_envelope(proxy_post(app, {**good, "grant_type": "password"}), 400, "1301")
-    assert_envelope(proxy_post(app, {k: v for k, v in good.items() if k != "grant_type"}), 422, "1303",
-                    "grant_type")
+    assert_envelope(
+        proxy_post(app, {k: v for k, v in good.items() if k != "grant_type"}), 422, "1303", "grant_type"
+    )
     assert_envelope(proxy_post(app, {**good, "extra": "x"}), 422, "1303", "extra")
     assert_envelope(proxy_post(app, {**good, "scope": 5}), 422, "1303", "scope")
     assert_envelope(proxy_post(app, ["not", "an", "object"]), 400, "1301")
     resp = app.test_client().post(f"{PREFIX}/connections/oauth/tokens/acme", data="client_id=x")
     assert_envelope(resp, 415, "1301")
-    resp = app.test_client().post(f"{PREFIX}/connections/oauth/tokens/acme", data="{nope",
-                                  content_type="application/json")
+    resp = app.test_client().post(
+        f"{PREFIX}/connections/oauth/tokens/acme", data="{nope", content_type="application/json"
+    )
     assert_envelope(resp, 400, "1301")
-    assert_envelope(app.test_client().post(f"{PREFIX}/connections/oauth/tokens/BAD!", json=good),
-                    422, "1303")
+    assert_envelope(app.test_client().post(f"{PREFIX}/connections/oauth/tokens/BAD!", json=good), 422, "1303")
     for fault in ("http500", "html200"):
         provider.state.inject_token_fault(fault)
         err = assert_envelope(proxy_post(app, good), 502, "1305")
@@ -708,8 +745,9 @@ def test_list_connections_paginates_with_a_cursor_and_shows_no_tokens(env: Env) 
     for bad in ("0", "501", "x"):
         assert_envelope(env.get("/integrations/acme/connections/all", limit=bad), 422, "1303", "limit")
     assert_envelope(env.get("/integrations/acme/connections/all", cursor="garbage"), 422, "1303", "cursor")
-    other = env.app.test_client().get(f"{PREFIX}/integrations/other/connections/all",
-                                      headers=auth_header(env.app, "other"))
+    other = env.app.test_client().get(
+        f"{PREFIX}/integrations/other/connections/all", headers=auth_header(env.app, "other")
+    )
     assert other.status_code == 200 and other.get_json()["connections"] == []
 
 
@@ -783,12 +821,16 @@ def test_signals_carry_identifiers_and_no_secrets(env: Env) -> None:
         def receive(sender: Flask, **payload: Any) -> None:
             assert sender is env.app
             got.append((kind, payload))
+
         return receive
 
     on_refreshed, on_failed, on_deleted = receiver("refreshed"), receiver("failed"), receiver("deleted")
-    with connection_refreshed.connected_to(on_refreshed, sender=env.app), \
-            connection_refresh_failed.connected_to(on_failed, sender=env.app), \
-            connection_deleted.connected_to(on_deleted, sender=env.app), env.app.app_context():
+    with (
+        connection_refreshed.connected_to(on_refreshed, sender=env.app),
+        connection_refresh_failed.connected_to(on_failed, sender=env.app),
+        connection_deleted.connected_to(on_deleted, sender=env.app),
+        env.app.app_context(),
+    ):
         conn = env.zis.refresh("acme", name="main")
         env.provider.state.inject_token_fault("http500")
         with pytest.raises(ProviderError):

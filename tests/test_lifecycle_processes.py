@@ -32,7 +32,8 @@ THREADS = 6
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_processes_on_an_expired_token_make_one_refresh(
-    make_app: Callable[..., Flask], provider_factory: Callable[..., LiveProvider],
+    make_app: Callable[..., Flask],
+    provider_factory: Callable[..., LiveProvider],
     database_uri: str,
 ) -> None:
     provider = provider_factory(SLOW_SLEEP=1.0)
@@ -52,8 +53,16 @@ def test_processes_on_an_expired_token_make_one_refresh(
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Barrier(PROCESSES)
     results: Any = ctx.Queue()
-    args = (database_uri, list(app.config["ZIS_ENCRYPTION_KEYS"]), provider.url, "acme", "main",
-            THREADS, start, results)
+    args = (
+        database_uri,
+        list(app.config["ZIS_ENCRYPTION_KEYS"]),
+        provider.url,
+        "acme",
+        "main",
+        THREADS,
+        start,
+        results,
+    )
     procs = [ctx.Process(target=lifecycle_worker.run, args=args) for _ in range(PROCESSES)]
     for proc in procs:
         proc.start()

@@ -77,19 +77,40 @@ class Gunicorn:
 
     def start(self) -> None:
         cmd = [
-            sys.executable, "-m", "gunicorn",
-            "--workers", str(WORKERS), "--worker-class", "gthread", "--threads", str(THREADS),
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--workers",
+            str(WORKERS),
+            "--worker-class",
+            "gthread",
+            "--threads",
+            str(THREADS),
             # A worker takes no more connections than it has threads, so no request waits
             # in a worker's queue while the others sit idle: 200 > 3 * 64 needs all four.
-            "--worker-connections", str(THREADS), "--keep-alive", "0",
-            "--bind", f"127.0.0.1:{self.port}", "--backlog", "512",
-            "--timeout", "60", "--graceful-timeout", "5",
+            "--worker-connections",
+            str(THREADS),
+            "--keep-alive",
+            "0",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--backlog",
+            "512",
+            "--timeout",
+            "60",
+            "--graceful-timeout",
+            "5",
             "tests.multiworker_app:create_app()",
         ]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                cmd,
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
 
     def log_tail(self, chars: int = 4000) -> str:
@@ -113,8 +134,9 @@ class Gunicorn:
                         assert resp.status_code == 200, resp.text
                         return time.monotonic() - started
                 if time.monotonic() > deadline:
-                    pytest.fail(f"gunicorn did not boot {WORKERS} workers in {BOOT_TIMEOUT}s:\n"
-                                f"{self.log_tail()}")
+                    pytest.fail(
+                        f"gunicorn did not boot {WORKERS} workers in {BOOT_TIMEOUT}s:\n{self.log_tail()}"
+                    )
                 time.sleep(0.05)
 
     def worker_pids(self) -> set[int]:
@@ -193,7 +215,11 @@ def _fire(url: str, headers: dict[str, str], kinds: list[str]) -> list[Outcome]:
             except ValueError:
                 body = resp.text[:500]
             outcomes[index] = Outcome(
-                kind, sent, done, status=resp.status_code, body=body,
+                kind,
+                sent,
+                done,
+                status=resp.status_code,
+                body=body,
                 pid=int(resp.headers.get("X-Worker-Pid", 0)),
                 arrived=float(resp.headers.get("X-Request-Arrived", 0.0)),
             )
@@ -283,9 +309,7 @@ def test_200_concurrent_requests_on_4_workers_make_one_refresh(
     last_arrived = max(o.arrived for o in outcomes)
 
     first_issued = _first_issued_after(provider, t0)
-    stored = app.extensions["zis_connections"].lifecycle.decrypt(
-        storage.get_connection("acme", name="main")
-    )
+    stored = app.extensions["zis_connections"].lifecycle.decrypt(storage.get_connection("acme", name="main"))
     summary = (
         f"{REQUESTS} requests ({Counter(kinds)}) in {elapsed:.2f}s on workers {dict(by_worker)}; "
         f"boot {boot:.2f}s; all sent within {last_sent - t0:.3f}s, last arrival in Flask "

@@ -27,8 +27,18 @@ PACKAGE = "flask_zis_connections"
 
 #: What the checkout holds that is not part of any distribution.
 _NOT_SOURCE = shutil.ignore_patterns(
-    ".git", ".venv", "__pycache__", "*.pyc", "*.egg-info", "build", "dist", "instance",
-    ".mypy_cache", ".pytest_cache", ".ruff_cache", ".coverage*",
+    ".git",
+    ".venv",
+    "__pycache__",
+    "*.pyc",
+    "*.egg-info",
+    "build",
+    "dist",
+    "instance",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".coverage*",
 )
 
 CLASSIFIERS = {
@@ -71,7 +81,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     shutil.copytree(ROOT, source, ignore=_NOT_SOURCE)
     proc = subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(source)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     (wheel,) = dist.glob("*.whl")

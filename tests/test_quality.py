@@ -21,7 +21,18 @@ def _tool(name: str) -> str:
 
 def test_ruff_clean() -> None:
     proc = subprocess.run(
-        [_tool("ruff"), "check", "flask_zis_connections"],
+        [_tool("ruff"), "check", "flask_zis_connections", "tests", "bench", "example_app"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ruff_format_clean() -> None:
+    proc = subprocess.run(
+        [_tool("ruff"), "format", "--check", "flask_zis_connections", "tests", "bench", "example_app"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -116,8 +116,12 @@ class Storage(StorageHooks):
         return self._upsert_connection(_record_at_ms(record))
 
     def update_connection(
-        self, record: ConnectionRecord, *, expected_version: int,
-        lease: Lease | None = None, now: datetime | None = None,
+        self,
+        record: ConnectionRecord,
+        *,
+        expected_version: int,
+        lease: Lease | None = None,
+        now: datetime | None = None,
     ) -> ConnectionRecord | None:
         """Compare-and-swap: write ``record`` (version becomes ``expected_version + 1``)
         only if the stored version is ``expected_version`` - and, when ``lease`` is

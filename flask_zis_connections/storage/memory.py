@@ -324,8 +324,11 @@ class MemoryStorage(Storage):
             old = self._backoff.get(connection_uuid)
             failures = 1 if old is None else old.failures + 1
             stored = RefreshBackoff(
-                connection_uuid=connection_uuid, failures=failures, reason=reason,
-                failed_at=now, retry_at=at_ms(now + delay(failures)),
+                connection_uuid=connection_uuid,
+                failures=failures,
+                reason=reason,
+                failed_at=now,
+                retry_at=at_ms(now + delay(failures)),
             )
             self._backoff[connection_uuid] = stored
             return stored

@@ -99,4 +99,3 @@ class SQLAlchemyStorage(RecordHooks, CoordinationHooks):
             for table in (flows, verification_codes, refresh_leases):
                 deleted += conn.execute(sa.delete(table).where(table.c.expires_at <= now_ms)).rowcount
         return deleted
-

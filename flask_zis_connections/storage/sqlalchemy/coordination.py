@@ -92,7 +92,6 @@ class CoordinationHooks(SQLBackend):
                 return None
         return code_from_row(row)
 
-
     # -- refresh lease -----------------------------------------------------------
     def _acquire_lease(self, key: str, owner: str, now: datetime, expires_at: datetime) -> bool:
         """Take over an expired row, else insert; the primary key refuses a second.
@@ -143,8 +142,10 @@ class CoordinationHooks(SQLBackend):
             row = conn.execute(sa.select(b.c.failures).where(mine)).first()
             failures = 1 if row is None else int(row[0]) + 1
             values: dict[str, Any] = {
-                "failures": failures, "reason": reason,
-                "failed_at": to_ms(now), "retry_at": to_ms(now + delay(failures)),
+                "failures": failures,
+                "reason": reason,
+                "failed_at": to_ms(now),
+                "retry_at": to_ms(now + delay(failures)),
             }
             if row is None:
                 try:
@@ -167,4 +168,3 @@ class CoordinationHooks(SQLBackend):
         b = refresh_backoff
         with self._writer.begin() as conn:
             conn.execute(sa.delete(b).where(b.c.connection_uuid == connection_uuid))
-

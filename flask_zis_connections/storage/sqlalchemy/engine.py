@@ -35,7 +35,10 @@ class SQLBackend(Storage):
     unavailable_errors = (OperationalError, InterfaceError)
 
     def __init__(
-        self, url: str | None = None, *, engine: Engine | None = None,
+        self,
+        url: str | None = None,
+        *,
+        engine: Engine | None = None,
         engine_options: Mapping[str, Any] | None = None,
     ) -> None:
         if (url is None) == (engine is None):
@@ -104,4 +107,3 @@ class SQLBackend(Storage):
                 raise
         with self._reader.connect() as conn:
             return conn.execute(stmt, params).all()
-

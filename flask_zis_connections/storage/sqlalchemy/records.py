@@ -197,7 +197,6 @@ class RecordHooks(SQLBackend):
     def _connections_expiring_before(self, moment: datetime) -> list[ConnectionRecord]:
         return [connection_from_row(r) for r in self._read(q.CONNECTIONS_DUE, {"moment": to_ms(moment)})]
 
-
     # -- API tokens --------------------------------------------------------------
     def _add_api_token(self, token: ApiToken) -> None:
         try:
@@ -226,4 +225,3 @@ class RecordHooks(SQLBackend):
         else:
             rows = self._read(q.TOKENS_OF, {"integration": integration})
         return [token_from_row(r) for r in rows]
-

@@ -30,7 +30,8 @@ def run_migrations_online() -> None:
         _run(connection)
         return
     engine = engine_from_config(
-        config.get_section(config.config_ini_section) or {}, prefix="sqlalchemy.",
+        config.get_section(config.config_ini_section) or {},
+        prefix="sqlalchemy.",
         poolclass=pool.NullPool,
     )
     with engine.connect() as conn:
@@ -40,8 +41,12 @@ def run_migrations_online() -> None:
 
 def _run(connection: Any) -> None:
     context.configure(
-        connection=connection, target_metadata=metadata, version_table=VERSION_TABLE,
-        include_object=include_object, render_as_batch=True, compare_type=True,
+        connection=connection,
+        target_metadata=metadata,
+        version_table=VERSION_TABLE,
+        include_object=include_object,
+        render_as_batch=True,
+        compare_type=True,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -49,8 +54,11 @@ def _run(connection: Any) -> None:
 
 if context.is_offline_mode():
     context.configure(
-        url=config.get_main_option("sqlalchemy.url"), target_metadata=metadata,
-        version_table=VERSION_TABLE, include_object=include_object, literal_binds=True,
+        url=config.get_main_option("sqlalchemy.url"),
+        target_metadata=metadata,
+        version_table=VERSION_TABLE,
+        include_object=include_object,
+        literal_binds=True,
     )
     with context.begin_transaction():
         context.run_migrations()
