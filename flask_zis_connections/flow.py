@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from flask import Flask
 
@@ -30,6 +29,7 @@ from .clients import require_client
 from .crypto import Encryptor, hash_secret
 from .domain import ConnectionRecord, OAuthClient, PendingFlow, VerificationCode, utcnow
 from .errors import Forbidden, InvalidRequest, InvalidValue, NotFound, ProviderError
+from .flow_checks import add_query, check_mix_up, check_redirect_origin, per_client_callback_url
 from .outbound import OutboundPolicy
 from .provider_client import (
     ProviderClient,
@@ -55,7 +55,6 @@ START_FIELDS = frozenset(
         "grant_type",
     }
 )
-_URL_FORBIDDEN_CHARS = frozenset("\\ \t\r\n\x00")
 _OAUTH_ERROR_RE = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -72,19 +71,6 @@ class Redirect:
 def cookie_name(prefix: str, flow_id: str) -> str:
     """One cookie per flow so one browser can run two flows side by side."""
     return f"{prefix}_{hash_secret(flow_id)[:16]}"
-
-
-def per_client_callback_url(callback_url: str, client_uuid: str) -> str:
-    """``.../callback/<client uuid>``: the redirect URI of a ``per_client_callback`` client."""
-    parts = urlsplit(callback_url)
-    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + client_uuid))
-
-
-def add_query(url: str, params: Mapping[str, str]) -> str:
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    query += list(params.items())
-    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 @dataclass
@@ -104,20 +90,7 @@ class FlowService:
     # -- origin checks -----------------------------------------------------------
     def check_origin(self, url: object, own_origins: list[str]) -> str:
         """``origin_oauth_redirect_url`` must be absolute, clean and on an allowed origin."""
-        field = "origin_oauth_redirect_url"
-        text = v.string(url, field)
-        if any(c in _URL_FORBIDDEN_CHARS for c in text):
-            raise InvalidValue(field, "must not contain spaces or backslashes")
-        origin = v.origin_of(text)
-        parts = urlsplit(text)
-        if origin is None or parts.username is not None or parts.password is not None:
-            raise InvalidValue(field, "must be an absolute http(s) URL")
-        if parts.scheme == "http" and not self.allow_insecure:
-            raise InvalidValue(field, "must use https")
-        allowed = {o for o in (v.origin_of(x) for x in [*own_origins, *self.allowed_origins]) if o}
-        if origin not in allowed:
-            raise InvalidValue(field, "its origin is not allowed; add it to ZIS_ALLOWED_REDIRECT_ORIGINS")
-        return text
+        return check_redirect_origin(url, [*own_origins, *self.allowed_origins], self.allow_insecure)
 
     # -- start -------------------------------------------------------------------
     def start(
@@ -299,7 +272,7 @@ class FlowService:
                 "Start the OAuth flow again in this browser."
             )
         client = require_client(self.storage, flow.integration, uuid=flow.oauth_client_uuid)
-        self._check_mix_up(client, flow, args.get("iss"), path_client_uuid)
+        check_mix_up(client, flow, args.get("iss"), path_client_uuid)
         consumed = self.storage.consume_flow(flow.id, flow.browser_binding_hash, utcnow())
         if consumed is None:
             raise InvalidRequest("The OAuth state was already used or has expired. Start again.")
@@ -346,44 +319,6 @@ class FlowService:
             302,
             clear_cookie=name,
         )
-
-    @staticmethod
-    def _check_mix_up(
-        client: OAuthClient, flow: PendingFlow, iss: str | None, path_client_uuid: str | None
-    ) -> None:
-        """Refuse an authorization response meant for another provider (RFC 9700 §4.4).
-
-        In a mix-up attack, a client the attacker registered in the same integration
-        (its ``auth_url`` on the attacker's server) starts the flow, and the attacker
-        bounces the admin to an honest provider; the honest code then arrives with the
-        attacker-client's state and would be sent to the attacker's ``token_url``.
-
-        * RFC 9207: the ``iss`` sent must be the client's ``issuer`` when one is set,
-          and a missing one is refused then.  Without ``issuer``, an ``iss`` that is
-          sent must share the origin of the client's ``auth_url``: an honest provider
-          that names itself then gives the bounce away.
-        * Distinct redirect URIs (§4.4.2): a client with ``per_client_callback`` gets
-          ``.../callback/<its uuid>``, so a response the honest provider delivers to
-          its own client's URI never matches the attacker-client's flow.
-        """
-        if client.issuer is not None:
-            if iss != client.issuer:
-                raise InvalidRequest(
-                    "The authorization response is not from the expected issuer (RFC 9207). "
-                    "Start the OAuth flow again."
-                )
-        elif iss is not None and client.auth_url is not None:
-            expected = v.origin_of(interpolate(client.auth_url, flow.oauth_url_subdomain))
-            if v.origin_of(iss) != expected:
-                raise InvalidRequest(
-                    "The authorization response names another issuer than the OAuth client's "
-                    "provider (RFC 9207). Start the OAuth flow again."
-                )
-        if (client.per_client_callback or path_client_uuid is not None) and path_client_uuid != client.uuid:
-            raise InvalidRequest(
-                "The authorization response arrived at another OAuth client's callback URL. "
-                "Start the OAuth flow again."
-            )
 
     # -- verification code ------------------------------------------------------------
     def exchange_code(self, integration: str, code: str | None) -> tuple[ConnectionRecord, VerificationCode]:

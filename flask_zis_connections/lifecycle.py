@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from . import signals
 from .crypto import Encryptor
 from .domain import Connection, ConnectionRecord, Lease, OAuthClient, RefreshBackoff, utcnow
 from .errors import ConnectionNotFound, ProviderError, ReauthorizationRequired, ZISError
+from .lease import LeaseKeeper
 from .outbound import OutboundPolicy
 from .provider_client import REAUTH_ERRORS, ProviderClient, TokenRequestRejected, TokenResponse
 from .storage import Storage
@@ -43,50 +43,6 @@ _POLL_MAX = 0.2
 _ZERO = timedelta(0)
 #: First back-off step in seconds (then 2, 4, ... up to ZIS_REFRESH_BACKOFF_MAX).
 BACKOFF_BASE = 1.0
-
-
-class LeaseKeeper:
-    """Keeps a refresh lease alive while its holder waits on the provider.
-
-    Renews every quarter of the TTL from a daemon thread.  :meth:`deadline` is the
-    monotonic instant the holder must be done by: a safety margin before the lease
-    could lapse, given the last successful renewal.  Outbound calls re-read it while
-    they run, so a holder whose renewals fail (database gone) is cut off while it
-    still holds the lease - before any other process may take over and send the same
-    refresh token again.
-    """
-
-    def __init__(self, storage: Storage, lease: Lease, ttl: float, taken_at: float) -> None:
-        self._storage = storage
-        self._lease = lease
-        self._ttl = ttl
-        self._margin = min(1.0, ttl / 5)
-        self._held_until = taken_at + ttl
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="zis-lease-keeper", daemon=True)
-
-    def deadline(self) -> float:
-        return self._held_until - self._margin
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._ttl / 4):
-            asked = time.monotonic()
-            try:
-                renewed = self._storage.renew_lease(self._lease.key, self._lease.owner, self._ttl, utcnow())
-            except ZISError:
-                renewed = False
-            if not renewed:
-                log.warning("Lost the refresh lease %s; the refresh in flight is cut short.", self._lease.key)
-                return
-            self._held_until = asked + self._ttl
-
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 @dataclass

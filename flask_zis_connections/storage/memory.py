@@ -8,6 +8,9 @@ compare-and-swap writes) hold across threads.  Nothing survives the process and
 nothing is shared with other processes; use
 :class:`~.sqlalchemy.SQLAlchemyStorage` for that.
 
+One file a little over 400 lines on purpose: a backend is read as a whole against the
+contract, and every hook here is a few lines under the same lock.
+
 To behave exactly like the SQL backend it enforces the same uniqueness and
 foreign-key rules (the contract suite runs against both); datetimes arrive already
 truncated to the millisecond the SQL backend keeps, so they are stored and compared
