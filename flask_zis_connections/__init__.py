@@ -8,6 +8,8 @@ from .errors import (
     ZISError,
 )
 from .extension import ZISConnections, get_token
+from .providers import ProviderPreset
+from .session import ConnectionSession, ForbiddenDestination
 from .signals import (
     connection_created,
     connection_deleted,
@@ -18,8 +20,11 @@ from .signals import (
 __all__ = [
     "Connection",
     "ConnectionNotFound",
+    "ConnectionSession",
+    "ForbiddenDestination",
     "OAuthClient",
     "ProviderError",
+    "ProviderPreset",
     "ReauthorizationRequired",
     "ZISConnections",
     "ZISError",

@@ -14,6 +14,8 @@ from . import validation as v
 from .crypto import Encryptor
 from .domain import OAuthClient, utcnow
 from .errors import InvalidValue, OAuthClientNotFound
+from .providers import get_preset
+from .quirks import QUIRK_FIELDS, build_quirks
 from .storage import Storage
 from .storage.base import stale_client
 
@@ -37,6 +39,8 @@ CLIENT_FIELDS = frozenset(
         "offline_access_params",
         "revocation_url",
         "per_client_callback",
+        "provider",
+        *QUIRK_FIELDS,
     }
 )
 _OPTIONAL_URLS = ("issuer", "revocation_url")
@@ -65,6 +69,11 @@ def build_client(
     """
     v.integration_name(integration)
     v.reject_unknown(data, set(CLIENT_FIELDS))
+    if data.get("provider") is not None:
+        # A preset fills in what the provider's documentation says; anything given
+        # explicitly wins (so a test can point a preset at a local server).
+        preset = get_preset(v.string(data["provider"], "provider", max_len=64))
+        data = {**preset.client_options(), **data, "provider": preset.name}
     base: dict[str, Any] = {}
     if existing is None:
         for required in ("name", "client_id", "token_url"):
@@ -85,6 +94,7 @@ def build_client(
             "offline_access_params": existing.offline_access_params,
             "revocation_url": existing.revocation_url,
             "per_client_callback": existing.per_client_callback,
+            **existing.quirks.to_json(),
         }
     merged = {**base, **{k: val for k, val in data.items() if k != "client_secret"}}
 
@@ -125,6 +135,7 @@ def build_client(
             raise InvalidValue(field, f"must not set {clash[0]!r}: the flow sets it itself")
 
     per_client_callback = v.boolean(merged.get("per_client_callback", False), "per_client_callback")
+    quirks = build_quirks(merged, allow_insecure=allow_insecure)
     if existing is not None and not secret_follows_routing and data.get("client_secret") is None:
         new_routing = (token_url, urls["revocation_url"], auth_method)
         old_routing = (existing.token_url, existing.revocation_url, existing.token_endpoint_auth_method)
@@ -165,6 +176,7 @@ def build_client(
         offline_access_params=offline_params,
         revocation_url=urls["revocation_url"],
         per_client_callback=per_client_callback,
+        quirks=quirks,
         created_by=existing.created_by if existing else created_by,
         created_at=existing.created_at if existing else now,
         updated_at=now,

@@ -25,6 +25,77 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+#: The fields of a token answer that :class:`ProviderQuirks.token_response_fields` may move.
+TOKEN_ANSWER_FIELDS = (
+    "access_token",
+    "token_type",
+    "refresh_token",
+    "expires_in",
+    "refresh_token_expires_in",
+    "scope",
+)
+
+
+@dataclass(frozen=True)
+class ProviderQuirks:
+    """How one provider departs from plain RFC 6749, as a preset or the host declares it.
+
+    Real providers differ in small ways that each break a naive client: scopes joined by
+    commas, extra form fields on the code exchange or the refresh, no ``expires_in``,
+    the token nested in the answer, errors answered as HTTP 200, values a later API call
+    needs (an instance URL, a tenant id) in the token answer or on the callback.  Each is
+    an option here, so one generic client handles them all.
+    """
+
+    #: The preset these options came from (``provider=`` at creation), if any.
+    provider: str | None = None
+    scope_separator: str = " "
+    #: Scopes added when a flow asks for offline access (e.g. ``offline_access``).
+    offline_scopes: str = ""
+    #: Extra form fields on the code exchange, and on refresh.
+    token_params: Mapping[str, str] = field(default_factory=dict)
+    refresh_params: Mapping[str, str] = field(default_factory=dict)
+    #: Seconds to assume when an answer has a refresh token but no ``expires_in``.
+    default_token_lifetime: int | None = None
+    #: Where the connection's credentials may be sent by ``zis.session``.
+    api_base_url: str | None = None
+    allowed_domains: tuple[str, ...] = ()
+    #: Where a value sits in the token answer when not at the top level under its
+    #: RFC 6749 name: ``{"access_token": "authed_user.access_token"}``.
+    token_response_fields: Mapping[str, str] = field(default_factory=dict)
+    #: An answer whose field of this name is ``false`` is an error (``{"ok": false}``).
+    ok_field: str | None = None
+    #: Dotted paths in the token answer, and callback query parameters, kept as metadata.
+    metadata_from_token: tuple[str, ...] = ()
+    metadata_from_callback: tuple[str, ...] = ()
+
+    def replace(self, **changes: Any) -> ProviderQuirks:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        """Only what differs from the defaults, as plain JSON values (stable on disk)."""
+        defaults = ProviderQuirks()
+        out: dict[str, Any] = {}
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if value == getattr(defaults, spec.name):
+                continue
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[spec.name] = value
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ProviderQuirks:
+        known = {spec.name for spec in dataclasses.fields(cls)}
+        values: dict[str, Any] = {
+            k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known
+        }
+        return cls(**values)
+
+
 @dataclass(frozen=True)
 class OAuthClient:
     """An integration's registration at a third-party provider."""
@@ -54,6 +125,7 @@ class OAuthClient:
     updated_at: datetime = field(default_factory=utcnow)
     #: Increases on every update; an update may require the version it read (409 if stale).
     version: int = 1
+    quirks: ProviderQuirks = field(default_factory=ProviderQuirks)
 
     def replace(self, **changes: Any) -> OAuthClient:
         return dataclasses.replace(self, **changes)
@@ -84,6 +156,10 @@ class ConnectionRecord:
     version: int = 1
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
+    #: Values a host needs later (an instance URL, a realm id): JSON-able, not secret.
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    #: When the refresh token itself expires (``refresh_token_expires_in``), if told.
+    refresh_token_expiry: datetime | None = None
 
     def replace(self, **changes: Any) -> ConnectionRecord:
         return dataclasses.replace(self, **changes)
@@ -110,6 +186,8 @@ class Connection:
     version: int
     created_at: datetime
     updated_at: datetime
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    refresh_token_expiry: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,9 @@ from .errors import ConfigurationError, InvalidRequest
 from .flow import FlowService
 from .lifecycle import Lifecycle
 from .outbound import OutboundPolicy
+from .providers import ProviderPreset, catalog
 from .ratelimit import RateLimits
+from .session import DEFAULT_MAX_RETRY_AFTER, ConnectionSession
 from .storage import MemoryStorage, SQLAlchemyStorage, Storage
 from .validation import integration_name
 
@@ -163,6 +165,13 @@ class ZISConnections:
         return self._admin_loader
 
     # -- OAuth clients --------------------------------------------------------------
+    @staticmethod
+    def providers() -> Mapping[str, ProviderPreset]:
+        """The preset catalog: ``{name: ProviderPreset}``, each built from the provider's
+        published documentation (its pages are in ``preset.docs``).  Pass a name as
+        ``create_oauth_client(..., provider=name)``; explicit options override it."""
+        return catalog()
+
     def create_oauth_client(
         self, integration: str, *, created_by: str | None = None, **options: Any
     ) -> OAuthClient:
@@ -242,6 +251,36 @@ class ZISConnections:
         Returns whether revocation succeeded (None when not attempted)."""
         life = state().lifecycle
         return life.delete(life.find(integration, **_one_of(name, uuid)))
+
+    def update_connection_metadata(
+        self,
+        integration: str,
+        name: str | None = None,
+        changes: Mapping[str, Any] | None = None,
+        *,
+        uuid: str | None = None,
+    ) -> Connection:
+        """Merge ``changes`` into the connection's ``metadata``; a ``None`` value deletes
+        that key.  Values must be JSON; the whole stays under 16 KiB."""
+        life = state().lifecycle
+        rec = life.find(integration, **_one_of(name, uuid))
+        return life.decrypt(life.update_metadata(rec, changes or {}))
+
+    def session(
+        self, integration: str, name: str, *, max_retry_after: float = DEFAULT_MAX_RETRY_AFTER
+    ) -> ConnectionSession:
+        """A :class:`requests.Session` that calls the provider's API as connection ``name``.
+
+        ``with zis.session("crm", "main") as s: s.get("/crm/v3/objects/contacts")``: relative
+        URLs join the OAuth client's ``api_base_url``; the credentials go only to that host
+        and ``allowed_domains`` (anything else raises
+        :class:`~flask_zis_connections.session.ForbiddenDestination`, sending nothing) and
+        never along a redirect (a 3xx raises ``RedirectRefused``).  A 401 refreshes once
+        and retries once; a 429 whose ``Retry-After`` is at most ``max_retry_after``
+        seconds is waited out and retried once.  Open it inside an app context; its
+        requests need none.
+        """
+        return ConnectionSession.open(integration, name, max_retry_after=max_retry_after)
 
     def list_connections(
         self, integration: str, *, limit: int = 100, cursor: str | None = None

@@ -31,15 +31,10 @@ from .domain import ConnectionRecord, OAuthClient, PendingFlow, VerificationCode
 from .errors import Forbidden, InvalidRequest, InvalidValue, NotFound, ProviderError
 from .flow_checks import add_query, check_mix_up, check_redirect_origin, per_client_callback_url
 from .outbound import OutboundPolicy
-from .provider_client import (
-    ProviderClient,
-    TokenRequestRejected,
-    TokenResponse,
-    create_s256_code_challenge,
-    interpolate,
-)
+from .provider_client import ProviderClient, create_s256_code_challenge, interpolate
 from .signing import FLOW_TOKEN_SALT, STATE_SALT, sign, unsign
 from .storage import Storage
+from .token_answer import TokenRequestRejected, TokenResponse
 
 log = logging.getLogger("flask_zis_connections")
 
@@ -135,6 +130,11 @@ class FlowService:
             else client.default_scopes
         )
         offline = v.boolean(body.get("allow_offline_access", False), "allow_offline_access")
+        if offline and client.quirks.offline_scopes:
+            # Providers that grant a refresh token for a scope (offline_access) rather
+            # than a parameter: ask for it along with the rest.
+            wanted = scopes.split()
+            scopes = " ".join(wanted + [s for s in client.quirks.offline_scopes.split() if s not in wanted])
         subdomain = body.get("oauth_url_subdomain")
         if subdomain is not None:
             subdomain = v.string(subdomain, "oauth_url_subdomain", max_len=63)
@@ -231,7 +231,7 @@ class FlowService:
             "redirect_uri": flow.redirect_uri,
         }
         if flow.scopes:
-            params["scope"] = flow.scopes
+            params["scope"] = client.quirks.scope_separator.join(flow.scopes.split())
         params["state"] = sign(self.app, STATE_SALT, flow.id)
         if flow.code_verifier_enc is not None:
             verifier = self.encryptor.decrypt(flow.code_verifier_enc)
@@ -312,6 +312,7 @@ class FlowService:
             resp,
             "authorization_code",
             consumed.scopes,
+            callback_args=args,
         )
         vcode = self._issue_code(rec, origin, raw_params=raw_query)
         return Redirect(
@@ -345,11 +346,24 @@ class FlowService:
         resp: TokenResponse,
         grant_type: str,
         requested_scope: str,
+        callback_args: Mapping[str, str] | None = None,
     ) -> ConnectionRecord:
         """Store (or re-authorize) the connection; the granted scope is the response's
-        ``scope``, or the requested one when the provider omits it (RFC 6749 §5.1)."""
+        ``scope``, or the requested one when the provider omits it (RFC 6749 §5.1).
+
+        Metadata: what the client's quirks declare, from the token answer and the
+        callback's query (QuickBooks' ``realmId``, Shopify's ``shop``), on top of what a
+        re-authorized connection already had (values the host set stay).
+        """
         now = utcnow()
         new_uuid = str(uuidlib.uuid4())
+        previous = self.storage.get_connection(client.integration, name=name)
+        metadata = dict(previous.metadata) if previous is not None else {}
+        metadata.update(resp.metadata(client.quirks.metadata_from_token))
+        for param in client.quirks.metadata_from_callback:
+            value = (callback_args or {}).get(param)
+            if value is not None and 0 < len(value) <= 256 and value.isprintable():
+                metadata[param] = value
         rec = self.storage.upsert_connection(
             ConnectionRecord(
                 uuid=new_uuid,
@@ -364,6 +378,7 @@ class FlowService:
                 grant_type=grant_type,  # type: ignore[arg-type]
                 created_at=now,
                 updated_at=now,
+                metadata=metadata,
             )
         )
         # The upsert keeps an existing connection's uuid, so a fresh uuid means "created".

@@ -18,23 +18,27 @@ token, or fail fast with a ``Retry-After`` - the provider is not called again.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 import uuid as uuidlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from flask import Flask
 
 from . import signals
 from .crypto import Encryptor
 from .domain import Connection, ConnectionRecord, Lease, OAuthClient, RefreshBackoff, utcnow
-from .errors import ConnectionNotFound, ProviderError, ReauthorizationRequired, ZISError
+from .errors import ConnectionNotFound, InvalidValue, ProviderError, ReauthorizationRequired, ZISError
 from .lease import LeaseKeeper
 from .outbound import OutboundPolicy
-from .provider_client import REAUTH_ERRORS, ProviderClient, TokenRequestRejected, TokenResponse
+from .provider_client import REAUTH_ERRORS, ProviderClient
 from .storage import Storage
+from .token_answer import TokenRequestRejected, TokenResponse
 
 log = logging.getLogger("flask_zis_connections")
 
@@ -121,6 +125,8 @@ class Lifecycle:
             version=rec.version,
             created_at=rec.created_at,
             updated_at=rec.updated_at,
+            metadata=dict(rec.metadata),
+            refresh_token_expiry=rec.refresh_token_expiry,
         )
 
     # -- refresh -----------------------------------------------------------------
@@ -344,7 +350,31 @@ class Lifecycle:
             kept_refresh_token=self.encryptor.decrypt_optional(rec.refresh_token_enc),
             kept_scope=rec.permission_scope,
         )
-        return rec.replace(**fields, needs_reauth=False, updated_at=now)
+        client = self.storage.get_client(rec.integration, uuid=rec.oauth_client_uuid)
+        fresh = resp.metadata(client.quirks.metadata_from_token) if client is not None else {}
+        metadata = {**rec.metadata, **fresh}
+        return rec.replace(**fields, needs_reauth=False, updated_at=now, metadata=metadata)
+
+    # -- metadata ------------------------------------------------------------------
+    def update_metadata(self, rec: ConnectionRecord, changes: Mapping[str, Any]) -> ConnectionRecord:
+        """Merge ``changes`` into the connection's metadata (``None`` deletes a key).
+
+        A compare-and-swap on the row's version, retried on a concurrent write, so a
+        refresh landing meanwhile is never undone.  ``updated_at`` stays: it dates the
+        tokens, and the refresh schedule is computed from it.
+        """
+        changes = metadata_changes(changes)
+        for _ in range(10):
+            merged = {k: val for k, val in {**rec.metadata, **changes}.items() if val is not None}
+            if len(json.dumps(merged)) > METADATA_MAX_BYTES:
+                raise InvalidValue("metadata", f"must stay under {METADATA_MAX_BYTES} bytes as JSON")
+            stored = self.storage.update_connection(
+                rec.replace(metadata=merged), expected_version=rec.version
+            )
+            if stored is not None:
+                return stored
+            rec = self.find(rec.integration, uuid=rec.uuid)
+        raise ProviderError("The connection kept changing while its metadata was updated. Try again.")
 
     # -- delete ------------------------------------------------------------------
     def delete(self, rec: ConnectionRecord) -> bool | None:
@@ -371,3 +401,21 @@ class Lifecycle:
             self.app, integration=rec.integration, name=rec.name, uuid=rec.uuid, revoked=revoked
         )
         return revoked
+
+
+#: Metadata is for small values a later API call needs, not a document store.
+METADATA_MAX_BYTES = 16 * 1024
+
+
+def metadata_changes(changes: object) -> dict[str, Any]:
+    """Validate a metadata update: string keys, JSON values (``None`` deletes)."""
+    if not isinstance(changes, Mapping):
+        raise InvalidValue("metadata", "must be an object")
+    for key, value in changes.items():
+        if not isinstance(key, str) or not 0 < len(key) <= 128:
+            raise InvalidValue("metadata", "keys must be strings of 1 to 128 characters")
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise InvalidValue("metadata", f"the value of {key!r} is not JSON") from None
+    return dict(changes)

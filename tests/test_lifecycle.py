@@ -57,6 +57,9 @@ SERVICE_FIELDS = {
     "token_type",
     "uuid",
     "zendesk_account_id",
+    # Beyond the service's fields: what the provider told (or the host set) for later calls.
+    "metadata",
+    "refresh_token_expiry",
 }
 EXPIRY_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 #: Generous bound for joining worker threads; a hang fails the test instead of the run.

@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 
 from flask_zis_connections import ProviderError
+from flask_zis_connections.domain import ProviderQuirks
 from flask_zis_connections.errors import InvalidValue
-from flask_zis_connections.provider_client import TokenRequestRejected, interpolate, parse_token_response
+from flask_zis_connections.provider_client import interpolate
+from flask_zis_connections.token_answer import TokenRequestRejected, parse_token_response
 
 
 def _parse(**fields: Any) -> Any:
@@ -82,3 +84,78 @@ def test_subdomain_must_be_one_dns_label(sub: str | None) -> None:
 
 def test_subdomain_is_interpolated_lowercase() -> None:
     assert interpolate("https://{{subdomain}}.acme.test/t", "EU-1") == "https://eu-1.acme.test/t"
+
+
+# -- providers' quirks ----------------------------------------------------------------------
+def test_a_form_encoded_answer_reads_like_json() -> None:
+    body = "access_token=at-1&token_type=bearer&scope=repo%2Cuser&expires_in=28800&refresh_token=rt-1"
+    resp = parse_token_response(body, "application/x-www-form-urlencoded; charset=utf-8")
+    assert (resp.access_token, resp.refresh_token, resp.expires_in) == ("at-1", "rt-1", 28800.0)
+    assert resp.scope == "repo,user"  # the default separator is a space: kept as sent
+    with_commas = parse_token_response(
+        body, "application/x-www-form-urlencoded", ProviderQuirks(scope_separator=",")
+    )
+    assert with_commas.scope == "repo user"
+    with pytest.raises(TokenRequestRejected) as info:
+        parse_token_response(
+            "error=bad_verification_code&error_description=x", "application/x-www-form-urlencoded"
+        )
+    assert info.value.error == "bad_verification_code"
+
+
+def test_a_form_body_labelled_json_is_not_guessed() -> None:
+    with pytest.raises(ProviderError, match="not JSON"):
+        parse_token_response("access_token=at", "application/json")
+
+
+def test_http_200_error_shapes_are_errors() -> None:
+    quirks = ProviderQuirks(ok_field="ok")
+    with pytest.raises(TokenRequestRejected) as info:
+        parse_token_response('{"ok": false, "error": "invalid_code"}', "application/json", quirks)
+    assert info.value.error == "invalid_code"
+    with pytest.raises(TokenRequestRejected) as info:
+        parse_token_response('{"ok": false}', "application/json", quirks)
+    assert info.value.error == "invalid_response"
+    ok = parse_token_response('{"ok": true, "access_token": "xoxb"}', "application/json", quirks)
+    assert ok.access_token == "xoxb"
+
+
+def test_tokens_nested_in_the_answer_and_renamed_fields() -> None:
+    quirks = ProviderQuirks(
+        token_response_fields={
+            "access_token": "authed_user.access_token",
+            "token_type": "authed_user.token_type",
+            "scope": "authed_user.scope",
+            "refresh_token_expires_in": "x_refresh_token_expires_in",
+        },
+        scope_separator=",",
+    )
+    answer = {
+        "ok": True,
+        "access_token": "xoxb-bot",
+        "authed_user": {"id": "U1", "access_token": "xoxp-user", "token_type": "user", "scope": "a,b"},
+        "team": {"id": "T1"},
+        "x_refresh_token_expires_in": "8726400",
+    }
+    resp = parse_token_response(json.dumps(answer), "application/json", quirks)
+    assert (resp.access_token, resp.token_type, resp.scope) == ("xoxp-user", "user", "a b")
+    assert resp.refresh_token_expires_in == 8726400.0
+    # Metadata reads dotted paths, skips what is missing, and never keeps a token.
+    assert resp.metadata(("team.id", "authed_user.id", "missing.path", "authed_user.access_token")) == {
+        "team.id": "T1",
+        "authed_user.id": "U1",
+    }
+    with pytest.raises(ProviderError, match="no access_token"):
+        parse_token_response('{"access_token": "top-level-only"}', "application/json", quirks)
+
+
+def test_default_token_lifetime_only_for_refreshable_tokens_without_expires_in() -> None:
+    quirks = ProviderQuirks(default_token_lifetime=7200)
+    refreshable = parse_token_response('{"access_token": "a", "refresh_token": "r"}', None, quirks)
+    assert refreshable.expires_in == 7200.0
+    stated = parse_token_response(
+        '{"access_token": "a", "refresh_token": "r", "expires_in": 60}', None, quirks
+    )
+    assert stated.expires_in == 60.0
+    # Without a refresh token nothing can renew it: no expiry is invented.
+    assert parse_token_response('{"access_token": "a"}', None, quirks).expires_in is None

@@ -12,6 +12,7 @@ shape JSON.  Where to look:
 ``flow.py``            start, start_redirect, the provider's callback, access codes
 ``connections.py``     show, refresh, delete, list connections
 ``clients.py``         the OAuth Clients API
+``providers.py``       the provider preset catalog (no credentials)
 ``token_proxy.py``     the token endpoint proxied to the host's own
 ``health.py``          ``GET /health``
 ``serializers.py``     the JSON shapes
@@ -20,7 +21,7 @@ shape JSON.  Where to look:
 
 from __future__ import annotations
 
-from . import clients, connections, flow, health, token_proxy  # noqa: F401 - register the routes
+from . import clients, connections, flow, health, providers, token_proxy  # noqa: F401 - register the routes
 from .blueprint import URL_PREFIX, bp
 
 __all__ = ["URL_PREFIX", "bp"]

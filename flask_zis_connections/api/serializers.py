@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from ..domain import Connection, ConnectionRecord, OAuthClient
+from ..domain import Connection, ConnectionRecord, OAuthClient, ProviderQuirks
 
 
 def format_time(value: datetime | None) -> str | None:
@@ -30,6 +32,8 @@ def connection_json(conn: Connection, account_id: Any) -> dict[str, Any]:
         "token_type": conn.token_type,
         "uuid": conn.uuid,
         "zendesk_account_id": account_id,
+        "metadata": dict(conn.metadata),
+        "refresh_token_expiry": format_time(conn.refresh_token_expiry),
     }
 
 
@@ -46,6 +50,8 @@ def connection_summary_json(rec: ConnectionRecord) -> dict[str, Any]:
         "token_expiry": format_time(rec.token_expiry),
         "grant_type": rec.grant_type,
         "needs_reauth": rec.needs_reauth,
+        "metadata": dict(rec.metadata),
+        "refresh_token_expiry": format_time(rec.refresh_token_expiry),
         "created_by": rec.created_by,
         "created_at": format_time(rec.created_at),
         "updated_at": format_time(rec.updated_at),
@@ -71,8 +77,20 @@ def client_json(client: OAuthClient) -> dict[str, Any]:
         "offline_access_params": dict(client.offline_access_params),
         "revocation_url": client.revocation_url,
         "per_client_callback": client.per_client_callback,
+        **_quirks_json(client.quirks),
         "version": client.version,
         "created_by": client.created_by,
         "created_at": format_time(client.created_at),
         "updated_at": format_time(client.updated_at),
     }
+
+
+def _quirks_json(quirks: ProviderQuirks) -> dict[str, Any]:
+    """Every quirk option, defaults included, so a client's shape never varies."""
+    out: dict[str, Any] = {}
+    for spec in dataclasses.fields(quirks):
+        value = getattr(quirks, spec.name)
+        out[spec.name] = (
+            list(value) if isinstance(value, tuple) else dict(value) if isinstance(value, Mapping) else value
+        )
+    return out

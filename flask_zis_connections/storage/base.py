@@ -17,6 +17,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
+from types import MappingProxyType
 
 from ..domain import (
     ApiToken,
@@ -251,10 +252,14 @@ class Storage(StorageHooks):
 
 
 def _record_at_ms(record: ConnectionRecord) -> ConnectionRecord:
+    """Times at the resolution every backend keeps; metadata as a read-only copy, so a
+    caller holding a record can never change what another caller (or the store) sees."""
     return record.replace(
         token_expiry=at_ms_or_none(record.token_expiry),
+        refresh_token_expiry=at_ms_or_none(record.refresh_token_expiry),
         created_at=at_ms(record.created_at),
         updated_at=at_ms(record.updated_at),
+        metadata=MappingProxyType(dict(record.metadata)),
     )
 
 

@@ -22,6 +22,7 @@ from ...domain import (
     ConnectionRecord,
     OAuthClient,
     PendingFlow,
+    ProviderQuirks,
     RefreshBackoff,
     VerificationCode,
 )
@@ -52,12 +53,12 @@ def columns(table: sa.Table, fields: Sequence[str]) -> list[sa.Column[Any]]:
     return [table.c[name] for name in fields]
 
 
-def dump_json(mapping: Mapping[str, str]) -> str:
+def dump_json(mapping: Mapping[str, Any]) -> str:
     """Serialize a mapping deterministically (sorted keys)."""
     return json.dumps(dict(mapping), sort_keys=True, separators=(",", ":"))
 
 
-def load_json(text: str | None) -> dict[str, str]:
+def load_json(text: str | None) -> dict[str, Any]:
     if not text:
         return {}
     value = json.loads(text)
@@ -73,6 +74,7 @@ def client_row(client: OAuthClient) -> dict[str, Any]:
     values = _values(client, CLIENT_FIELDS)
     values["authorize_params"] = dump_json(client.authorize_params)
     values["offline_access_params"] = dump_json(client.offline_access_params)
+    values["quirks"] = dump_json(client.quirks.to_json())
     values["created_at"] = to_ms(client.created_at)
     values["updated_at"] = to_ms(client.updated_at)
     return values
@@ -88,6 +90,7 @@ def client_from_row(row: Sequence[Any]) -> OAuthClient:
     values["per_client_callback"] = bool(values["per_client_callback"])
     values["authorize_params"] = load_json(values["authorize_params"])
     values["offline_access_params"] = load_json(values["offline_access_params"])
+    values["quirks"] = ProviderQuirks.from_json(load_json(values["quirks"]))
     values["created_at"] = from_ms(values["created_at"])
     values["updated_at"] = from_ms(values["updated_at"])
     return OAuthClient(**values)
@@ -97,6 +100,10 @@ def client_from_row(row: Sequence[Any]) -> OAuthClient:
 def connection_row(record: ConnectionRecord) -> dict[str, Any]:
     values = _values(record, CONNECTION_FIELDS)
     values["token_expiry"] = None if record.token_expiry is None else to_ms(record.token_expiry)
+    values["refresh_token_expiry"] = (
+        None if record.refresh_token_expiry is None else to_ms(record.refresh_token_expiry)
+    )
+    values["metadata"] = dump_json(record.metadata)
     values["created_at"] = to_ms(record.created_at)
     values["updated_at"] = to_ms(record.updated_at)
     return values
@@ -111,6 +118,9 @@ def connection_from_row(row: Sequence[Any]) -> ConnectionRecord:
     values = dict(zip(CONNECTION_FIELDS, row, strict=True))
     expiry = values["token_expiry"]
     values["token_expiry"] = None if expiry is None else from_ms(expiry)
+    rt_expiry = values["refresh_token_expiry"]
+    values["refresh_token_expiry"] = None if rt_expiry is None else from_ms(rt_expiry)
+    values["metadata"] = load_json(values["metadata"])
     values["needs_reauth"] = bool(values["needs_reauth"])
     values["created_at"] = from_ms(values["created_at"])
     values["updated_at"] = from_ms(values["updated_at"])

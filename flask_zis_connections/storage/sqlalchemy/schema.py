@@ -69,6 +69,8 @@ oauth_clients = Table(
     Column("updated_at", BigInteger, nullable=False),
     Column("per_client_callback", Boolean, nullable=False, server_default=sa_false()),
     Column("version", Integer, nullable=False, server_default="1"),
+    #: Provider quirks (``ProviderQuirks``) as JSON: one column, so a new quirk needs no migration.
+    Column("quirks", Text, nullable=False, server_default="{}"),
     UniqueConstraint("integration", "name"),
     sqlite_autoincrement=True,
 )
@@ -100,6 +102,8 @@ connections = Table(
     Column("version", Integer, nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+    Column("metadata", Text, nullable=False, server_default="{}"),
+    Column("refresh_token_expiry", BigInteger, nullable=True),
     UniqueConstraint("integration", "name"),
     sqlite_autoincrement=True,
 )
