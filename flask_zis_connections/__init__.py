@@ -1,10 +1,11 @@
-"""flask-zis-connections: OAuth connections for a Flask host application."""
+"""flask-zis-connections: OAuth (and bearer token, basic auth, API key) connections for a Flask host."""
 
 from .domain import Connection, OAuthClient
 from .errors import (
     ConnectionNotFound,
     ProviderError,
     ReauthorizationRequired,
+    WrongConnectionType,
     ZISError,
 )
 from .extension import ZISConnections, get_token
@@ -26,6 +27,7 @@ __all__ = [
     "ProviderError",
     "ProviderPreset",
     "ReauthorizationRequired",
+    "WrongConnectionType",
     "ZISConnections",
     "ZISError",
     "connection_created",

@@ -7,16 +7,19 @@ exception is ``tokens issue``, whose whole point is to show the new token once).
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import IO
 
 import click
 from flask.cli import AppGroup
 from sqlalchemy import Engine
 
 from ._state import state
-from .domain import utcnow
-from .errors import ZISError
-from .storage import SQLAlchemyStorage
+from .domain import ConnectionRecord, utcnow
+from .errors import NotFound, ZISError
+from .importing import import_flask_dance, import_jsonl
+from .storage import SQLAlchemyStorage, Storage
 
 zis_cli = AppGroup("zis", help="Manage flask-zis-connections (OAuth clients, tokens, keys).")
 
@@ -153,6 +156,11 @@ def rotate_keys() -> None:
     click.echo(f"Re-encrypted {count} rows with the newest key. Older keys can now be removed.")
 
 
+#: Xero's and QuickBooks' refresh tokens die after weeks unused; refreshing a connection
+#: due within a week keeps an idle connection alive with a daily job.
+REFRESH_TOKEN_WINDOW = 7 * 86400
+
+
 @zis_cli.command("refresh-due")
 @click.option(
     "--within",
@@ -161,25 +169,169 @@ def rotate_keys() -> None:
     type=click.IntRange(min=0),
     help="Refresh tokens that expire within this many seconds.",
 )
-def refresh_due(within: int) -> None:
+@click.option(
+    "--refresh-token-within",
+    default=REFRESH_TOKEN_WINDOW,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Also refresh connections whose refresh token expires within this many seconds "
+    "(so idle connections stay alive; lists every connection); 0 turns this off.",
+)
+def refresh_due(within: int, refresh_token_within: int) -> None:
     """Refresh connections about to expire (run it from cron)."""
+    result = refresh_due_connections(within=within, refresh_token_within=refresh_token_within)
+    for line in result.errors:
+        click.echo(line, err=True)
+    click.echo(json.dumps(result.counts))
+    if result.counts["failed"]:
+        raise SystemExit(1)
+
+
+@dataclass(frozen=True)
+class RefreshDueResult:
+    """What :func:`refresh_due_connections` did: counts, and one line per connection that
+    failed or needs re-authorization (``integration/name: message``, never a token)."""
+
+    counts: dict[str, int]
+    errors: list[str] = field(default_factory=list)
+
+
+def refresh_due_connections(
+    *, within: int = 300, refresh_token_within: int = REFRESH_TOKEN_WINDOW
+) -> RefreshDueResult:
+    """Refresh, in the current app context, every connection whose access token expires
+    within ``within`` seconds (at least ``ZIS_REFRESH_LEEWAY``) or whose refresh token
+    expires within ``refresh_token_within`` seconds (0: not looked at).
+
+    What ``flask zis refresh-due`` runs, for schedulers that call Python (Celery beat).
+    Each refresh goes through the lifecycle, so it is one refresh at a time across
+    processes, and a connection backing off after failures fails fast (counted failed).
+    """
     st = state()
-    due = st.storage.connections_expiring_before(
-        utcnow() + timedelta(seconds=max(within, st.lifecycle.leeway))
-    )
-    counts = {"refreshed": 0, "needs_reauth": 0, "failed": 0, "skipped": 0}
+    now = utcnow()
+    due = st.storage.connections_expiring_before(now + timedelta(seconds=max(within, st.lifecycle.leeway)))
+    if refresh_token_within:
+        listed = {rec.uuid for rec in due}
+        idle = refresh_tokens_expiring_before(st.storage, now + timedelta(seconds=refresh_token_within))
+        due += [rec for rec in idle if rec.uuid not in listed]
+    counts = {"due": len(due), "refreshed": 0, "needs_reauth": 0, "failed": 0, "skipped": 0}
+    errors: list[str] = []
     for rec in due:
         before = rec.version
         try:
             after = st.lifecycle.ensure_fresh(rec, force=True)
+        except NotFound:  # deleted since it was listed
+            counts["skipped"] += 1
+            continue
         except ZISError as exc:
             key = "needs_reauth" if exc.status == 422 else "failed"
             counts[key] += 1
-            click.echo(f"{rec.integration}/{rec.name}: {exc.message}", err=True)
+            errors.append(f"{rec.integration}/{rec.name}: {exc.message}")
             continue
         counts["refreshed" if after.version != before else "skipped"] += 1
-    click.echo(json.dumps({"due": len(due), **counts}))
-    if counts["failed"]:
+    return RefreshDueResult(counts, errors)
+
+
+def refresh_tokens_expiring_before(storage: Storage, moment: datetime) -> list[ConnectionRecord]:
+    """Connections (any integration, not ``needs_reauth``) whose refresh token expires
+    before ``moment``, soonest first.
+
+    The storage interface has no query on ``refresh_token_expiry``, so this pages through
+    every integration's connections (500 a query) and filters here: one read of the
+    connections table per run, no token decrypted: cheap daily, and every few minutes up
+    to some tens of thousands of connections.  Every storage backend, a host's own
+    included, supports it unchanged.
+    """
+    found: list[ConnectionRecord] = []
+    for integration in sorted({client.integration for client in storage.list_clients()}):
+        cursor: str | None = None
+        while True:
+            page = storage.list_connections(integration, limit=500, cursor=cursor)
+            found += [
+                rec
+                for rec in page.items
+                if rec.refresh_token_expiry is not None
+                and rec.refresh_token_expiry < moment
+                and rec.refresh_token_enc is not None
+                and not rec.needs_reauth
+            ]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+    return sorted(found, key=lambda rec: (rec.refresh_token_expiry, rec.uuid))
+
+
+# -- importing ------------------------------------------------------------------------------
+@zis_cli.command("import")
+@click.argument("file", required=False, type=click.File("r", encoding="utf-8-sig"))
+@click.option(
+    "--from-flask-dance",
+    "flask_dance",
+    nargs=2,
+    metavar="DATABASE_URL TABLE",
+    help="Read a Flask-Dance OAuthConsumerMixin table instead of FILE.",
+)
+@click.option("--integration", help="With --from-flask-dance: the integration to import into.")
+@click.option("--client", "client_name", help="With --from-flask-dance: the OAuth client's name.")
+@click.option(
+    "--name-from",
+    metavar="COLUMN",
+    help="With --from-flask-dance: the column naming each connection [default: user_id, or id].",
+)
+@click.option("--prefix", default="", help="With --from-flask-dance: put before each connection name.")
+@click.option("--provider", metavar="NAME", help="With --from-flask-dance: only this provider's rows.")
+@click.option("--replace", is_flag=True, help="Overwrite connections that hold another access token.")
+def import_cmd(
+    file: IO[str] | None,
+    flask_dance: tuple[str, str] | None,
+    integration: str | None,
+    client_name: str | None,
+    name_from: str | None,
+    prefix: str,
+    provider: str | None,
+    replace: bool,
+) -> None:
+    """Import connections from FILE.jsonl or from a Flask-Dance table.
+
+    FILE ('-': standard input) holds one JSON object a line: integration, name,
+    oauth_client_name (or oauth_client_uuid), access_token, and optionally refresh_token,
+    token_type, scope, expires_at and refresh_token_expires_at (epoch seconds or ISO 8601
+    with an offset), metadata, oauth_url_subdomain.
+
+    Prints one line per input (imported, unchanged, skipped, invalid or failed, and why),
+    then the counts as JSON; exits 1 when an input was invalid or could not be stored.
+    Running it again changes nothing already imported.
+    """
+    dance_only = {"--integration": integration, "--client": client_name, "--name-from": name_from}
+    dance_only.update({"--prefix": prefix or None, "--provider": provider})
+    try:
+        if file is not None and flask_dance is None:
+            given = [opt for opt, value in dance_only.items() if value is not None]
+            if given:
+                raise click.UsageError(f"{given[0]} goes with --from-flask-dance (FILE names its own).")
+            report = import_jsonl(file, replace=replace)
+        elif flask_dance is not None and file is None:
+            if integration is None or client_name is None:
+                raise click.UsageError("--from-flask-dance needs --integration and --client.")
+            report = import_flask_dance(
+                *flask_dance,
+                integration=integration,
+                client=client_name,
+                name_from=name_from,
+                provider=provider,
+                prefix=prefix,
+                replace=replace,
+            )
+        else:
+            raise click.UsageError("Give FILE or --from-flask-dance DATABASE_URL TABLE (one of them).")
+    except ZISError as exc:
+        _fail(exc)
+        return
+    for result in report.results:
+        fields = [result.source, result.outcome, result.connection or "-"]
+        click.echo("\t".join([*fields, result.reason] if result.reason else fields))
+    click.echo(json.dumps(report.counts()))
+    if not report.ok:
         raise SystemExit(1)
 
 

@@ -92,6 +92,20 @@ def _strings(key: str, value: Any) -> tuple[str, ...]:
     return tuple(item.strip() for item in value if item.strip())
 
 
+def _account_id(value: Any) -> int | None:
+    """``zendesk_account_id`` is an integer in the service's API; a numeric string from
+    an environment variable is accepted, anything else fails at start-up."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ConfigurationError(f"{ACCOUNT_ID} must be an integer account id, not {value!r}.")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        return int(value.strip())
+    raise ConfigurationError(f"{ACCOUNT_ID} must be an integer account id, not {value!r}.")
+
+
 def _positive(key: str, value: Any, kind: type[int] | type[float] = float) -> Any:
     try:
         number = kind(value)
@@ -125,7 +139,7 @@ class Settings:
     max_provider_response_bytes: int
     allowed_private_hosts: tuple[str, ...]
     host_token_url: str | None
-    account_id: Any
+    account_id: int | None
     max_body_bytes: int
     flow_cookie_name: str
 
@@ -159,7 +173,7 @@ class Settings:
                 h.lower() for h in _strings(ALLOWED_PRIVATE_HOSTS, config[ALLOWED_PRIVATE_HOSTS])
             ),
             host_token_url=str(token_url) if token_url else None,
-            account_id=config[ACCOUNT_ID],
+            account_id=_account_id(config[ACCOUNT_ID]),
             max_body_bytes=_positive(MAX_BODY_BYTES, config[MAX_BODY_BYTES], int),
             flow_cookie_name=str(config[FLOW_COOKIE_NAME]),
         )

@@ -18,6 +18,13 @@ from typing import Any, Literal
 GrantType = Literal["authorization_code", "client_credentials"]
 AuthMethod = Literal["client_secret_basic", "client_secret_post"]
 FlowStatus = Literal["pending", "redirected", "consumed"]
+#: ``oauth`` connections come from an OAuth flow; the others hold a credential an admin
+#: entered (the service's Connections API): a bearer token, a user name and password, or
+#: an API key sent in a header of the admin's choice.
+ConnectionType = Literal["oauth", "bearer_token", "basic_auth", "api_key"]
+CONNECTION_TYPES: tuple[ConnectionType, ...] = ("oauth", "bearer_token", "basic_auth", "api_key")
+#: The types created from a stored credential rather than an OAuth flow.
+CREDENTIAL_TYPES: tuple[ConnectionType, ...] = ("bearer_token", "basic_auth", "api_key")
 
 
 def utcnow() -> datetime:
@@ -68,6 +75,10 @@ class ProviderQuirks:
     #: Dotted paths in the token answer, and callback query parameters, kept as metadata.
     metadata_from_token: tuple[str, ...] = ()
     metadata_from_callback: tuple[str, ...] = ()
+    #: The provider's own error codes for "this refresh token or grant is dead" (Slack's
+    #: ``invalid_refresh_token``, GitHub's ``bad_refresh_token``), on top of RFC 6749's
+    #: ``invalid_grant``: they mark the connection as needing re-authorization.
+    reauth_errors: tuple[str, ...] = ()
 
     def replace(self, **changes: Any) -> ProviderQuirks:
         return dataclasses.replace(self, **changes)
@@ -137,12 +148,18 @@ class ConnectionRecord:
 
     ``version`` increases on every write; refreshes write with a compare-and-swap on it
     so a slow refresher can never overwrite a newer token.
+
+    Every type lives in the same table, so one unique (integration, name) holds across
+    types and one keyset lists them together.  An ``oauth`` connection has an
+    ``oauth_client_uuid`` and none of ``allowed_domain``, ``username``, ``header_name``;
+    the other types have no client, their secret (the bearer token, the password, the
+    API key) in ``access_token_enc`` and the host it may be sent to in ``allowed_domain``.
     """
 
     uuid: str
     integration: str
     name: str
-    oauth_client_uuid: str
+    oauth_client_uuid: str | None
     access_token_enc: str
     token_type: str = "bearer"
     refresh_token_enc: str | None = None
@@ -160,6 +177,12 @@ class ConnectionRecord:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     #: When the refresh token itself expires (``refresh_token_expires_in``), if told.
     refresh_token_expiry: datetime | None = None
+    type: ConnectionType = "oauth"
+    #: The one host (name or IP address, no port) a credential connection is sent to.
+    allowed_domain: str | None = None
+    #: ``basic_auth``: the user name (not secret); ``api_key``: the header carrying the key.
+    username: str | None = None
+    header_name: str | None = None
 
     def replace(self, **changes: Any) -> ConnectionRecord:
         return dataclasses.replace(self, **changes)
@@ -167,16 +190,22 @@ class ConnectionRecord:
 
 @dataclass(frozen=True)
 class Connection:
-    """A connection with its tokens decrypted: what host code and the API see."""
+    """A connection with its tokens decrypted: what host code and the API see.
+
+    ``access_token`` is the secret of every type: the OAuth access token, the bearer
+    token, the API key, or the ``basic_auth`` password (also readable as
+    :attr:`password`, which is None for the other types).
+    """
 
     uuid: str
     integration: str
     name: str
-    oauth_client_uuid: str
-    access_token: str
+    oauth_client_uuid: str | None
+    #: Secrets stay out of ``repr()``: a host logging a connection must not log them.
+    access_token: str = field(repr=False)
     token_type: str
-    refresh_token: str | None
-    oauth_access_token_response_body: str | None
+    refresh_token: str | None = field(repr=False)
+    oauth_access_token_response_body: str | None = field(repr=False)
     token_expiry: datetime | None
     permission_scope: str | None
     oauth_url_subdomain: str | None
@@ -188,6 +217,15 @@ class Connection:
     updated_at: datetime
     metadata: Mapping[str, Any] = field(default_factory=dict)
     refresh_token_expiry: datetime | None = None
+    type: ConnectionType = "oauth"
+    allowed_domain: str | None = None
+    username: str | None = None
+    header_name: str | None = None
+
+    @property
+    def password(self) -> str | None:
+        """The ``basic_auth`` password; None for the other types."""
+        return self.access_token if self.type == "basic_auth" else None
 
 
 @dataclass(frozen=True)
@@ -268,7 +306,14 @@ class RefreshBackoff:
 
 @dataclass(frozen=True)
 class Page:
-    """One page of a cursor-paginated listing."""
+    """One page of a cursor-paginated listing, in insertion order.
+
+    ``next_cursor`` reads the page after this one and ``prev_cursor`` the page before
+    it (``before=``); each is None when nothing is stored there, so a caller paging
+    either way stops at None.  ``has_more``: more rows lie in the direction paged.
+    """
 
     items: list[ConnectionRecord]
     next_cursor: str | None
+    prev_cursor: str | None = None
+    has_more: bool = False

@@ -20,6 +20,7 @@ CODE_CONFLICT = "1304"
 CODE_PROVIDER_ERROR = "1305"
 CODE_STORAGE_UNAVAILABLE = "1306"
 CODE_INTERNAL = "1307"
+CODE_NOT_CONFIGURED = "1308"
 
 
 class ZISError(Exception):
@@ -52,6 +53,25 @@ class InvalidValue(ZISError):
         self.description = description
 
 
+class WrongConnectionType(InvalidValue):
+    """An operation was asked of a connection whose type does not have it.
+
+    Refreshing, for instance, only means something for an OAuth connection; a
+    ``basic_auth`` connection has no single token for ``get_token`` to return.
+    ``connection_type`` is the type the connection has.
+    """
+
+    def __init__(self, integration: str, name: str, connection_type: str, description: str) -> None:
+        super().__init__(
+            "type",
+            f"connection {name!r} of integration {integration!r} is a {connection_type} "
+            f"connection: {description}",
+        )
+        self.integration = integration
+        self.name = name
+        self.connection_type = connection_type
+
+
 class NotFound(ZISError, LookupError):
     """Something named in the request does not exist (for this integration)."""
 
@@ -66,7 +86,8 @@ class ConnectionNotFound(NotFound):
         what = f"name {name!r}" if name is not None else f"uuid {uuid!r}"
         super().__init__(
             f"No connection with {what} for integration {integration!r}. "
-            "Start an OAuth flow to create it, or list the integration's connections."
+            "Start an OAuth flow to create it (or create a bearer_token, basic_auth or api_key "
+            "connection), or list the integration's connections."
         )
         self.integration = integration
         self.name = name
@@ -182,3 +203,10 @@ class TooManyRequests(ZISError):
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class NotConfigured(ZISError):
+    """The host has not configured what this endpoint needs (503 until it does)."""
+
+    status = 503
+    code = CODE_NOT_CONFIGURED

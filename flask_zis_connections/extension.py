@@ -21,7 +21,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, current_app
 
-from . import clients
+from . import clients, credentials
 from . import config as cfg
 from ._state import EXTENSION_KEY, AppState, state
 from .api import bp as api_blueprint
@@ -220,8 +220,37 @@ class ZISConnections:
 
     # -- connections ------------------------------------------------------------------
     def get_token(self, integration: str, name: str) -> str:
-        """The access token of a connection, refreshed first when it is due."""
+        """The access token of a connection, refreshed first when it is due; the token
+        of a ``bearer_token`` connection, the key of an ``api_key`` one.  A ``basic_auth``
+        connection has no single token (``WrongConnectionType``): use :meth:`session`."""
         return state().lifecycle.get_token(integration, name)
+
+    def create_connection(
+        self,
+        integration: str,
+        name: str,
+        *,
+        type: str,
+        allowed_domain: str,
+        created_by: str | None = None,
+        **fields: Any,
+    ) -> Connection:
+        """Store a credential connection the host already holds the secret of.
+
+        ``type`` is ``"bearer_token"`` (with ``token=``), ``"basic_auth"``
+        (``username=``, ``password=``) or ``"api_key"`` (``api_key=``,
+        ``header_name=``); ``allowed_domain`` is the one host (name or IP address, no
+        port) :meth:`session` sends it to.  Held to the HTTP API's rules: ``Conflict``
+        when the integration has a connection of that name, of any type.
+        """
+        body = {**fields, "name": name, "allowed_domain": allowed_domain}
+        rec = credentials.create(state(), integration, type, body, created_by=created_by)
+        return state().lifecycle.decrypt(rec)
+
+    def update_connection(self, integration: str, name: str, *, type: str, **changes: Any) -> Connection:
+        """Change ``allowed_domain`` or the fields of a credential connection of ``type``."""
+        rec = credentials.update(state(), integration, type, name, changes)
+        return state().lifecycle.decrypt(rec)
 
     def get_connection(
         self,
@@ -246,7 +275,8 @@ class ZISConnections:
     def delete_connection(
         self, integration: str, name: str | None = None, *, uuid: str | None = None
     ) -> bool | None:
-        """Delete; revokes at the provider when the client has a ``revocation_url``.
+        """Delete a connection of any type; an OAuth one is revoked at the provider when
+        its client has a ``revocation_url``.
 
         Returns whether revocation succeeded (None when not attempted)."""
         life = state().lifecycle
@@ -273,7 +303,8 @@ class ZISConnections:
 
         ``with zis.session("crm", "main") as s: s.get("/crm/v3/objects/contacts")``: relative
         URLs join the OAuth client's ``api_base_url``; the credentials go only to that host
-        and ``allowed_domains`` (anything else raises
+        and ``allowed_domains`` (a credential connection's: only to its ``allowed_domain``,
+        with no refresh on a 401; anything else raises
         :class:`~flask_zis_connections.session.ForbiddenDestination`, sending nothing) and
         never along a redirect (a 3xx raises ``RedirectRefused``).  A 401 refreshes once
         and retries once; a 429 whose ``Retry-After`` is at most ``max_retry_after``

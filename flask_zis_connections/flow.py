@@ -28,12 +28,13 @@ from . import validation as v
 from .clients import require_client
 from .crypto import Encryptor, hash_secret
 from .domain import ConnectionRecord, OAuthClient, PendingFlow, VerificationCode, utcnow
-from .errors import Forbidden, InvalidRequest, InvalidValue, NotFound, ProviderError
+from .errors import Conflict, Forbidden, InvalidRequest, InvalidValue, NotFound, ProviderError
 from .flow_checks import add_query, check_mix_up, check_redirect_origin, per_client_callback_url
 from .outbound import OutboundPolicy
 from .provider_client import ProviderClient, create_s256_code_challenge, interpolate
 from .signing import FLOW_TOKEN_SALT, STATE_SALT, sign, unsign
 from .storage import Storage
+from .storage.conflicts import connection_name_conflict
 from .token_answer import TokenRequestRejected, TokenResponse
 
 log = logging.getLogger("flask_zis_connections")
@@ -109,6 +110,9 @@ class FlowService:
         if body.get("name") is None:
             raise InvalidValue("name", "is required")
         name = v.connection_name(body["name"])
+        held = self.storage.get_connection(integration, name=name)
+        if held is not None and held.type != "oauth":  # re-authorizing is for OAuth ones only
+            raise connection_name_conflict(held, held.type)
         client_uuid = body.get("oauth_client_uuid")
         client_name = body.get("oauth_client_name")
         if client_uuid is None and client_name is None:
@@ -304,16 +308,20 @@ class FlowService:
                 302,
                 clear_cookie=name,
             )
-        rec = self._store(
-            client,
-            consumed.connection_name,
-            consumed.oauth_url_subdomain,
-            consumed.created_by,
-            resp,
-            "authorization_code",
-            consumed.scopes,
-            callback_args=args,
-        )
+        try:
+            rec = self._store(
+                client,
+                consumed.connection_name,
+                consumed.oauth_url_subdomain,
+                consumed.created_by,
+                resp,
+                "authorization_code",
+                consumed.scopes,
+                callback_args=args,
+            )
+        except Conflict as exc:  # another type took the name since the start
+            out = {"error": "connection_name_taken", "error_description": exc.message}
+            return Redirect(add_query(origin, out), 302, clear_cookie=name)
         vcode = self._issue_code(rec, origin, raw_params=raw_query)
         return Redirect(
             add_query(origin, {"verification_code": vcode, "verification_token": vcode}),
@@ -327,7 +335,10 @@ class FlowService:
             raise InvalidRequest("verification_code is required.")
         found = self.storage.consume_verification_code(hash_secret(code), integration, utcnow())
         if found is None:
-            raise NotFound("The verification code is unknown, used or expired. Start the OAuth flow again.")
+            # The service's API reference answers 400 here, not 404.
+            raise InvalidRequest(
+                "The verification code is unknown, used or expired. Start the OAuth flow again."
+            )
         rec = self.storage.get_connection(integration, uuid=found.connection_uuid)
         if rec is None:
             raise NotFound("The connection for this verification code was deleted.")

@@ -31,14 +31,24 @@ from typing import Any
 from flask import Flask
 
 from . import signals
+from .credentials import secret_of
 from .crypto import Encryptor
 from .domain import Connection, ConnectionRecord, Lease, OAuthClient, RefreshBackoff, utcnow
-from .errors import ConnectionNotFound, InvalidValue, ProviderError, ReauthorizationRequired, ZISError
+from .errors import (
+    ConnectionNotFound,
+    InvalidValue,
+    ProviderError,
+    ReauthorizationRequired,
+    WrongConnectionType,
+    ZISError,
+)
 from .lease import LeaseKeeper
 from .outbound import OutboundPolicy
 from .provider_client import REAUTH_ERRORS, ProviderClient
 from .storage import Storage
 from .token_answer import TokenRequestRejected, TokenResponse
+from .validation import METADATA_MAX_BYTES as METADATA_MAX_BYTES
+from .validation import metadata_changes as metadata_changes
 
 log = logging.getLogger("flask_zis_connections")
 
@@ -100,6 +110,8 @@ class Lifecycle:
         rec = self.storage.get_connection(integration, name=name)
         if rec is None:
             raise ConnectionNotFound(integration, name=name)
+        if rec.type != "oauth":
+            return secret_of(rec, self.encryptor)
         expiry = rec.token_expiry
         if expiry is not None and expiry - self._leeway <= utcnow() and self.is_due(rec):
             rec = self.ensure_fresh(rec, force=False)
@@ -127,6 +139,10 @@ class Lifecycle:
             updated_at=rec.updated_at,
             metadata=dict(rec.metadata),
             refresh_token_expiry=rec.refresh_token_expiry,
+            type=rec.type,
+            allowed_domain=rec.allowed_domain,
+            username=rec.username,
+            header_name=rec.header_name,
         )
 
     # -- refresh -----------------------------------------------------------------
@@ -139,8 +155,12 @@ class Lifecycle:
         provider call.  While the connection backs off after a failed refresh, nobody
         calls the provider: see :meth:`_backed_off`.
         """
+        if rec.type != "oauth" and force:
+            raise WrongConnectionType(
+                rec.integration, rec.name, rec.type, "only OAuth connections have a token to refresh"
+            )
         if not force and not self.is_due(rec):
-            return rec
+            return rec  # also every credential connection: nothing of theirs expires
         self._raise_if_needs_reauth(rec)
         backoff = self._active_backoff(rec)
         if backoff is not None:
@@ -252,7 +272,7 @@ class Lifecycle:
                     )
         except TokenRequestRejected as exc:
             self._send_failed(current, exc.error)
-            if exc.error in REAUTH_ERRORS:
+            if exc.error in REAUTH_ERRORS or exc.error in self._client_reauth_errors(current):
                 return self._mark_needs_reauth(current, exc.error, lease)
             return self._failed(current, exc, exc.error, force)
         except ProviderError as exc:
@@ -281,6 +301,10 @@ class Lifecycle:
             token_expiry=stored.token_expiry,
         )
         return stored
+
+    def _client_reauth_errors(self, rec: ConnectionRecord) -> tuple[str, ...]:
+        client = self.storage.get_client(rec.integration, uuid=rec.oauth_client_uuid)
+        return client.quirks.reauth_errors if client is not None else ()
 
     def _failed(
         self, current: ConnectionRecord, exc: ProviderError, reason: str, force: bool
@@ -344,13 +368,14 @@ class Lifecycle:
     def apply_token(self, rec: ConnectionRecord, resp: TokenResponse) -> ConnectionRecord:
         """``rec`` with the new tokens; a response without a refresh token keeps the old one."""
         now = utcnow()
+        client = self.storage.get_client(rec.integration, uuid=rec.oauth_client_uuid)
         fields = resp.stored_fields(
             self.encryptor,
             now,
             kept_refresh_token=self.encryptor.decrypt_optional(rec.refresh_token_enc),
             kept_scope=rec.permission_scope,
+            default_lifetime=client.quirks.default_token_lifetime if client is not None else None,
         )
-        client = self.storage.get_client(rec.integration, uuid=rec.oauth_client_uuid)
         fresh = resp.metadata(client.quirks.metadata_from_token) if client is not None else {}
         metadata = {**rec.metadata, **fresh}
         return rec.replace(**fields, needs_reauth=False, updated_at=now, metadata=metadata)
@@ -385,7 +410,9 @@ class Lifecycle:
         host asked to forget the connection.
         """
         revoked: bool | None = None
-        client = self.storage.get_client(rec.integration, uuid=rec.oauth_client_uuid)
+        client = None
+        if rec.oauth_client_uuid is not None:  # credential types have nothing to revoke
+            client = self.storage.get_client(rec.integration, uuid=rec.oauth_client_uuid)
         if client is not None and client.revocation_url:
             revoked = True
             try:
@@ -401,21 +428,3 @@ class Lifecycle:
             self.app, integration=rec.integration, name=rec.name, uuid=rec.uuid, revoked=revoked
         )
         return revoked
-
-
-#: Metadata is for small values a later API call needs, not a document store.
-METADATA_MAX_BYTES = 16 * 1024
-
-
-def metadata_changes(changes: object) -> dict[str, Any]:
-    """Validate a metadata update: string keys, JSON values (``None`` deletes)."""
-    if not isinstance(changes, Mapping):
-        raise InvalidValue("metadata", "must be an object")
-    for key, value in changes.items():
-        if not isinstance(key, str) or not 0 < len(key) <= 128:
-            raise InvalidValue("metadata", "keys must be strings of 1 to 128 characters")
-        try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError):
-            raise InvalidValue("metadata", f"the value of {key!r} is not JSON") from None
-    return dict(changes)

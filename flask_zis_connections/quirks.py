@@ -28,6 +28,7 @@ QUIRK_FIELDS = (
     "ok_field",
     "metadata_from_token",
     "metadata_from_callback",
+    "reauth_errors",
 )
 SCOPE_SEPARATORS = (" ", ",", "+")
 #: Form fields the token request sets itself (RFC 6749 §4.1.3, §6, RFC 7636 §4.5).
@@ -82,6 +83,7 @@ def build_quirks(merged: Mapping[str, Any], *, allow_insecure: bool) -> Provider
         ok_field=ok_field,
         metadata_from_token=_names(merged.get("metadata_from_token", ()), "metadata_from_token", _PATH_RE),
         metadata_from_callback=callback_params,
+        reauth_errors=_names(merged.get("reauth_errors", ()), "reauth_errors", _PARAM_RE),
     )
 
 

@@ -20,7 +20,13 @@ The point of the class is where the access token may go, not how it is attached:
   guard also gives every call a total deadline (``ZIS_HTTP_TIMEOUT``) and a body cap
   (``ZIS_MAX_PROVIDER_RESPONSE_BYTES``).
 
-Besides, the session keeps the token usable: it refreshes a token that is due before
+Credential connections (``bearer_token``, ``basic_auth``, ``api_key``) have no client:
+their one host is the connection's ``allowed_domain`` (any port), relative URLs are
+joined to ``https://<allowed_domain>/``, and the request carries ``Authorization:
+Bearer``, ``Authorization: Basic`` or the API key's own header.  Nothing of theirs can
+be refreshed, so their ``401`` is returned as it came.
+
+Besides, the session keeps an OAuth token usable: it refreshes a token that is due before
 sending, and on a ``401`` it refreshes once (through the lifecycle, so a burst of
 callers holding the same stale token makes one provider call) and retries once.  A
 ``429`` whose ``Retry-After`` is at most ``max_retry_after`` seconds is waited out and
@@ -45,6 +51,7 @@ messages name the host at most, never a path, query string or token.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import threading
 import time
@@ -59,6 +66,7 @@ import requests
 from flask import Flask, current_app, has_app_context
 
 from ._state import state
+from .credentials import auth_header
 from .domain import ConnectionRecord, OAuthClient, ProviderQuirks, utcnow
 from .errors import InvalidRequest, InvalidValue, ReauthorizationRequired
 from .lifecycle import Lifecycle
@@ -93,7 +101,11 @@ class _Credentials:
     """The record a request was authorized with, and the header made from it."""
 
     record: ConnectionRecord
-    authorization: str
+    header: tuple[str, str]
+
+    def apply(self, request: requests.PreparedRequest) -> None:
+        name, value = self.header
+        request.headers[name] = value
 
 
 class ConnectionSession(requests.Session):
@@ -123,7 +135,7 @@ class ConnectionSession(requests.Session):
         app: Flask,
         lifecycle: Lifecycle,
         record: ConnectionRecord,
-        client: OAuthClient,
+        client: OAuthClient | None,
         *,
         allow_insecure_http: bool,
         max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
@@ -139,7 +151,8 @@ class ConnectionSession(requests.Session):
         self._allow_insecure = allow_insecure_http
         self._where = f"connection {record.name!r} of integration {record.integration!r}"
         self._base = base
-        hosts = {_host_key(h) for h in client.quirks.allowed_domains}
+        self._oauth = record.type == "oauth"
+        hosts = {_host_key(h) for h in client.quirks.allowed_domains} if client is not None else set()
         if self._base is not None:
             hosts.add(_host_key(self._base.hostname or ""))
         self._allowed_hosts = frozenset(hosts)
@@ -155,9 +168,11 @@ class ConnectionSession(requests.Session):
         st = state(app)
         lifecycle = st.lifecycle
         record = lifecycle.find(integration, name=name)
-        client = st.storage.get_client(record.integration, uuid=record.oauth_client_uuid)
-        if client is None:
-            raise ReauthorizationRequired(record.integration, record.name, "its OAuth client is gone")
+        client = None
+        if record.oauth_client_uuid is not None:
+            client = st.storage.get_client(record.integration, uuid=record.oauth_client_uuid)
+            if client is None:
+                raise ReauthorizationRequired(record.integration, record.name, "its OAuth client is gone")
         return cls(
             app,
             lifecycle,
@@ -180,12 +195,12 @@ class ConnectionSession(requests.Session):
         """
         host = self._check_destination(request.url)
         creds = self._usable_credentials()
-        request.headers["Authorization"] = creds.authorization
+        creds.apply(request)
         response = super().send(request, **kwargs)
         refreshed = waited = False
         while response.status_code in (401, 429) and _resendable(request):
             if response.status_code == 401:
-                if refreshed:
+                if refreshed or not self._oauth:
                     break
                 refreshed = True
                 log.info("%s answered 401 for %s; refreshing the token once and retrying.", host, self._where)
@@ -199,7 +214,7 @@ class ConnectionSession(requests.Session):
                 time.sleep(delay)
                 creds = self._usable_credentials()  # the token may have fallen due meanwhile
             retry = request.copy()
-            retry.headers["Authorization"] = creds.authorization
+            creds.apply(retry)
             response = super().send(retry, **kwargs)
         return response
 
@@ -217,7 +232,7 @@ class ConnectionSession(requests.Session):
                 "Scheme-relative URLs ('//host/...') are not accepted: pass a path relative to "
                 "the OAuth client's api_base_url, or an absolute https URL."
             )
-        if self._base is None:
+        if self._base is None:  # only an OAuth client can lack a base
             raise InvalidValue(
                 "api_base_url",
                 f"is not set on the OAuth client of {self._where}, so a relative URL has nothing "
@@ -247,14 +262,17 @@ class ConnectionSession(requests.Session):
                 host=host or None,
             )
         if host not in self._allowed_hosts:
-            if self._allowed_hosts:
+            if not self._oauth:
+                allowed, fix = "its allowed_domain", "change the connection's allowed_domain"
+            elif self._allowed_hosts:
                 allowed = "the host of its OAuth client's api_base_url or one of its allowed_domains"
+                fix = "add it to the client's allowed_domains"
             else:
                 allowed = "any host: its OAuth client has neither api_base_url nor allowed_domains"
+                fix = "add it to the client's allowed_domains"
             raise ForbiddenDestination(
                 f"Refusing to send the credentials of {self._where} to {host}: they go only to "
-                f"{allowed}. If {host} belongs to the provider, add it to the client's "
-                "allowed_domains.",
+                f"{allowed}. If {host} is where they belong, {fix}.",
                 host=host,
             )
         if scheme == "http" and not self._allow_insecure:
@@ -267,8 +285,11 @@ class ConnectionSession(requests.Session):
 
     # -- which token ---------------------------------------------------------------------
     def _credentials_for(self, record: ConnectionRecord) -> _Credentials:
-        token = self._lifecycle.encryptor.decrypt(record.access_token_enc)
-        return _Credentials(record, f"{_auth_scheme(record.token_type)} {token}")
+        encryptor = self._lifecycle.encryptor
+        if record.type != "oauth":
+            return _Credentials(record, auth_header(record, encryptor))
+        token = encryptor.decrypt(record.access_token_enc)
+        return _Credentials(record, ("Authorization", f"{_auth_scheme(record.token_type)} {token}"))
 
     def _remember(self, record: ConnectionRecord) -> _Credentials:
         """Keep ``record`` unless another thread already keeps a newer one; return the kept."""
@@ -305,7 +326,12 @@ class ConnectionSession(requests.Session):
 
 # -- helpers -------------------------------------------------------------------------------
 def _host_key(host: str) -> str:
-    return host.strip().lower().rstrip(".")
+    """Hosts compare lower-case, without a trailing dot, IPv6 addresses compressed."""
+    key = host.strip().lower().rstrip(".")
+    try:
+        return ipaddress.ip_address(key).compressed
+    except ValueError:
+        return key
 
 
 def _auth_scheme(token_type: str | None) -> str:
@@ -320,14 +346,21 @@ def _resendable(request: requests.PreparedRequest) -> bool:
     return request.body is None or isinstance(request.body, bytes | str)
 
 
-def _api_base(client: OAuthClient, record: ConnectionRecord, allow_insecure: bool) -> SplitResult | None:
+def _api_base(
+    client: OAuthClient | None, record: ConnectionRecord, allow_insecure: bool
+) -> SplitResult | None:
     """The parsed base URL relative URLs are joined to, or None when the client has none.
+
+    A credential connection's base is ``https://<allowed_domain>/``.
 
     ``{{subdomain}}`` takes the connection's ``oauth_url_subdomain``;
     ``{{metadata.KEY}}`` takes the connection's metadata value, which came from the
     provider or the host and is checked here like any provider URL before a token may
     follow it.
     """
+    if client is None:
+        host = str(record.allowed_domain)
+        return urlsplit(f"https://[{host}]/" if ":" in host else f"https://{host}/")
     quirks: ProviderQuirks = client.quirks
     raw = quirks.api_base_url
     if raw is None:

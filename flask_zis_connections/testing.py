@@ -18,7 +18,7 @@ subclass::
             backend.close()
 
 The builders the suite uses (:func:`make_client`, :func:`make_record`,
-:func:`make_flow`, :func:`make_code`, :func:`race`, the clock :data:`T0`) are here
+:func:`make_credential`, :func:`make_flow`, :func:`make_code`, :func:`race`, the clock :data:`T0`) are here
 too, for tests of a backend's own extras.  This module needs ``pytest``; importing it
 defines classes and fixtures and nothing else.
 """
@@ -26,7 +26,17 @@ defines classes and fixtures and nothing else.
 from __future__ import annotations
 
 from .storage.contract import StorageContract
-from .storage.contract.builders import SEC, T0, make_client, make_code, make_flow, make_record, new_id, race
+from .storage.contract.builders import (
+    SEC,
+    T0,
+    make_client,
+    make_code,
+    make_credential,
+    make_flow,
+    make_record,
+    new_id,
+    race,
+)
 
 __all__ = [
     "SEC",
@@ -34,6 +44,7 @@ __all__ = [
     "StorageContract",
     "make_client",
     "make_code",
+    "make_credential",
     "make_flow",
     "make_record",
     "new_id",

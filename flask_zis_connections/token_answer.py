@@ -81,6 +81,7 @@ class TokenResponse:
         *,
         kept_refresh_token: str | None,
         kept_scope: str | None,
+        default_lifetime: int | None = None,
     ) -> dict[str, Any]:
         """The connection fields this answer sets, encrypted: one rule for a new
         connection (the flow) and a refreshed one (the lifecycle).
@@ -89,13 +90,18 @@ class TokenResponse:
         under the newest key, so this write never puts old-key ciphertext back behind a
         concurrent ``rotate-keys``); without ``scope`` the scope is ``kept_scope``: the
         requested one for a new grant, the stored one on refresh (RFC 6749 §5.1, §6).
+        A refresh answer without ``expires_in`` that keeps the old refresh token (as
+        Salesforce's do) gets ``default_lifetime`` too: the token is still refreshable.
         """
+        expiry = self.expiry(now)
+        if expiry is None and default_lifetime and (self.refresh_token or kept_refresh_token):
+            expiry = (now + timedelta(seconds=default_lifetime)).replace(microsecond=0)
         fields: dict[str, Any] = {
             "access_token_enc": encryptor.encrypt(self.access_token),
             "refresh_token_enc": encryptor.encrypt_optional(self.refresh_token or kept_refresh_token),
             "token_response_enc": encryptor.encrypt(self.raw_body),
             "token_type": self.token_type,
-            "token_expiry": self.expiry(now),
+            "token_expiry": expiry,
             "permission_scope": self.scope if self.scope is not None else kept_scope,
         }
         if self.refresh_token is not None or self.refresh_token_expires_in is not None:
@@ -141,8 +147,7 @@ def oauth_error(text: str, content_type: str | None) -> str | None:
     return str(error) if error is not None else None
 
 
-def _seconds(data: Mapping[str, Any], path: str, name: str) -> float | None:
-    raw = lookup(data, path)
+def _seconds(raw: Any, name: str) -> float | None:
     if raw is None or raw == "":
         return None
     if isinstance(raw, bool):
@@ -167,25 +172,28 @@ def parse_token_response(
         raise TokenRequestRejected(str(data["error"]))
     where = dict(quirks.token_response_fields)
 
-    def path(name: str) -> str:
-        return where.get(name, name)
+    def field(name: str) -> Any:
+        # Where the provider puts it - or, missing there, at its RFC 6749 place: Slack
+        # nests a user token in the code exchange but answers its refresh at the top.
+        value = lookup(data, where[name]) if name in where else None
+        return lookup(data, name) if value is None else value
 
-    access_token = lookup(data, path("access_token"))
+    access_token = field("access_token")
     if not isinstance(access_token, str) or not access_token:
         raise ProviderError("The provider's token response has no access_token.")
-    token_type = lookup(data, path("token_type"))
+    token_type = field("token_type")
     token_type = "bearer" if token_type is None else token_type
     if not isinstance(token_type, str) or not token_type:
         raise ProviderError("The provider's token response has an invalid token_type.")
-    refresh_token = lookup(data, path("refresh_token"))
+    refresh_token = field("refresh_token")
     if refresh_token is not None and (not isinstance(refresh_token, str) or not refresh_token):
         raise ProviderError("The provider's token response has an invalid refresh_token.")
-    expires_in = _seconds(data, path("expires_in"), "expires_in")
+    expires_in = _seconds(field("expires_in"), "expires_in")
     if expires_in is None and refresh_token is not None and quirks.default_token_lifetime:
         # A refreshable token without a stated lifetime: assume the provider's documented
         # one, so it is refreshed in time instead of being used until it fails.
         expires_in = float(quirks.default_token_lifetime)
-    scope = lookup(data, path("scope"))
+    scope = field("scope")
     if isinstance(scope, list):
         scope = " ".join(str(s) for s in scope)
     elif isinstance(scope, str) and quirks.scope_separator != " ":
@@ -199,6 +207,6 @@ def parse_token_response(
         expires_in=expires_in,
         scope=scope,
         raw_body=text,
-        refresh_token_expires_in=_seconds(data, path("refresh_token_expires_in"), "refresh_token_expires_in"),
+        refresh_token_expires_in=_seconds(field("refresh_token_expires_in"), "refresh_token_expires_in"),
         data=MappingProxyType(data),
     )

@@ -7,15 +7,61 @@ have passed.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import InvalidRequest, InvalidValue
+from .outbound.policy import is_public_address
 
 INTEGRATION_RE = re.compile(r"[a-z0-9_-]{1,64}")
 CONNECTION_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+#: The service's rule for connection names, which the credential types follow; OAuth
+#: connections keep accepting ``.`` too (see :func:`connection_name`).
+SERVICE_CONNECTION_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+#: RFC 9110 ``token``: what a header field name may be made of.
+HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
+#: Visible ASCII, single spaces inside: a token or key that fits a header value as is.
+HEADER_VALUE_RE = re.compile(r"[\x21-\x7E]+(?: [\x21-\x7E]+)*")
+#: One DNS label of a host name (RFC 1123: letters, digits, inner hyphens).
+HOST_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+#: Header names an API key may not be sent in: the Fetch standard's forbidden request
+#: headers (framing, routing, cookies, hop-by-hop; ``Proxy-*`` and ``Sec-*`` below) and
+#: the two that say how the body reads.  ``Authorization`` is allowed: some APIs take a
+#: raw key there.
+FORBIDDEN_HEADER_NAMES = frozenset(
+    {
+        "accept-charset",
+        "accept-encoding",
+        "access-control-request-headers",
+        "access-control-request-method",
+        "connection",
+        "content-encoding",
+        "content-length",
+        "content-type",
+        "cookie",
+        "cookie2",
+        "date",
+        "dnt",
+        "expect",
+        "host",
+        "keep-alive",
+        "origin",
+        "referer",
+        "set-cookie",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "via",
+    }
+)
+#: Special-use names that never lead to a public host (RFC 6761, 6762, 8375, ICANN's
+#: ``.internal``): refused as ``allowed_domain`` like loopback and private addresses.
+LOCAL_NAME_SUFFIXES = (".localhost", ".local", ".localdomain", ".internal", ".home.arpa")
 CLIENT_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 #: One DNS label: what ``{{subdomain}}`` may be replaced with.
@@ -33,8 +79,17 @@ def integration_name(value: object) -> str:
 
 
 def connection_name(value: object, field: str = "name") -> str:
+    """An OAuth connection's name: the service's rule plus ``.``, which names made
+    before the other types existed may contain (lookups of any type accept it too)."""
     if not isinstance(value, str) or not CONNECTION_NAME_RE.fullmatch(value):
         raise InvalidValue(field, "must match [A-Za-z0-9_.-]{1,128}")
+    return value
+
+
+def service_connection_name(value: object, field: str = "name") -> str:
+    """A new credential connection's name: letters, digits, ``_`` and ``-`` only."""
+    if not isinstance(value, str) or not SERVICE_CONNECTION_NAME_RE.fullmatch(value):
+        raise InvalidValue(field, "must be 1 to 128 letters, digits, '_' or '-'")
     return value
 
 
@@ -150,3 +205,118 @@ def reject_unknown(body: Mapping[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise InvalidValue(unknown[0], "is not a known field; allowed: " + ", ".join(sorted(allowed)))
+
+
+#: Metadata is for small values a later API call needs, not a document store.
+METADATA_MAX_BYTES = 16 * 1024
+
+
+def metadata_changes(changes: object) -> dict[str, Any]:
+    """Validate a metadata update: string keys, JSON values (``None`` deletes)."""
+    if not isinstance(changes, Mapping):
+        raise InvalidValue("metadata", "must be an object")
+    for key, value in changes.items():
+        if not isinstance(key, str) or not 0 < len(key) <= 128:
+            raise InvalidValue("metadata", "keys must be strings of 1 to 128 characters")
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise InvalidValue("metadata", f"the value of {key!r} is not JSON") from None
+    return dict(changes)
+
+
+# -- credential connections ------------------------------------------------------------------
+def header_value(value: object, field: str, *, max_len: int) -> str:
+    """A bearer token or API key: sent as a header value as it is, so visible ASCII with
+    single inner spaces (no CR/LF can split the request), 1 to ``max_len`` characters."""
+    if not isinstance(value, str):
+        raise InvalidValue(field, "must be a string")
+    if not value:
+        raise InvalidValue(field, "must not be empty")
+    if len(value) > max_len:
+        raise InvalidValue(field, f"must be at most {max_len} characters")
+    if not HEADER_VALUE_RE.fullmatch(value):
+        raise InvalidValue(
+            field, "must be visible ASCII characters (single spaces inside allowed), no control characters"
+        )
+    return value
+
+
+def basic_auth_username(value: object, field: str = "username") -> str:
+    """RFC 7617: the user-id may not contain a colon (it ends at the first one)."""
+    text = string(value, field, max_len=256)
+    if ":" in text:
+        raise InvalidValue(field, "must not contain ':' (Basic authentication ends the user name there)")
+    return text
+
+
+def basic_auth_password(value: object, field: str = "password") -> str:
+    """Any text without control characters, up to 4096; empty is allowed (APIs that
+    take a key as the user name and no password)."""
+    return string(value, field, max_len=4096, allow_empty=True)
+
+
+def header_name(value: object, field: str = "header_name") -> str:
+    if not isinstance(value, str) or not HEADER_NAME_RE.fullmatch(value):
+        raise InvalidValue(field, "must be an HTTP header name (RFC 9110 token characters, 1 to 128)")
+    lowered = value.lower()
+    if lowered in FORBIDDEN_HEADER_NAMES or lowered.startswith(("proxy-", "sec-")):
+        raise InvalidValue(field, f"{value!r} is a header the HTTP client controls; choose another")
+    return value
+
+
+def allowed_domain(value: object, field: str, *, may_be_private: Callable[[str], bool]) -> str:
+    """A host name or IP address, lower-cased, without scheme, port, path or brackets.
+
+    ``may_be_private(host)`` says whether a host that cannot be public (a loopback,
+    private or link-local address, ``localhost``, a single-label or special-use name)
+    is allowed all the same (``ZIS_ALLOW_INSECURE_HTTP``, ``ZIS_ALLOWED_PRIVATE_HOSTS``).
+    A name of a public host may still resolve to a private address: the outbound guard
+    refuses that when a request is sent.
+    """
+    if not isinstance(value, str):
+        raise InvalidValue(field, "must be a string")
+    text = value.strip().lower()
+    if not text:
+        raise InvalidValue(field, "must not be empty")
+    if "://" in text or any(c in text for c in "/?#@\\ \t") or len(text) > 255:
+        raise InvalidValue(field, "must be a host name or IP address only: no scheme, path or credentials")
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if ":" in text:
+        return _ip_domain(text, field, may_be_private)
+    text = text.removesuffix(".")
+    labels = text.split(".")
+    if labels[-1].isdigit() or all(part.isdigit() for part in labels):
+        return _ip_domain(text, field, may_be_private)
+    if len(text) > 253 or not all(HOST_LABEL_RE.fullmatch(label) for label in labels):
+        raise InvalidValue(
+            field, "must be a host name (letters, digits and '-' in dot-separated labels) or an IP address"
+        )
+    local = len(labels) == 1 or text.endswith(LOCAL_NAME_SUFFIXES)
+    if local and not may_be_private(text):
+        raise InvalidValue(
+            field,
+            f"{text!r} is not a public host name; local names are allowed only with "
+            "ZIS_ALLOW_INSECURE_HTTP or ZIS_ALLOWED_PRIVATE_HOSTS",
+        )
+    return text
+
+
+def _ip_domain(text: str, field: str, may_be_private: Callable[[str], bool]) -> str:
+    if "%" in text:
+        raise InvalidValue(field, "must not carry an IPv6 zone id")
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise InvalidValue(
+            field, "must be a host name or IP address without a port (a port goes in the request URL)"
+        ) from None
+    host = address.compressed
+    if not is_public_address(address) and not may_be_private(host):
+        raise InvalidValue(
+            field,
+            f"{host} is a loopback, private, link-local or reserved address; allowed only with "
+            "ZIS_ALLOW_INSECURE_HTTP or ZIS_ALLOWED_PRIVATE_HOSTS",
+        )
+    return host

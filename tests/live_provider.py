@@ -4,13 +4,16 @@ The provider is the example app's, with the test suite's call logs and fault inj
 (:mod:`tests.support.instrumented_provider`). The extension talks to providers over HTTP
 with ``requests``; the Flask test client cannot answer those calls, so the provider gets a
 real (threaded) werkzeug server on ``127.0.0.1:<free port>``. :meth:`LiveProvider.approve`
-plays the user's browser on the consent page.
+plays the user's browser on the consent page. :attr:`LiveProvider.behave_like` makes it play
+a real provider's quirks (:mod:`tests.support.quirks`), and :meth:`LiveProvider.for_tenant`
+gives its URLs on a per-account "host" (``/t/<tenant>/...``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import socket
 import threading
 from collections.abc import Iterable
@@ -23,7 +26,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from .support.instrumented_provider import InstrumentedProviderState, create_instrumented_provider_app
 
-__all__ = ["DEFAULT_REDIRECT_URI", "LiveProvider"]
+__all__ = ["DEFAULT_REDIRECT_URI", "SUBDOMAIN", "LiveProvider"]
 
 #: Where the extension's callback lives when a test drives it with Flask's test client
 #: (whose default host is ``localhost``).
@@ -34,6 +37,9 @@ DEFAULT_REDIRECT_URI = "http://localhost/api/services/zis/connections/oauth/call
 _NOISY_LOGGER = "authlib.oauth2.rfc6749.grants"
 
 _HTTP_TIMEOUT = 10.0
+
+#: The placeholder the extension fills with a connection's ``oauth_url_subdomain``.
+SUBDOMAIN = "{{subdomain}}"
 
 
 class LiveProvider:
@@ -157,6 +163,26 @@ class LiveProvider:
         """``GET /api/me``: answers 200 JSON for a live access token."""
         return f"{self._require_url()}/api/me"
 
+    def for_tenant(self, url: str, tenant: str = SUBDOMAIN) -> str:
+        """``url`` (one of this provider's) on the account ``tenant``'s "host":
+        ``http://127.0.0.1:<port>/t/<tenant>/oauth/token``. The default tenant is the
+        ``{{subdomain}}`` placeholder, for a client URL the extension interpolates."""
+        base = self._require_url()
+        if not url.startswith(base + "/"):
+            raise ValueError(f"{url} is not a URL of this provider ({base}).")
+        return f"{base}/t/{tenant}{url[len(base) :]}"
+
+    # -- quirks ------------------------------------------------------------------------
+
+    @property
+    def behave_like(self) -> str | None:
+        """The real provider whose quirks this one plays (``None``: the plain demo)."""
+        return self.state.behave_like
+
+    @behave_like.setter
+    def behave_like(self, name: str | None) -> None:
+        self.state.behave_like = name
+
     # -- helpers ------------------------------------------------------------------------
 
     def register_client(
@@ -181,12 +207,14 @@ class LiveProvider:
         GET the authorize URL (the consent page), then POST the consent form (``confirm=yes``
         or ``confirm=no``) to the same URL, without following redirects. The result is the
         ``Location`` of the provider's redirect: the client's redirect_uri with
-        ``code`` and ``state``, or with ``error=access_denied`` and ``state``. If the
-        provider redirects straight from the GET (an invalid request it can report to the
+        ``code`` and ``state``, or with ``error=access_denied`` and ``state``. The
+        authorize URL may be a tenant's (:meth:`for_tenant`). If the provider redirects
+        straight from the GET (an invalid request it can report to the
         client), that Location is returned. An error it cannot redirect raises
         ``AssertionError`` with the provider's answer.
         """
-        if not authorize_url.startswith(self.auth_url + "?"):
+        own = re.match(rf"{re.escape(self._require_url())}(?:/t/[^/?#]+)?/oauth/authorize\?", authorize_url)
+        if own is None:
             raise AssertionError(
                 f"{urlsplit(authorize_url)._replace(query='').geturl()} is not this "
                 f"provider's authorize endpoint {self.auth_url}."

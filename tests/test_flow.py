@@ -959,9 +959,9 @@ def test_access_codes_returns_connection_and_is_single_use(
     assert raw["code"] == query(at_provider)["code"]
     body = conn["oauth_access_token_response_body"]
     assert conn["access_token"] in str(body)
-    assert_envelope(exchange(flow.browser, headers, code), 404, "1302")
+    assert_envelope(exchange(flow.browser, headers, code), 400, "1301")
     assert_envelope(exchange(flow.browser, headers, ""), 400, "1301")
-    assert_envelope(exchange(flow.browser, headers, "made-up"), 404, "1302")
+    assert_envelope(exchange(flow.browser, headers, "made-up"), 400, "1301")
 
 
 def test_verification_code_expires(make_app: Callable[..., Flask], provider: LiveProvider) -> None:
@@ -971,7 +971,7 @@ def test_verification_code_expires(make_app: Callable[..., Flask], provider: Liv
     flow = begin(app, headers)
     code = verification_code(callback(flow.browser, provider.approve(flow.location)))
     with later(61):
-        assert_envelope(exchange(flow.browser, headers, code), 404, "1302")
+        assert_envelope(exchange(flow.browser, headers, code), 400, "1301")
 
 
 def test_verification_code_is_bound_to_its_integration(
@@ -987,8 +987,8 @@ def test_verification_code_is_bound_to_its_integration(
     browser = app.test_client()
     # beta's token on acme's route: 403, and the code survives.
     assert_envelope(exchange(browser, beta_headers, acme_code, "acme"), 403, "1200")
-    # acme's own token, beta's code: 404 (not the connection), and the code survives.
-    assert_envelope(exchange(browser, headers, beta_code, "acme"), 404, "1302")
+    # acme's own token, beta's code: 400 (unknown here, as the service answers), and the code survives.
+    assert_envelope(exchange(browser, headers, beta_code, "acme"), 400, "1301")
     beta_conn = exchange(browser, beta_headers, beta_code, "beta").get_json()
     acme_conn = exchange(browser, headers, acme_code, "acme").get_json()
     assert beta_conn["integration"] == "beta" and acme_conn["integration"] == "acme"
@@ -1027,7 +1027,7 @@ def test_client_credentials(app: Flask, provider: LiveProvider, headers: dict[st
     assert conn["access_token"] and conn["name"] == "main"
     assert conn["permission_scope"] == "read"
     assert provider.state.is_access_token_active(conn["access_token"])
-    assert_envelope(exchange(browser, headers, code), 404, "1302")
+    assert_envelope(exchange(browser, headers, code), 400, "1301")
 
 
 def test_client_credentials_provider_failure_stores_nothing(

@@ -607,9 +607,9 @@ def test_mix_up_is_refused_with_per_client_callbacks(
 @pytest.mark.parametrize("cursor", ["9" * 20, "9" * 5000, "-1", "1e9", "٣"])
 def test_an_absurd_cursor_is_a_422(app: Flask, bearer: dict[str, str], cursor: str) -> None:
     resp = app.test_client().get(
-        f"{PREFIX}/integrations/acme/connections/all", query_string={"cursor": cursor}, headers=bearer
+        f"{PREFIX}/integrations/acme/connections/all", query_string={"page[after]": cursor}, headers=bearer
     )
-    assert_envelope(resp, 422, "1303", "cursor")
+    assert_envelope(resp, 422, "1303", "page[after]")
 
 
 @pytest.mark.parametrize("backend", ["memory"], indirect=True)

@@ -712,7 +712,7 @@ def test_token_proxy_errors(proxy: tuple[Flask, LiveProvider], make_app: Callabl
         assert "oops" not in err["detail"] and "Internal Server Error" not in err["detail"]
     assert proxy_post(app, good).status_code == 200
     unset = make_app()
-    assert_envelope(proxy_post(unset, good), 404, "1302", "ZIS_HOST_TOKEN_URL")
+    assert_envelope(proxy_post(unset, good), 503, "1308", "ZIS_HOST_TOKEN_URL")
     dead = make_app(ZIS_HOST_TOKEN_URL=dead_port_url())
     assert_envelope(proxy_post(dead, good), 502, "1305", "could not be reached")
 
@@ -722,7 +722,7 @@ def test_list_connections_paginates_with_a_cursor_and_shows_no_tokens(env: Env) 
     made = [env.conn] + [env.connect(f"conn-{i}") for i in range(6)]
     secrets_ = [c[k] for c in made for k in ("access_token", "refresh_token")]
     seen: list[str] = []
-    query: dict[str, str] = {"limit": "3"}
+    query: dict[str, str] = {"page[size]": "3"}
     pages = 0
     while True:
         resp = env.get("/integrations/acme/connections/all", **query)
@@ -731,27 +731,34 @@ def test_list_connections_paginates_with_a_cursor_and_shows_no_tokens(env: Env) 
         assert not any(s in text for s in secrets_)
         body = resp.get_json()
         pages += 1
-        for item in body["connections"]:
+        for item in body["oauth"]:
             assert not {"access_token", "refresh_token", "oauth_access_token_response_body"} & set(item)
             assert EXPIRY_RE.fullmatch(item["token_expiry"])
-        seen += [item["uuid"] for item in body["connections"]]
+        seen += [item["uuid"] for item in body["oauth"]]
         if not body["meta"]["has_more"]:
-            assert body["links"]["next"] is None and body["meta"]["after_cursor"] is None
-            assert len(body["connections"]) == 1
+            assert body["meta"]["after_cursor"] is None
+            assert len(body["oauth"]) == 1
             break
-        assert len(body["connections"]) == 3
-        assert f"cursor={body['meta']['after_cursor']}" in body["links"]["next"]
-        query = {"limit": "3", "cursor": body["meta"]["after_cursor"]}
+        assert len(body["oauth"]) == 3
+        assert body["meta"]["after_cursor"]
+        query = {"page[size]": "3", "page[after]": body["meta"]["after_cursor"]}
     assert pages == 3
     assert seen == [c["uuid"] for c in made]
-    assert len(env.get("/integrations/acme/connections/all").get_json()["connections"]) == 7
-    for bad in ("0", "501", "x"):
-        assert_envelope(env.get("/integrations/acme/connections/all", limit=bad), 422, "1303", "limit")
-    assert_envelope(env.get("/integrations/acme/connections/all", cursor="garbage"), 422, "1303", "cursor")
+    assert len(env.get("/integrations/acme/connections/all").get_json()["oauth"]) == 7
+    for bad in ("0", "101", "x"):
+        assert_envelope(
+            env.get("/integrations/acme/connections/all", **{"page[size]": bad}), 422, "1303", "page[size]"
+        )
+    assert_envelope(
+        env.get("/integrations/acme/connections/all", **{"page[after]": "garbage"}),
+        422,
+        "1303",
+        "page[after]",
+    )
     other = env.app.test_client().get(
         f"{PREFIX}/integrations/other/connections/all", headers=auth_header(env.app, "other")
     )
-    assert other.status_code == 200 and other.get_json()["connections"] == []
+    assert other.status_code == 200 and other.get_json()["oauth"] == []
 
 
 def test_delete_revokes_at_the_provider_then_forgets(make_env: Callable[..., Env]) -> None:

@@ -41,7 +41,7 @@ def test_metadata_merges_deletes_and_shows(connected: tuple[Flask, dict[str, str
     shown = app.test_client().get(f"{PREFIX}/connections/acme?name=main", headers=headers).get_json()
     assert shown["metadata"] == {"realm": "42", "tier": {"a": [1, 2]}}
     listed = app.test_client().get(f"{PREFIX}/integrations/acme/connections/all", headers=headers).get_json()
-    assert listed["connections"][0]["metadata"] == shown["metadata"]
+    assert listed["oauth"][0]["metadata"] == shown["metadata"]
     # A refresh keeps what the host set.
     refreshed = app.test_client().get(f"{PREFIX}/connections/refresh/acme?name=main", headers=headers)
     assert refreshed.get_json()["metadata"] == shown["metadata"]

@@ -49,7 +49,7 @@ def _diff(engine: Engine) -> list[object]:
 
 def test_upgrade_from_empty_matches_the_declared_schema(engine: Engine) -> None:
     upgrade(engine)
-    assert current(engine) == "0003"
+    assert current(engine) == "0004"
     assert _diff(engine) == []
     tables = set(inspect(engine).get_table_names())
     assert {t.name for t in metadata.sorted_tables} <= tables
@@ -86,8 +86,54 @@ def test_flask_zis_db_upgrade_with_create_tables_off(engine: Engine, tmp_path: P
     zis = ZISConnections(app)
     assert "zis_oauth_clients" not in inspect(engine).get_table_names()
     result = app.test_cli_runner().invoke(args=["zis", "db", "upgrade"])
-    assert result.exit_code == 0 and "0003" in result.output, result.output
+    assert result.exit_code == 0 and "0004" in result.output, result.output
     with app.app_context():
         created = zis.create_oauth_client("acme", **client_body())
         assert zis.list_oauth_clients("acme")[0].uuid == created.uuid
     app.extensions["zis_connections"].storage.close()
+
+
+def test_0004_keeps_oauth_rows_and_never_reuses_an_id(engine: Engine) -> None:
+    """The connection types migration rebuilds the table on SQLite: every OAuth row stays
+    (as ``oauth``), and an id handed out before - even one deleted since - is never handed
+    out again, so no new row can slip behind a listing cursor."""
+    upgrade(engine, "0003")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO zis_oauth_clients (uuid, integration, name, client_id, token_url, "
+                "default_scopes, grant_type, token_endpoint_auth_method, pkce, authorize_params, "
+                "offline_access_params, created_at, updated_at) VALUES ('k1', 'acme', 'acme', 'cid', "
+                "'https://x.test', '', 'authorization_code', 'client_secret_basic', true, '{}', '{}', 0, 0)"
+            )
+        )
+        for i in range(3):
+            conn.execute(
+                text(
+                    "INSERT INTO zis_connections (uuid, integration, name, oauth_client_uuid, "
+                    "access_token_enc, token_type, grant_type, needs_reauth, version, created_at, "
+                    f"updated_at) VALUES ('u{i}', 'acme', 'c{i}', 'k1', 'enc', 'bearer', "
+                    "'authorization_code', false, 1, 0, 0)"
+                )
+            )
+        conn.execute(text("DELETE FROM zis_connections WHERE uuid = 'u2'"))
+    upgrade(engine)
+    assert _diff(engine) == []
+    with engine.begin() as conn:
+        kept = conn.execute(text("SELECT id, type, oauth_client_uuid FROM zis_connections ORDER BY id")).all()
+        assert [tuple(r) for r in kept] == [(1, "oauth", "k1"), (2, "oauth", "k1")]
+        conn.execute(
+            text(
+                "INSERT INTO zis_connections (uuid, integration, name, access_token_enc, token_type, "
+                "grant_type, needs_reauth, version, created_at, updated_at, type, allowed_domain) "
+                "VALUES ('t1', 'acme', 'tok', 'enc', 'bearer_token', 'authorization_code', false, 1, 0, 0, "
+                "'bearer_token', 'api.example.test')"
+            )
+        )
+        assert conn.execute(text("SELECT id FROM zis_connections WHERE uuid = 't1'")).scalar_one() == 4
+    downgrade(engine, "0003")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT uuid FROM zis_connections ORDER BY id")).scalars().all() == [
+            "u0",
+            "u1",
+        ]

@@ -217,14 +217,14 @@ def test_endpoints_without_credentials_are_limited_per_address(
 
 @pytest.mark.parametrize("backend", ["memory"], indirect=True)
 def test_token_proxy_has_one_global_bucket(make_app: Callable[..., Flask]) -> None:
-    # No ZIS_HOST_TOKEN_URL: an admitted request answers 404, a limited one 429.
+    # No ZIS_HOST_TOKEN_URL: an admitted request answers 503, a limited one 429.
     app = make_app(ZIS_RATELIMIT_TOKEN_PROXY="3 per minute")
     c = app.test_client()
     url = f"{PREFIX}/connections/oauth/tokens/acme"
     codes = [
         c.post(url, json={}, environ_base={"REMOTE_ADDR": f"192.0.2.{n}"}).status_code for n in range(1, 6)
     ]
-    assert codes == [404, 404, 404, 429, 429]
+    assert codes == [503, 503, 503, 429, 429]
     assert_envelope(c.post(url, json={}, environ_base={"REMOTE_ADDR": "192.0.2.99"}), 429, "1300")
     # Only the proxy shares that bucket: other endpoints still answer those addresses.
     assert c.get(f"{PREFIX}/health", environ_base={"REMOTE_ADDR": "192.0.2.1"}).status_code == 200

@@ -10,7 +10,8 @@ shape JSON.  Where to look:
 ``auth.py``            who is calling: bearer tokens, admin sessions, CSRF check
 ``helpers.py``         what views share (auth with rate limits, origins, lookups)
 ``flow.py``            start, start_redirect, the provider's callback, access codes
-``connections.py``     show, refresh, delete, list connections
+``connections.py``     show, refresh, delete, and the listing of every type
+``credentials.py``     bearer token, basic auth and API key connections
 ``clients.py``         the OAuth Clients API
 ``providers.py``       the provider preset catalog (no credentials)
 ``token_proxy.py``     the token endpoint proxied to the host's own
@@ -21,7 +22,15 @@ shape JSON.  Where to look:
 
 from __future__ import annotations
 
-from . import clients, connections, flow, health, providers, token_proxy  # noqa: F401 - register the routes
+from . import (  # noqa: F401 - register the routes
+    clients,
+    connections,
+    credentials,
+    flow,
+    health,
+    providers,
+    token_proxy,
+)
 from .blueprint import URL_PREFIX, bp
 
 __all__ = ["URL_PREFIX", "bp"]

@@ -1,4 +1,6 @@
-"""Connections over HTTP: show (refreshing when due), refresh now, delete, list."""
+"""Connections over HTTP: show (refreshing when due), refresh now, delete, and the listing
+of every type.  Show and refresh are OAuth operations: another type gets a 422 naming
+``type`` (its own endpoints are in :mod:`.credentials`)."""
 
 from __future__ import annotations
 
@@ -6,21 +8,27 @@ from flask import Response, jsonify, request
 
 from .. import errors as e
 from .._state import state
+from ..storage.base import parse_cursor
 from .blueprint import bp
-from .helpers import auth, connection_response, external, lookup
-from .serializers import connection_summary_json
+from .helpers import auth, connection_response, lookup
+from .serializers import listing_json
+
+#: The service lists at most this many connections per page (and this many by default).
+PAGE_SIZE_MAX = 100
 
 
 @bp.get("/connections/refresh/<integration>")
 def refresh(integration: str) -> Response:
     auth(integration, state_changing=True)
-    return connection_response(state().lifecycle.ensure_fresh(lookup(integration), force=True))
+    rec = lookup(integration, oauth_only=True)
+    return connection_response(state().lifecycle.ensure_fresh(rec, force=True))
 
 
 @bp.get("/connections/<integration>")
 def show(integration: str) -> Response:
     auth(integration)
-    return connection_response(state().lifecycle.ensure_fresh(lookup(integration), force=False))
+    rec = lookup(integration, oauth_only=True)
+    return connection_response(state().lifecycle.ensure_fresh(rec, force=False))
 
 
 @bp.delete("/connections/<integration>")
@@ -33,27 +41,31 @@ def delete(integration: str) -> Response:
 
 @bp.get("/integrations/<integration>/connections/all")
 def list_connections(integration: str) -> Response:
+    """Every type on one keyset: ``page[size]`` (1 to 100, default 100), then
+    ``page[after]`` or ``page[before]`` from a previous answer's ``meta``."""
     auth(integration)
-    try:
-        limit = int(request.args.get("limit", "100"))
-    except ValueError:
-        raise e.InvalidValue("limit", "must be an integer") from None
-    if not 1 <= limit <= 500:
-        raise e.InvalidValue("limit", "must be between 1 and 500")
-    page = state().storage.list_connections(
-        integration, limit=limit, cursor=request.args.get("cursor") or None
-    )
-    links = {
-        "next": external(
-            "zis.list_connections", integration=integration, limit=limit, cursor=page.next_cursor
-        )
-        if page.next_cursor
-        else None
-    }
+    args = request.args
+    for legacy in ("limit", "cursor"):
+        if legacy in args:
+            raise e.InvalidValue(legacy, "is not a parameter: use page[size], page[after], page[before]")
+    size_text = args.get("page[size]", str(PAGE_SIZE_MAX))
+    size = int(size_text) if size_text.isascii() and size_text.isdigit() and len(size_text) <= 4 else 0
+    if not 1 <= size <= PAGE_SIZE_MAX:
+        raise e.InvalidValue("page[size]", f"must be an integer from 1 to {PAGE_SIZE_MAX}")
+    after, before = args.get("page[after]"), args.get("page[before]")
+    if after is not None and before is not None:
+        raise e.InvalidValue("page[before]", "give page[after] or page[before], not both")
+    # Checked here so the error names the parameter the caller sent.
+    parse_cursor(after, "page[after]")
+    parse_cursor(before, "page[before]")
+    page = state().storage.list_connections(integration, limit=size, cursor=after, before=before)
     return jsonify(
         {
-            "connections": [connection_summary_json(r) for r in page.items],
-            "meta": {"has_more": page.next_cursor is not None, "after_cursor": page.next_cursor},
-            "links": links,
+            **listing_json(page.items),
+            "meta": {
+                "has_more": page.has_more,
+                "after_cursor": page.next_cursor,
+                "before_cursor": page.prev_cursor,
+            },
         }
     )

@@ -64,11 +64,29 @@ def envelope(status: int, detail: str, code: str | None = None) -> Response:
     return resp
 
 
+#: The service's API reference gives these statuses a fixed ``detail``; clients may
+#: match on it, so every such detail starts with it and any explanation follows.
+_FIXED_DETAIL = {
+    400: "Invalid request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    429: "Too many requests",
+}
+
+
+def _detail(status: int, message: str) -> str:
+    fixed = _FIXED_DETAIL.get(status)
+    if fixed is None or message.startswith(fixed):
+        return message
+    return f"{fixed}: {message}"
+
+
 def handle_error(exc: Exception) -> Response:
     if isinstance(exc, e.ZISError):
         if exc.status >= 500:
             log.error("%s: %s", type(exc).__name__, exc.message)
-        return _retry_after(envelope(exc.status, exc.message, exc.code), exc)
+        return _retry_after(envelope(exc.status, _detail(exc.status, exc.message), exc.code), exc)
     if isinstance(exc, HTTPException):
         status = exc.code or 500
         detail = _DEFAULT_DETAIL.get(status, exc.name)

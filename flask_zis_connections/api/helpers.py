@@ -68,8 +68,12 @@ def json_body() -> dict[str, Any]:
     return v.json_object(body)
 
 
-def lookup(integration: str) -> ConnectionRecord:
-    """The connection named by exactly one of ?name= / ?uuid= (both only if they agree)."""
+def lookup(integration: str, *, oauth_only: bool = False) -> ConnectionRecord:
+    """The connection named by exactly one of ?name= / ?uuid= (both only if they agree).
+
+    ``oauth_only``: the endpoint shows tokens or refreshes them, which only OAuth
+    connections have; another type's secret must never leave through it.
+    """
     name = request.args.get("name")
     uid = request.args.get("uuid")
     if name is None and uid is None:
@@ -79,8 +83,17 @@ def lookup(integration: str) -> ConnectionRecord:
         rec = life.find(integration, uuid=v.uuid_value(uid))
         if name is not None and rec.name != name:
             raise e.InvalidRequest("name and uuid name different connections; give one.")
-        return rec
-    return life.find(integration, name=v.connection_name(name))
+    else:
+        rec = life.find(integration, name=v.connection_name(name))
+    if oauth_only and rec.type != "oauth":
+        raise e.WrongConnectionType(
+            integration,
+            rec.name,
+            rec.type,
+            f"this endpoint is for OAuth connections; use "
+            f"GET /integrations/{integration}/connections/{rec.type}/{rec.name}",
+        )
+    return rec
 
 
 def connection_response(rec: ConnectionRecord, **extra: Any) -> Response:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from ..domain import Connection, ConnectionRecord, OAuthClient, ProviderQuirks
+from ..credentials import MASK, SECRET_FIELD
+from ..domain import CONNECTION_TYPES, Connection, ConnectionRecord, OAuthClient, ProviderQuirks
 
 
 def format_time(value: datetime | None) -> str | None:
@@ -56,6 +57,29 @@ def connection_summary_json(rec: ConnectionRecord) -> dict[str, Any]:
         "created_at": format_time(rec.created_at),
         "updated_at": format_time(rec.updated_at),
     }
+
+
+def credential_json(rec: ConnectionRecord) -> dict[str, Any]:
+    """A credential connection in the service's shape: its secret always ``"*****"``
+    (it is write-only); the user name and the header name are not secret."""
+    out: dict[str, Any] = {"name": rec.name, "allowed_domain": rec.allowed_domain}
+    if rec.type == "basic_auth":
+        out["username"] = rec.username
+    elif rec.type == "api_key":
+        out["header_name"] = rec.header_name
+    out[SECRET_FIELD[rec.type]] = MASK
+    out["created_at"] = format_time(rec.created_at)
+    out["updated_at"] = format_time(rec.updated_at)
+    return out
+
+
+def listing_json(records: Iterable[ConnectionRecord]) -> dict[str, list[dict[str, Any]]]:
+    """A page of every type, grouped under each type's key, each group in page order;
+    OAuth ones without any token value."""
+    out: dict[str, list[dict[str, Any]]] = {kind: [] for kind in sorted(CONNECTION_TYPES)}
+    for rec in records:
+        out[rec.type].append(connection_summary_json(rec) if rec.type == "oauth" else credential_json(rec))
+    return out
 
 
 def client_json(client: OAuthClient) -> dict[str, Any]:

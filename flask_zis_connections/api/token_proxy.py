@@ -23,7 +23,22 @@ from .blueprint import bp
 from .errors import envelope
 from .helpers import json_body
 
-_PROXY_FIELDS = frozenset({"client_id", "client_secret", "code", "grant_type", "redirect_uri", "scope"})
+#: The fields the service's token endpoint takes; the refresh grant and the lifetimes a
+#: client may ask for included.
+_PROXY_FIELDS = frozenset(
+    {
+        "client_id",
+        "client_secret",
+        "code",
+        "grant_type",
+        "redirect_uri",
+        "scope",
+        "refresh_token",
+        "expires_in",
+        "refresh_token_expires_in",
+    }
+)
+_NUMERIC_FIELDS = frozenset({"expires_in", "refresh_token_expires_in"})
 
 
 @bp.post("/connections/oauth/tokens/<integration>")
@@ -36,11 +51,18 @@ def _proxy_token(body: dict[str, Any]) -> Response:
     st = state()
     url = st.settings.host_token_url
     if not url:
-        raise e.NotFound("The token proxy is not configured: set ZIS_HOST_TOKEN_URL.")
+        raise e.NotConfigured("The token endpoint is not available: the host has not set ZIS_HOST_TOKEN_URL.")
     v.reject_unknown(body, set(_PROXY_FIELDS))
     form: dict[str, str] = {}
-    for key in _PROXY_FIELDS:
-        if key in body and body[key] is not None:
+    for key in sorted(_PROXY_FIELDS):
+        if key not in body or body[key] is None:
+            continue
+        if key in _NUMERIC_FIELDS:
+            value = body[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 10 * 365 * 86400:
+                raise e.InvalidValue(key, "must be a positive number of seconds")
+            form[key] = str(value)
+        else:
             form[key] = v.string(body[key], key, max_len=4096)
     for required in ("grant_type", "client_id"):
         if required not in form:

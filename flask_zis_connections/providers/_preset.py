@@ -46,6 +46,7 @@ OPTION_FIELDS = (
     "ok_field",
     "metadata_from_token",
     "metadata_from_callback",
+    "reauth_errors",
     "issuer",
 )
 
@@ -106,6 +107,7 @@ class ProviderPreset:
     ok_field: str | None = None
     metadata_from_token: tuple[str, ...] = ()
     metadata_from_callback: tuple[str, ...] = ()
+    reauth_errors: tuple[str, ...] = ()
     issuer: str | None = None
 
     def client_options(self) -> dict[str, Any]:

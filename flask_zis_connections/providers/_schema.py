@@ -231,5 +231,6 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "ok_field": _field_name,
     "metadata_from_token": _names(_PATH_RE),
     "metadata_from_callback": _names(_PARAM_RE, RESERVED_CALLBACK),
+    "reauth_errors": _names(_PARAM_RE),
     "issuer": _url,
 }

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 
 from ..domain import (
+    CONNECTION_TYPES,
     ApiToken,
     ConnectionRecord,
     Lease,
@@ -107,14 +108,27 @@ class Storage(StorageHooks):
         record = self._get_connection_by_uuid(integration, uuid)
         return None if record is None or (name is not None and record.name != name) else record
 
+    def add_connection(self, record: ConnectionRecord) -> ConnectionRecord:
+        """Insert a new connection of any type at version 1.
+
+        ``Conflict`` when the integration has a connection of that name already, of any
+        type, or the uuid is in use; ``OAuthClientNotFound`` for an OAuth record whose
+        client is unknown.  Returns what is stored.
+        """
+        return self._add_connection(_record_at_ms(_checked(record)).replace(version=1))
+
     def upsert_connection(self, record: ConnectionRecord) -> ConnectionRecord:
-        """Insert, or replace the tokens of the existing (integration, name) row.
+        """Insert, or replace the tokens of the existing (integration, name) OAuth row.
 
         The existing row keeps its uuid, ``created_at`` and gets ``version + 1``;
-        ``needs_reauth`` is cleared.  ``OAuthClientNotFound`` for an unknown client,
-        ``Conflict`` for a new name with a uuid already in use.  Returns what is stored.
+        ``needs_reauth`` is cleared.  Only an ``oauth`` row is ever replaced: a name
+        held by another type is a ``Conflict``, and so is a new name with a uuid
+        already in use; ``OAuthClientNotFound`` for an unknown client.  Returns what is
+        stored.
         """
-        return self._upsert_connection(_record_at_ms(record))
+        if record.type != "oauth":
+            raise ValueError("upsert_connection() stores OAuth connections; use add_connection().")
+        return self._upsert_connection(_record_at_ms(_checked(record)))
 
     def update_connection(
         self,
@@ -128,23 +142,59 @@ class Storage(StorageHooks):
         only if the stored version is ``expected_version`` - and, when ``lease`` is
         given, only if that lease is still held by its owner at ``now`` (default: the
         clock), checked in the same atomic step; else return None.  A refresher whose
-        lease lapsed can thus never write, whatever happened meanwhile.  The name and
-        ``created_at`` are kept."""
-        return self._update_connection(_record_at_ms(record), expected_version, lease, at_ms(now or utcnow()))
+        lease lapsed can thus never write, whatever happened meanwhile.  The name, type
+        and ``created_at`` are kept; a record of another type than the stored row's
+        never lands (None)."""
+        return self._update_connection(
+            _record_at_ms(_checked(record)), expected_version, lease, at_ms(now or utcnow())
+        )
 
     def delete_connection(self, integration: str, uuid: str) -> bool:
         """Delete one connection and its back-off state; False when it did not exist."""
         return self._delete_connection(integration, uuid)
 
-    def list_connections(self, integration: str, *, limit: int = 100, cursor: str | None = None) -> Page:
-        """Stable order (insertion), opaque ``cursor`` for the next page."""
+    def list_connections(
+        self,
+        integration: str,
+        *,
+        limit: int = 100,
+        cursor: str | None = None,
+        before: str | None = None,
+    ) -> Page:
+        """Every type together, in a stable order (insertion), by opaque cursors.
+
+        ``cursor`` (a page's ``next_cursor``) reads the rows after it; ``before`` (a
+        page's ``prev_cursor``) the ``limit`` rows just before it, still in insertion
+        order.  Give at most one of them.
+        """
         if limit < 1:
             raise InvalidValue("limit", "must be a positive integer")
-        # One row more than asked: its presence is what says there is a next page.
-        rows = self._list_connections(integration, parse_cursor(cursor), limit + 1)
-        if len(rows) <= limit:
-            return Page(items=[record for _, record in rows], next_cursor=None)
-        return Page(items=[record for _, record in rows[:limit]], next_cursor=str(rows[limit - 1][0]))
+        if cursor is not None and before is not None:
+            raise InvalidValue("before", "give either cursor or before, not both")
+        # One row more than asked: its presence is what says there is more that way.
+        if before is None:
+            after = parse_cursor(cursor)
+            rows = list(self._list_connections(integration, after, limit + 1))
+            has_more = len(rows) > limit
+            rows = rows[:limit]
+            more_before = bool(rows) and after > 0 and self._exists_before(integration, rows[0][0])
+            more_after = has_more
+        else:
+            bound = parse_cursor(before, "before")
+            rows = list(self._list_connections(integration, 0, limit + 1, before=bound))
+            has_more = len(rows) > limit
+            rows = rows[:limit][::-1]
+            more_before = has_more
+            more_after = bool(rows) and bool(self._list_connections(integration, rows[-1][0], 1))
+        return Page(
+            items=[record for _, record in rows],
+            next_cursor=str(rows[-1][0]) if more_after else None,
+            prev_cursor=str(rows[0][0]) if more_before else None,
+            has_more=has_more,
+        )
+
+    def _exists_before(self, integration: str, seq: int) -> bool:
+        return bool(self._list_connections(integration, 0, 1, before=seq))
 
     def connections_expiring_before(self, moment: datetime) -> list[ConnectionRecord]:
         """Connections (any integration) with ``token_expiry < moment`` and not
@@ -251,6 +301,18 @@ class Storage(StorageHooks):
         return self._purge_expired(at_ms(now))
 
 
+def _checked(record: ConnectionRecord) -> ConnectionRecord:
+    """A record whose fields fit its type: an OAuth one has a client, the others a
+    host and no client."""
+    if record.type not in CONNECTION_TYPES:
+        raise ValueError(f"Unknown connection type {record.type!r}.")
+    if (record.type == "oauth") != (record.oauth_client_uuid is not None):
+        raise ValueError("An OAuth connection has an oauth_client_uuid; the other types have none.")
+    if record.type != "oauth" and not record.allowed_domain:
+        raise ValueError(f"A {record.type} connection needs an allowed_domain.")
+    return record
+
+
 def _record_at_ms(record: ConnectionRecord) -> ConnectionRecord:
     """Times at the resolution every backend keeps; metadata as a read-only copy, so a
     caller holding a record can never change what another caller (or the store) sees."""
@@ -273,13 +335,14 @@ def backoff_delay(failures: int, *, base: float, cap: float) -> timedelta:
 _MAX_CURSOR = 2**63 - 1
 
 
-def parse_cursor(cursor: str | None) -> int:
-    """Cursors are the last row's sequence number; anything else is a client error."""
+def parse_cursor(cursor: str | None, field: str = "cursor") -> int:
+    """Cursors are a row's sequence number; anything else is a client error naming
+    ``field``."""
     if cursor is None:
         return 0
     # Bounded before int(): a megabyte of digits must be a 422, not CPU time or a
     # database overflow error.
     value = int(cursor) if len(cursor) <= 19 and cursor.isascii() and cursor.isdigit() else -1
     if not 0 <= value <= _MAX_CURSOR:
-        raise InvalidValue("cursor", "not a cursor from a previous page; list again without a cursor")
+        raise InvalidValue(field, "not a cursor from a previous page; list again without a cursor")
     return value

@@ -35,6 +35,16 @@ def connection_uuid_conflict(record: ConnectionRecord) -> Conflict:
     )
 
 
+def connection_name_conflict(record: ConnectionRecord, existing_type: str | None) -> Conflict:
+    """The integration already has a connection of that name, of any type."""
+    held = f"a {existing_type} connection" if existing_type else "a connection"
+    return Conflict(
+        f"Integration {record.integration!r} already has {held} named {record.name!r}; a "
+        "name is unique across every connection type. Choose another name, or delete that "
+        "connection first."
+    )
+
+
 def flow_conflict(flow: PendingFlow) -> Conflict:
     return Conflict(f"A flow with id {flow.id!r} already exists.")
 

@@ -89,6 +89,9 @@ class StorageHooks(abc.ABC):
     def _get_connection_by_name(self, integration: str, name: str) -> ConnectionRecord | None: ...
 
     @abc.abstractmethod
+    def _add_connection(self, record: ConnectionRecord) -> ConnectionRecord: ...
+
+    @abc.abstractmethod
     def _upsert_connection(self, record: ConnectionRecord) -> ConnectionRecord: ...
 
     @abc.abstractmethod
@@ -102,11 +105,15 @@ class StorageHooks(abc.ABC):
 
     @abc.abstractmethod
     def _list_connections(
-        self, integration: str, after: int, limit: int
+        self, integration: str, after: int, limit: int, before: int | None = None
     ) -> Sequence[tuple[int, ConnectionRecord]]:
-        """At most ``limit`` connections of ``integration`` inserted after sequence
-        number ``after``, in insertion order, each with its sequence number (a positive
-        integer below 2**63 that never changes and is never reused: the cursor)."""
+        """At most ``limit`` connections of ``integration`` (every type) inserted after
+        sequence number ``after``, each with its sequence number (a positive integer
+        below 2**63 that never changes and is never reused: the cursor).
+
+        Without ``before``: the first ``limit`` of them, in insertion order.  With it:
+        only those before ``before``, the ``limit`` nearest to it, nearest first
+        (reverse insertion order) - the page before a cursor."""
 
     @abc.abstractmethod
     def _connections_expiring_before(self, moment: datetime) -> list[ConnectionRecord]: ...

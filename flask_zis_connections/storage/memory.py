@@ -38,6 +38,7 @@ from .base import Storage
 from .conflicts import (
     client_conflict,
     code_conflict,
+    connection_name_conflict,
     connection_uuid_conflict,
     flow_conflict,
     stale_client,
@@ -147,23 +148,30 @@ class MemoryStorage(Storage):
             found = self._connection_names.get((integration, name))
             return None if found is None else self._connections[found]
 
+    def _add_connection(self, record: ConnectionRecord) -> ConnectionRecord:
+        with self._lock:
+            self._require_client(record)
+            existing_uuid = self._connection_names.get((record.integration, record.name))
+            if existing_uuid is not None:
+                raise connection_name_conflict(record, self._connections[existing_uuid].type)
+            self._insert(record)
+            return record
+
     def _upsert_connection(self, record: ConnectionRecord) -> ConnectionRecord:
         with self._lock:
             self._require_client(record)
             existing_uuid = self._connection_names.get((record.integration, record.name))
             if existing_uuid is not None:
                 old = self._connections[existing_uuid]
+                if old.type != "oauth":
+                    raise connection_name_conflict(record, old.type)
                 stored = record.replace(
                     uuid=old.uuid, created_at=old.created_at, version=old.version + 1, needs_reauth=False
                 )
+                self._connections[stored.uuid] = stored
             else:
-                if record.uuid in self._connections:
-                    raise connection_uuid_conflict(record)
                 stored = record.replace(needs_reauth=False)
-                self._connection_names[(record.integration, record.name)] = record.uuid
-                self._connection_seq[record.uuid] = self._next_seq
-                self._next_seq += 1
-            self._connections[stored.uuid] = stored
+                self._insert(stored)
             return stored
 
     def _update_connection(
@@ -171,7 +179,12 @@ class MemoryStorage(Storage):
     ) -> ConnectionRecord | None:
         with self._lock:
             old = self._connections.get(record.uuid)
-            if old is None or old.integration != record.integration or old.version != expected_version:
+            if (
+                old is None
+                or old.integration != record.integration
+                or old.version != expected_version
+                or old.type != record.type
+            ):
                 return None
             if lease is not None and self._holder(lease.key, now) != lease.owner:
                 return None
@@ -189,14 +202,16 @@ class MemoryStorage(Storage):
             return True
 
     def _list_connections(
-        self, integration: str, after: int, limit: int
+        self, integration: str, after: int, limit: int, before: int | None = None
     ) -> list[tuple[int, ConnectionRecord]]:
         rows: list[tuple[int, ConnectionRecord]] = []
         with self._lock:
             # Dict order is insertion order, which is sequence order.
-            for uuid, record in self._connections.items():
+            items = self._connections.items()
+            for uuid, record in items if before is None else reversed(items):
                 seq = self._connection_seq[uuid]
-                if seq > after and record.integration == integration:
+                in_range = seq > after and (before is None or seq < before)
+                if in_range and record.integration == integration:
                     rows.append((seq, record))
                     if len(rows) == limit:
                         break
@@ -403,9 +418,19 @@ class MemoryStorage(Storage):
         return None if held is None or held[1] <= now else held[0]
 
     def _require_client(self, record: ConnectionRecord) -> None:
-        """The SQL backend's foreign key, enforced by hand."""
-        if record.oauth_client_uuid not in self._clients:
-            raise OAuthClientNotFound(record.integration, record.oauth_client_uuid)
+        """The SQL backend's foreign key, enforced by hand (NULL for other types)."""
+        uuid = record.oauth_client_uuid
+        if uuid is not None and uuid not in self._clients:
+            raise OAuthClientNotFound(record.integration, uuid)
+
+    def _insert(self, record: ConnectionRecord) -> None:
+        """A new row at the next sequence number; call with the lock held."""
+        if record.uuid in self._connections:
+            raise connection_uuid_conflict(record)
+        self._connections[record.uuid] = record
+        self._connection_names[(record.integration, record.name)] = record.uuid
+        self._connection_seq[record.uuid] = self._next_seq
+        self._next_seq += 1
 
     def _drop_connection(self, record: ConnectionRecord) -> None:
         self._backoff.pop(record.uuid, None)

@@ -12,6 +12,7 @@ import pytest
 
 from ..base import Storage
 from .clients import ClientContract
+from .connection_types import ConnectionTypeContract
 from .connections import ConnectionContract
 from .flows import FlowContract
 from .leases import LeaseContract
@@ -20,7 +21,13 @@ from .races import RaceContract
 
 
 class StorageContract(
-    ClientContract, ConnectionContract, FlowContract, LeaseContract, MaintenanceContract, RaceContract
+    ClientContract,
+    ConnectionContract,
+    ConnectionTypeContract,
+    FlowContract,
+    LeaseContract,
+    MaintenanceContract,
+    RaceContract,
 ):
     """Every contract test; pytest collects them from a ``Test*`` subclass.
 

@@ -67,6 +67,29 @@ def make_record(client: OAuthClient, name: str = "main", **kw: Any) -> Connectio
     return ConnectionRecord(**values)
 
 
+def make_credential(
+    integration: str = "acme_crm", name: str = "key", type: str = "api_key", **kw: Any
+) -> ConnectionRecord:
+    """A credential connection (no OAuth client): ``api_key`` unless ``type`` says otherwise."""
+    values: dict[str, Any] = {
+        "uuid": new_id(),
+        "integration": integration,
+        "name": name,
+        "oauth_client_uuid": None,
+        "access_token_enc": f"enc:secret:{name}",
+        "token_type": type,
+        "created_by": "admin@example.test",
+        "created_at": T0,
+        "updated_at": T0,
+        "type": type,
+        "allowed_domain": "api.example.test",
+        "username": "user" if type == "basic_auth" else None,
+        "header_name": "X-Api-Key" if type == "api_key" else None,
+    }
+    values.update(kw)
+    return ConnectionRecord(**values)
+
+
 def make_flow(integration: str = "acme_crm", **kw: Any) -> PendingFlow:
     values: dict[str, Any] = {
         "id": new_id(),

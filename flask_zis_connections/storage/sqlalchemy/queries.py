@@ -59,6 +59,21 @@ CONNECTION_PAGE: Final = (
     .order_by(_c.c.id)
     .limit(_bp("limit"))
 )
+#: Paging backwards: the rows just before ``before``, nearest first.
+CONNECTION_PAGE_BEFORE: Final = (
+    sa.select(_c.c.id, *columns(_c, CONNECTION_FIELDS))
+    .where(
+        _c.c.integration == _bp("integration"),
+        _c.c.id > _bp("after"),
+        _c.c.id < _bp("before"),
+    )
+    .order_by(_c.c.id.desc())
+    .limit(_bp("limit"))
+)
+#: Which type holds a name, to say so when a write collides with it.
+CONNECTION_TYPE_BY_NAME: Final = sa.select(_c.c.type).where(
+    _c.c.integration == _bp("integration"), _c.c.name == _bp("name")
+)
 CONNECTIONS_DUE: Final = (
     sa.select(*columns(_c, CONNECTION_FIELDS))
     .where(

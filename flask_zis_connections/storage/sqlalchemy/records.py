@@ -16,7 +16,13 @@ from sqlalchemy.exc import IntegrityError
 
 from ...domain import ApiToken, ConnectionRecord, Lease, OAuthClient
 from ...errors import Conflict, OAuthClientNotFound
-from ..conflicts import client_conflict, connection_uuid_conflict, stale_client, token_conflict
+from ..conflicts import (
+    client_conflict,
+    connection_name_conflict,
+    connection_uuid_conflict,
+    stale_client,
+    token_conflict,
+)
 from ..times import to_ms
 from . import queries as q
 from .engine import SQLBackend
@@ -112,11 +118,24 @@ class RecordHooks(SQLBackend):
         rows = self._read(q.CONNECTION_BY_NAME, {"integration": integration, "name": name})
         return connection_from_row(rows[0]) if rows else None
 
+    def _add_connection(self, record: ConnectionRecord) -> ConnectionRecord:
+        try:
+            with self._writer.begin() as conn:
+                conn.execute(sa.insert(connections).values(**connection_row(record)))
+                row = conn.execute(
+                    q.CONNECTION_BY_UUID, {"integration": record.integration, "uuid": record.uuid}
+                ).one()
+        except IntegrityError as exc:
+            with self._writer.begin() as conn:
+                raise self._connection_integrity_error(conn, record) from exc
+        return connection_from_row(row)
+
     def _upsert_connection(self, record: ConnectionRecord) -> ConnectionRecord:
         c = connections
+        # Only an OAuth row is replaced; a name held by another type fails the insert.
         update = (
             sa.update(c)
-            .where(c.c.integration == record.integration, c.c.name == record.name)
+            .where(c.c.integration == record.integration, c.c.name == record.name, c.c.type == "oauth")
             .values(**token_update(record), needs_reauth=False, version=c.c.version + 1)
         )
         with self._writer.begin() as conn:
@@ -137,9 +156,18 @@ class RecordHooks(SQLBackend):
     def _connection_integrity_error(
         self, conn: Connection, record: ConnectionRecord
     ) -> OAuthClientNotFound | Conflict:
-        k = oauth_clients
-        if conn.execute(sa.select(k.c.id).where(k.c.uuid == record.oauth_client_uuid)).first() is None:
-            return OAuthClientNotFound(record.integration, record.oauth_client_uuid)
+        """Which rule an insert broke: the client's foreign key, the name, or the uuid."""
+        k, client_uuid = oauth_clients, record.oauth_client_uuid
+        if (
+            client_uuid is not None
+            and conn.execute(sa.select(k.c.id).where(k.c.uuid == client_uuid)).first() is None
+        ):
+            return OAuthClientNotFound(record.integration, client_uuid)
+        held = conn.execute(
+            q.CONNECTION_TYPE_BY_NAME, {"integration": record.integration, "name": record.name}
+        ).first()
+        if held is not None:
+            return connection_name_conflict(record, held[0])
         return connection_uuid_conflict(record)
 
     def _update_connection(
@@ -150,6 +178,7 @@ class RecordHooks(SQLBackend):
             c.c.uuid == record.uuid,
             c.c.integration == record.integration,
             c.c.version == expected_version,
+            c.c.type == record.type,
         ]
         if lease is not None:
             ls = refresh_leases
@@ -175,7 +204,7 @@ class RecordHooks(SQLBackend):
                     q.CONNECTION_BY_UUID, {"integration": record.integration, "uuid": record.uuid}
                 ).one()
         except IntegrityError as exc:
-            raise OAuthClientNotFound(record.integration, record.oauth_client_uuid) from exc
+            raise OAuthClientNotFound(record.integration, str(record.oauth_client_uuid)) from exc
         return connection_from_row(row)
 
     def _delete_connection(self, integration: str, uuid: str) -> bool:
@@ -189,9 +218,13 @@ class RecordHooks(SQLBackend):
         return deleted == 1
 
     def _list_connections(
-        self, integration: str, after: int, limit: int
+        self, integration: str, after: int, limit: int, before: int | None = None
     ) -> list[tuple[int, ConnectionRecord]]:
-        rows = self._read(q.CONNECTION_PAGE, {"integration": integration, "after": after, "limit": limit})
+        params = {"integration": integration, "after": after, "limit": limit}
+        if before is None:
+            rows = self._read(q.CONNECTION_PAGE, params)
+        else:
+            rows = self._read(q.CONNECTION_PAGE_BEFORE, {**params, "before": before})
         return [(row[0], connection_from_row(row[1:])) for row in rows]
 
     def _connections_expiring_before(self, moment: datetime) -> list[ConnectionRecord]:

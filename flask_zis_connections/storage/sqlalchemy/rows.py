@@ -43,9 +43,11 @@ BACKOFF_FIELDS: Final = _fields(RefreshBackoff)
 #: Columns an update of a client leaves alone: its identity, creator, creation time
 #: and version (which the statement itself increments).
 _CLIENT_KEPT: Final = frozenset({"uuid", "integration", "created_by", "created_at", "version"})
-#: Columns a token write leaves alone: the identity, version, ``needs_reauth`` (each
-#: write says what it becomes) and creation time.
-_CONNECTION_KEPT: Final = frozenset({"uuid", "integration", "name", "needs_reauth", "version", "created_at"})
+#: Columns a token write leaves alone: the identity (a connection never changes type),
+#: version, ``needs_reauth`` (each write says what it becomes) and creation time.
+_CONNECTION_KEPT: Final = frozenset(
+    {"uuid", "integration", "name", "type", "needs_reauth", "version", "created_at"}
+)
 
 
 def columns(table: sa.Table, fields: Sequence[str]) -> list[sa.Column[Any]]:

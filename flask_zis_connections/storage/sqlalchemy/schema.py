@@ -86,7 +86,7 @@ connections = Table(
         "oauth_client_uuid",
         String(36),
         ForeignKey(oauth_clients.c.uuid, ondelete="CASCADE"),
-        nullable=False,
+        nullable=True,  # NULL for the credential types, which have no OAuth client
         index=True,
     ),
     Column("access_token_enc", Text, nullable=False),
@@ -104,6 +104,12 @@ connections = Table(
     Column("updated_at", BigInteger, nullable=False),
     Column("metadata", Text, nullable=False, server_default="{}"),
     Column("refresh_token_expiry", BigInteger, nullable=True),
+    #: Every type in one table: the unique (integration, name) then holds across types,
+    #: and one keyset on ``id`` lists them all together.
+    Column("type", String(16), nullable=False, server_default="oauth"),
+    Column("allowed_domain", String(255), nullable=True),
+    Column("username", Text, nullable=True),
+    Column("header_name", String(128), nullable=True),
     UniqueConstraint("integration", "name"),
     sqlite_autoincrement=True,
 )
