@@ -7,6 +7,9 @@ the flow id, signed with different salts and expiring.  ``start_redirect`` can b
 used once and binds the flow to the browser that used it (a random cookie whose hash is
 stored), so a state leaked from one browser is useless in another.  The callback
 consumes the flow atomically, so two concurrent callbacks make one code exchange.
+
+A little over 400 lines on purpose: the three steps share the trust model above and
+are checked against each other; the URL and mix-up checks live in ``flow_checks.py``.
 """
 
 from __future__ import annotations

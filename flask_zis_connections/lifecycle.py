@@ -14,6 +14,9 @@ A refresh that fails at the provider is recorded apart from the connection row
 (:class:`~flask_zis_connections.domain.RefreshBackoff`) and backs the connection off
 exponentially, across every process: until ``retry_at`` callers get the still-valid
 token, or fail fast with a ``Retry-After`` - the provider is not called again.
+
+A little over 400 lines on purpose: the refresh, its lease, its back-off and its
+failure handling are one protocol, read together or misread.
 """
 
 from __future__ import annotations
