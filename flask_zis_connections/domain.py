@@ -79,6 +79,12 @@ class ProviderQuirks:
     #: ``invalid_refresh_token``, GitHub's ``bad_refresh_token``), on top of RFC 6749's
     #: ``invalid_grant``: they mark the connection as needing re-authorization.
     reauth_errors: tuple[str, ...] = ()
+    #: The header ``zis.session`` sends the access token in, when the API does not take
+    #: ``Authorization: Bearer`` (Shopify: ``X-Shopify-Access-Token``).
+    api_token_header: str | None = None
+    #: Seconds to assume a new refresh token lives when the answer does not say (Xero's
+    #: expire after 60 days unused), so ``refresh-due`` can keep it alive.
+    default_refresh_token_lifetime: int | None = None
 
     def replace(self, **changes: Any) -> ProviderQuirks:
         return dataclasses.replace(self, **changes)

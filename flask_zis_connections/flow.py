@@ -385,7 +385,11 @@ class FlowService:
                 name=name,
                 oauth_client_uuid=client.uuid,
                 **resp.stored_fields(
-                    self.encryptor, now, kept_refresh_token=None, kept_scope=requested_scope
+                    self.encryptor,
+                    now,
+                    kept_refresh_token=None,
+                    kept_scope=requested_scope,
+                    default_refresh_lifetime=client.quirks.default_refresh_token_lifetime,
                 ),
                 oauth_url_subdomain=subdomain,
                 created_by=created_by,

@@ -378,6 +378,7 @@ class Lifecycle:
             kept_refresh_token=self.encryptor.decrypt_optional(rec.refresh_token_enc),
             kept_scope=rec.permission_scope,
             default_lifetime=client.quirks.default_token_lifetime if client is not None else None,
+            default_refresh_lifetime=client.quirks.default_refresh_token_lifetime if client else None,
         )
         fresh = resp.metadata(client.quirks.metadata_from_token) if client is not None else {}
         metadata = {**rec.metadata, **fresh}

@@ -29,6 +29,8 @@ QUIRK_FIELDS = (
     "metadata_from_token",
     "metadata_from_callback",
     "reauth_errors",
+    "api_token_header",
+    "default_refresh_token_lifetime",
 )
 SCOPE_SEPARATORS = (" ", ",", "+")
 #: Form fields the token request sets itself (RFC 6749 §4.1.3, §6, RFC 7636 §4.5).
@@ -84,7 +86,34 @@ def build_quirks(merged: Mapping[str, Any], *, allow_insecure: bool) -> Provider
         metadata_from_token=_names(merged.get("metadata_from_token", ()), "metadata_from_token", _PATH_RE),
         metadata_from_callback=callback_params,
         reauth_errors=_names(merged.get("reauth_errors", ()), "reauth_errors", _PARAM_RE),
+        api_token_header=_token_header(merged.get("api_token_header")),
+        default_refresh_token_lifetime=_lifetime(
+            merged.get("default_refresh_token_lifetime"), "default_refresh_token_lifetime"
+        ),
     )
+
+
+_HEADER_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
+#: Headers that must not carry a token: the request's framing, routing and cookies.
+_FORBIDDEN_HEADERS = frozenset(
+    {"host", "content-length", "content-type", "cookie", "transfer-encoding", "connection"}
+)
+
+
+def _token_header(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _HEADER_RE.fullmatch(value) or value.lower() in _FORBIDDEN_HEADERS:
+        raise InvalidValue("api_token_header", "must be an HTTP header name (RFC 9110 token)")
+    return value
+
+
+def _lifetime(value: object, field: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < _MAX_LIFETIME:
+        raise InvalidValue(field, "must be a positive number of seconds")
+    return value
 
 
 def _params(value: object, field: str) -> dict[str, str]:

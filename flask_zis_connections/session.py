@@ -152,6 +152,9 @@ class ConnectionSession(requests.Session):
         self._where = f"connection {record.name!r} of integration {record.integration!r}"
         self._base = base
         self._oauth = record.type == "oauth"
+        #: Some APIs take the token in a header of their own (Shopify's
+        #: X-Shopify-Access-Token) instead of ``Authorization: Bearer``.
+        self._token_header = client.quirks.api_token_header if client is not None else None
         hosts = {_host_key(h) for h in client.quirks.allowed_domains} if client is not None else set()
         if self._base is not None:
             hosts.add(_host_key(self._base.hostname or ""))
@@ -289,6 +292,8 @@ class ConnectionSession(requests.Session):
         if record.type != "oauth":
             return _Credentials(record, auth_header(record, encryptor))
         token = encryptor.decrypt(record.access_token_enc)
+        if self._token_header:
+            return _Credentials(record, (self._token_header, token))
         return _Credentials(record, ("Authorization", f"{_auth_scheme(record.token_type)} {token}"))
 
     def _remember(self, record: ConnectionRecord) -> _Credentials:

@@ -82,6 +82,7 @@ class TokenResponse:
         kept_refresh_token: str | None,
         kept_scope: str | None,
         default_lifetime: int | None = None,
+        default_refresh_lifetime: int | None = None,
     ) -> dict[str, Any]:
         """The connection fields this answer sets, encrypted: one rule for a new
         connection (the flow) and a refreshed one (the lifecycle).
@@ -105,9 +106,12 @@ class TokenResponse:
             "permission_scope": self.scope if self.scope is not None else kept_scope,
         }
         if self.refresh_token is not None or self.refresh_token_expires_in is not None:
-            # A new refresh token has the lifetime it came with (or none said); a kept
-            # one keeps the expiry it had, which the caller's record still holds.
-            fields["refresh_token_expiry"] = self.refresh_token_expiry(now)
+            # A new refresh token has the lifetime it came with (or the provider's
+            # documented one); a kept one keeps the expiry the caller's record holds.
+            rt_expiry = self.refresh_token_expiry(now)
+            if rt_expiry is None and default_refresh_lifetime:
+                rt_expiry = (now + timedelta(seconds=default_refresh_lifetime)).replace(microsecond=0)
+            fields["refresh_token_expiry"] = rt_expiry
         return fields
 
 

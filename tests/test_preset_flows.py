@@ -211,6 +211,9 @@ def test_preset_flow_and_refresh(
     assert set(conn["permission_scope"].replace(",", " ").split()) == {*SCOPES, *offline_scopes}
     assert_in_about(conn["token_expiry"], lifetime(preset, answer))
     refresh_lifetime = lookup(answer, fields.get("refresh_token_expires_in", "refresh_token_expires_in"))
+    if refresh_lifetime is None and lookup(answer, fields.get("refresh_token", "refresh_token")):
+        # A silent provider's documented refresh-token lifetime (Xero's 60 days).
+        refresh_lifetime = preset.default_refresh_token_lifetime
     assert_in_about(
         conn["refresh_token_expiry"], None if refresh_lifetime is None else float(refresh_lifetime)
     )

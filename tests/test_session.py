@@ -155,6 +155,21 @@ def test_the_token_goes_in_the_authorization_header_over_the_callers(
 
 
 @SQLITE
+def test_an_api_that_wants_its_own_token_header_gets_it(
+    make_env: Callable[..., Env], servers: Servers
+) -> None:
+    # Shopify's Admin API takes the token in X-Shopify-Access-Token, not Authorization.
+    env = make_env()
+    api = servers(ok)
+    env.point_api_at(api.url, api_token_header="X-Shopify-Access-Token")
+    with env.session() as s:
+        assert s.get("/admin/shop.json").status_code == 200
+    [seen] = api.seen
+    assert seen.headers["X-Shopify-Access-Token"] == env.conn["access_token"]
+    assert "Authorization" not in seen.headers
+
+
+@SQLITE
 def test_requests_in_the_block_need_no_app_context_and_a_refresh_gets_one(
     make_env: Callable[..., Env],
 ) -> None:

@@ -163,3 +163,29 @@ def test_default_token_lifetime_only_for_refreshable_tokens_without_expires_in()
     assert stated.expires_in == 60.0
     # Without a refresh token nothing can renew it: no expiry is invented.
     assert parse_token_response('{"access_token": "a"}', None, quirks).expires_in is None
+
+
+def test_a_documented_refresh_token_lifetime_fills_in_for_a_silent_provider() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography.fernet import Fernet
+
+    from flask_zis_connections.crypto import Encryptor
+
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    enc = Encryptor.from_config([Fernet.generate_key().decode()], None, None)
+    silent = parse_token_response('{"access_token": "a", "refresh_token": "r", "expires_in": 1800}')
+    fields = silent.stored_fields(
+        enc, now, kept_refresh_token=None, kept_scope=None, default_refresh_lifetime=60
+    )
+    assert fields["refresh_token_expiry"] == now + timedelta(seconds=60)
+    told = parse_token_response('{"access_token": "a", "refresh_token": "r", "refresh_token_expires_in": 5}')
+    fields = told.stored_fields(
+        enc, now, kept_refresh_token=None, kept_scope=None, default_refresh_lifetime=60
+    )
+    assert fields["refresh_token_expiry"] == now + timedelta(seconds=5)  # what the provider says wins
+    kept = parse_token_response('{"access_token": "a", "expires_in": 1800}')
+    fields = kept.stored_fields(
+        enc, now, kept_refresh_token="old", kept_scope=None, default_refresh_lifetime=60
+    )
+    assert "refresh_token_expiry" not in fields  # a kept refresh token keeps its expiry

@@ -47,6 +47,8 @@ OPTION_FIELDS = (
     "metadata_from_token",
     "metadata_from_callback",
     "reauth_errors",
+    "api_token_header",
+    "default_refresh_token_lifetime",
     "issuer",
 )
 
@@ -108,6 +110,8 @@ class ProviderPreset:
     metadata_from_token: tuple[str, ...] = ()
     metadata_from_callback: tuple[str, ...] = ()
     reauth_errors: tuple[str, ...] = ()
+    api_token_header: str | None = None
+    default_refresh_token_lifetime: int | None = None
     issuer: str | None = None
 
     def client_options(self) -> dict[str, Any]:

@@ -232,5 +232,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "metadata_from_token": _names(_PATH_RE),
     "metadata_from_callback": _names(_PARAM_RE, RESERVED_CALLBACK),
     "reauth_errors": _names(_PARAM_RE),
+    "api_token_header": _field_name,
+    "default_refresh_token_lifetime": _lifetime,
     "issuer": _url,
 }
