@@ -59,6 +59,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     zis.init_app(app)
     app.register_blueprint(zis.blueprint)
+    # The admin console (and the zis-connect.js popup script it serves).
+    app.register_blueprint(zis.admin_blueprint, url_prefix="/admin/connections")
 
     @zis.admin_session_loader
     def load_admin(integration: str) -> str | None:

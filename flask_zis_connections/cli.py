@@ -15,13 +15,24 @@ import click
 from flask.cli import AppGroup
 from sqlalchemy import Engine
 
+from . import events
 from ._state import state
 from .domain import ConnectionRecord, utcnow
 from .errors import NotFound, ZISError
 from .importing import import_flask_dance, import_jsonl
 from .storage import SQLAlchemyStorage, Storage
 
-zis_cli = AppGroup("zis", help="Manage flask-zis-connections (OAuth clients, tokens, keys).")
+
+def _acting_as_cli() -> None:
+    """Events written by any ``flask zis`` command name the CLI as their actor (until the
+    command is over: a test runner may invoke several in one thread)."""
+    token = events.set_actor(events.CLI)
+    click.get_current_context().call_on_close(lambda: events.reset_actor(token))
+
+
+zis_cli = AppGroup(
+    "zis", help="Manage flask-zis-connections (OAuth clients, tokens, keys).", callback=_acting_as_cli
+)
 
 
 def _fail(exc: ZISError) -> None:
@@ -348,8 +359,12 @@ def check_cmd() -> None:
 
 @zis_cli.command("purge")
 def purge() -> None:
-    """Delete expired flows, verification codes and leases."""
-    click.echo(f"Purged {state().storage.purge_expired(utcnow())} expired rows.")
+    """Delete expired flows, verification codes and leases, and events older than
+    ZIS_EVENT_RETENTION_DAYS."""
+    st, now = state(), utcnow()
+    days = st.settings.event_retention_days
+    click.echo(f"Purged {st.storage.purge_expired(now)} expired rows.")
+    click.echo(f"Purged {st.storage.purge_events(now - timedelta(days=days))} events older than {days} days.")
 
 
 # -- schema migrations ----------------------------------------------------------------------

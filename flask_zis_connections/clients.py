@@ -10,6 +10,7 @@ import uuid as uuidlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from . import events
 from . import validation as v
 from .crypto import Encryptor
 from .domain import OAuthClient, utcnow
@@ -194,7 +195,15 @@ def create_client(
         allow_insecure=st.settings.allow_insecure_http,
         created_by=created_by,
     )
-    return st.storage.add_client(client)
+    stored = st.storage.add_client(client)
+    events.record(
+        "client.created",
+        integration,
+        oauth_client_uuid=stored.uuid,
+        actor=events.current_actor(created_by),
+        name=stored.name,
+    )
+    return stored
 
 
 def update_client(
@@ -224,7 +233,13 @@ def update_client(
         allow_insecure=st.settings.allow_insecure_http,
         secret_follows_routing=secret_follows_routing,
     )
-    return st.storage.update_client(client, expected_version=existing.version)
+    stored = st.storage.update_client(client, expected_version=existing.version)
+    secret = "client_secret" if changes.get("client_secret") is not None else None
+    fields = events.changed_fields(existing, stored, secret=secret)
+    events.record(
+        "client.changed", integration, oauth_client_uuid=stored.uuid, name=stored.name, fields=fields
+    )
+    return stored
 
 
 def delete_client(st: AppState, integration: str, uuid: str) -> OAuthClient:
@@ -232,6 +247,7 @@ def delete_client(st: AppState, integration: str, uuid: str) -> OAuthClient:
     client = require_client(st.storage, integration, uuid=v.uuid_value(uuid))
     if not st.storage.delete_client(integration, client.uuid):
         raise OAuthClientNotFound(integration, uuid)
+    events.record("client.deleted", integration, oauth_client_uuid=client.uuid, name=client.name)
     return client
 
 

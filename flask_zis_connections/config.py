@@ -41,8 +41,10 @@ TRUSTED_ORIGINS: Final = "ZIS_TRUSTED_ORIGINS"
 MAX_PROVIDER_RESPONSE_BYTES: Final = "ZIS_MAX_PROVIDER_RESPONSE_BYTES"
 ALLOWED_PRIVATE_HOSTS: Final = "ZIS_ALLOWED_PRIVATE_HOSTS"
 REFRESH_BACKOFF_MAX: Final = "ZIS_REFRESH_BACKOFF_MAX"
+EVENT_RETENTION_DAYS: Final = "ZIS_EVENT_RETENTION_DAYS"
 RATELIMIT_UNAUTHENTICATED: Final = "ZIS_RATELIMIT_UNAUTHENTICATED"
 RATELIMIT_TOKEN_PROXY: Final = "ZIS_RATELIMIT_TOKEN_PROXY"
+METRICS: Final = "ZIS_METRICS"
 
 #: Defaults applied with ``app.config.setdefault`` in ``init_app``.  ``None`` for
 #: ``ZIS_DATABASE_URI`` means "a SQLite file in the app's instance folder".
@@ -72,8 +74,10 @@ DEFAULTS: Final[dict[str, Any]] = {
     MAX_PROVIDER_RESPONSE_BYTES: 1024 * 1024,
     ALLOWED_PRIVATE_HOSTS: [],
     REFRESH_BACKOFF_MAX: 60,
+    EVENT_RETENTION_DAYS: 90,
     RATELIMIT_UNAUTHENTICATED: "60 per minute",
     RATELIMIT_TOKEN_PROXY: "300 per minute",
+    METRICS: False,
 }
 
 
@@ -142,6 +146,11 @@ class Settings:
     account_id: int | None
     max_body_bytes: int
     flow_cookie_name: str
+    #: Collect Prometheus metrics from ``init_app`` on (``ZIS_METRICS``); they are also
+    #: collected once ``zis.metrics_wsgi_app()`` is called.
+    metrics: bool = False
+    #: Days ``flask zis purge`` keeps events for (``ZIS_EVENT_RETENTION_DAYS``).
+    event_retention_days: int = 90
 
     @property
     def public_https(self) -> bool:
@@ -165,6 +174,7 @@ class Settings:
             refresh_leeway=float(config[REFRESH_LEEWAY]),
             refresh_lease_ttl=_positive(REFRESH_LEASE_TTL, config[REFRESH_LEASE_TTL]),
             refresh_backoff_max=_positive(REFRESH_BACKOFF_MAX, config[REFRESH_BACKOFF_MAX]),
+            event_retention_days=_positive(EVENT_RETENTION_DAYS, config[EVENT_RETENTION_DAYS], int),
             http_timeout=_positive(HTTP_TIMEOUT, config[HTTP_TIMEOUT]),
             max_provider_response_bytes=_positive(
                 MAX_PROVIDER_RESPONSE_BYTES, config[MAX_PROVIDER_RESPONSE_BYTES], int
@@ -176,4 +186,5 @@ class Settings:
             account_id=_account_id(config[ACCOUNT_ID]),
             max_body_bytes=_positive(MAX_BODY_BYTES, config[MAX_BODY_BYTES], int),
             flow_cookie_name=str(config[FLOW_COOKIE_NAME]),
+            metrics=bool(config[METRICS]),
         )

@@ -21,7 +21,7 @@ import uuid as uuidlib
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from . import signals
+from . import events, signals
 from . import validation as v
 from .crypto import Encryptor
 from .domain import CREDENTIAL_TYPES, ConnectionRecord, ConnectionType, utcnow
@@ -129,6 +129,9 @@ def update(
             changed = changed.replace(access_token_enc=encrypted)
         stored = st.storage.update_connection(changed, expected_version=rec.version)
         if stored is not None:
+            secret_field = SECRET_FIELD[rec.type] if encrypted is not None else None
+            names = events.changed_fields(rec, stored, secret=secret_field)
+            events.record("connection.changed", integration, connection=stored, type=rec.type, fields=names)
             return stored
         rec = find(st, integration, connection_type, name)
     raise Conflict("The connection kept changing while it was updated. Read it again and retry.")

@@ -310,6 +310,40 @@ class RefreshBackoff:
     retry_at: datetime
 
 
+ConnectionStatus = Literal["active", "expiring_soon", "refresh_failing", "needs_reauth", "no_expiry"]
+#: Every status :func:`connection_status` gives, in the order dashboards list them.
+CONNECTION_STATUSES: tuple[ConnectionStatus, ...] = (
+    "active",
+    "expiring_soon",
+    "refresh_failing",
+    "needs_reauth",
+    "no_expiry",
+)
+
+
+def connection_status(
+    record: ConnectionRecord, backoff: RefreshBackoff | None, expiring_before: datetime
+) -> ConnectionStatus:
+    """What an operator needs to know about a connection, first match wins:
+    ``needs_reauth`` (a person must connect again), ``refresh_failing`` (its last
+    refreshes failed and it is backing off, ``backoff`` is set), ``no_expiry`` (nothing
+    expires: a token without ``expires_in``, or a credential connection),
+    ``expiring_soon`` (expires before ``expiring_before``, or has expired), ``active``.
+
+    Storage backends count connections by the same rules
+    (:meth:`~flask_zis_connections.storage.Storage.connection_status_counts`).
+    """
+    if record.needs_reauth:
+        return "needs_reauth"
+    if backoff is not None:
+        return "refresh_failing"
+    if record.token_expiry is None:
+        return "no_expiry"
+    if record.token_expiry < expiring_before:
+        return "expiring_soon"
+    return "active"
+
+
 @dataclass(frozen=True)
 class Page:
     """One page of a cursor-paginated listing, in insertion order.
@@ -322,4 +356,42 @@ class Page:
     items: list[ConnectionRecord]
     next_cursor: str | None
     prev_cursor: str | None = None
+    has_more: bool = False
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of an integration's event log: what happened, to what, by whom, when.
+
+    Written after the fact (never inside the operation it records) and never holding a
+    secret: ``detail`` is a short JSON object of plain values - a failure's reason,
+    whether a revocation worked, the names (not the values) of the fields that changed.
+    ``actor`` is who caused it: ``api-token:<id>``, an admin id, ``cli``, or ``system``
+    for what the extension did on its own (a refresh on ``get_token``).
+    """
+
+    integration: str
+    kind: str
+    actor: str
+    connection_name: str | None = None
+    connection_uuid: str | None = None
+    oauth_client_uuid: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    created_at: datetime = field(default_factory=utcnow)
+    #: Given by storage when the event is added: increasing, never reused (the cursor).
+    id: int | None = None
+
+    def replace(self, **changes: Any) -> Event:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """One page of an integration's events, newest first.
+
+    ``next_cursor`` reads the older events after the last one here (None: no more).
+    """
+
+    items: list[Event]
+    next_cursor: str | None
     has_more: bool = False

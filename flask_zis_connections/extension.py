@@ -15,15 +15,18 @@ import copy
 import logging
 import os
 import secrets
+import threading
 import uuid as uuidlib
+import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask, current_app
 
-from . import clients, credentials
+from . import clients, credentials, events
 from . import config as cfg
 from ._state import EXTENSION_KEY, AppState, state
+from .admin import bp as admin_blueprint
 from .api import bp as api_blueprint
 from .api.auth import AdminSessionLoader
 from .clients import require_client, upsert_from_config
@@ -32,12 +35,17 @@ from .domain import ApiToken, Connection, OAuthClient
 from .errors import ConfigurationError, InvalidRequest
 from .flow import FlowService
 from .lifecycle import Lifecycle
+from .metrics import Metrics
 from .outbound import OutboundPolicy
 from .providers import ProviderPreset, catalog
 from .ratelimit import RateLimits
 from .session import DEFAULT_MAX_RETRY_AFTER, ConnectionSession
 from .storage import MemoryStorage, SQLAlchemyStorage, Storage
 from .validation import integration_name
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("flask_zis_connections")
 
@@ -56,6 +64,15 @@ class ZISConnections:
         #: The HTTP API to register on the host: ``app.register_blueprint(zis.blueprint)``.
         #: One blueprint object shared by every app; views find their app's state.
         self.blueprint: Blueprint = api_blueprint
+        #: The admin console, optional: ``app.register_blueprint(zis.admin_blueprint,
+        #: url_prefix="/admin/connections")``, next to :attr:`blueprint` (its flows use
+        #: the API's callback).  Admits whom ``@admin_session_loader`` admits.
+        self.admin_blueprint: Blueprint = admin_blueprint
+        #: The apps this extension is initialised on, held weakly: metrics, once on, cover
+        #: them all (their state stays in each app's ``app.extensions``).
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
+        self._metrics: Metrics | None = None
+        self._metrics_lock = threading.Lock()
         if app is not None:
             self.init_app(app)
 
@@ -136,6 +153,9 @@ class ZISConnections:
             upsert_from_config(
                 storage, encryptor, conf[cfg.OAUTH_CLIENTS], allow_insecure=settings.allow_insecure_http
             )
+        self._apps.add(app)
+        if settings.metrics or self._metrics is not None:
+            self._collecting()
 
     def _make_storage(self, app: Flask) -> Storage:
         if self._storage_override is not None:
@@ -154,6 +174,39 @@ class ZISConnections:
         raise ConfigurationError(
             f"ZIS_STORAGE must be 'sqlalchemy', 'memory' or a Storage instance, not {choice!r}."
         )
+
+    # -- metrics ------------------------------------------------------------------------
+    def metrics_wsgi_app(self) -> WSGIApplication:
+        """A WSGI app answering this extension's metrics in the Prometheus text format.
+
+        Mount it where the host likes, e.g. ``app.wsgi_app = DispatcherMiddleware(
+        app.wsgi_app, {"/metrics": zis.metrics_wsgi_app()})``.  Calling it turns metrics
+        on for every app this extension is initialised on, now or later (``ZIS_METRICS``
+        turns them on at ``init_app``).  The numbers are this extension's alone, in a
+        registry of its own (:mod:`~flask_zis_connections.metrics`).  The app has no
+        authentication: mount it where only the scraper reaches it.
+
+        :raises ConfigurationError: when prometheus-client (the ``metrics`` extra) is missing.
+        """
+        return self._collecting().wsgi_app()
+
+    def metrics_registry(self) -> CollectorRegistry:
+        """The ``prometheus_client.CollectorRegistry`` of this extension's metrics, for a
+        host with a Prometheus set-up of its own (``generate_latest(zis.metrics_registry())``);
+        turns metrics on as :meth:`metrics_wsgi_app` does."""
+        return self._collecting().registry
+
+    def _collecting(self) -> Metrics:
+        """This extension's metrics, made on first use and collecting for all its apps."""
+        with self._metrics_lock:
+            if self._metrics is None:
+                self._metrics = Metrics()
+            metrics = self._metrics
+        for app in list(self._apps):
+            st = app.extensions.get(EXTENSION_KEY)
+            if isinstance(st, AppState) and st.ext is self:
+                metrics.attach(app, st)
+        return metrics
 
     def admin_session_loader(self, func: AdminSessionLoader) -> AdminSessionLoader:
         """Register ``func(integration) -> user id | None`` to admit logged-in admins."""
@@ -209,14 +262,24 @@ class ZISConnections:
         """A new random bearer token for ``integration``; only its hash is stored."""
         integration_name(integration)
         token = "zis_" + secrets.token_urlsafe(32)
+        token_id = str(uuidlib.uuid4())
         state().storage.add_api_token(
-            ApiToken(id=str(uuidlib.uuid4()), token_hash=hash_secret(token), integration=integration)
+            ApiToken(id=token_id, token_hash=hash_secret(token), integration=integration)
         )
+        events.record("api_token.issued", integration, token_id=token_id)
         return token
 
     def revoke_access_token(self, token_or_id: str) -> bool:
+        """Revoke by the token itself or its id (or its hash); False when none matched."""
         storage = state().storage
-        return storage.revoke_api_token(token_or_id) or storage.revoke_api_token(hash_secret(token_or_id))
+        # Found first, so the event can name its integration and id (never the token).
+        found = storage.get_api_token(hash_secret(token_or_id)) or next(
+            (t for t in storage.list_api_tokens() if token_or_id in (t.id, t.token_hash)), None
+        )
+        revoked = storage.revoke_api_token(token_or_id) or storage.revoke_api_token(hash_secret(token_or_id))
+        if revoked and found is not None:
+            events.record("api_token.revoked", found.integration, token_id=found.id)
+        return revoked
 
     # -- connections ------------------------------------------------------------------
     def get_token(self, integration: str, name: str) -> str:

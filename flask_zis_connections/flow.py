@@ -26,12 +26,12 @@ from typing import Any
 
 from flask import Flask
 
-from . import signals
+from . import events, signals
 from . import validation as v
 from .clients import require_client
 from .crypto import Encryptor, hash_secret
 from .domain import ConnectionRecord, OAuthClient, PendingFlow, VerificationCode, utcnow
-from .errors import Conflict, Forbidden, InvalidRequest, InvalidValue, NotFound, ProviderError
+from .errors import Conflict, Forbidden, InvalidRequest, InvalidValue, NotFound, ProviderError, ZISError
 from .flow_checks import add_query, check_mix_up, check_redirect_origin, per_client_callback_url
 from .outbound import OutboundPolicy
 from .provider_client import ProviderClient, create_s256_code_challenge, interpolate
@@ -55,6 +55,17 @@ START_FIELDS = frozenset(
     }
 )
 _OAUTH_ERROR_RE = re.compile(r"[A-Za-z0-9_.-]+")
+_AC, _CC = "authorization_code", "client_credentials"
+
+
+def _failure_reason(exc: ZISError) -> str:
+    """What ``signals.flow_failed`` says about a failed client-credentials start."""
+    refusal = exc if isinstance(exc, TokenRequestRejected) else exc.__cause__
+    if isinstance(refusal, TokenRequestRejected):
+        return refusal.error
+    if isinstance(exc, Conflict):
+        return "connection_name_taken"
+    return "provider_error" if isinstance(exc, ProviderError) else "error"
 
 
 @dataclass(frozen=True)
@@ -184,6 +195,7 @@ class FlowService:
             expires_at=now + timedelta(seconds=self.flow_max_age),
         )
         self.storage.add_flow(flow)
+        signals.flow_started.send(self.app, integration=integration, name=name, grant_type=grant_type)
         token = sign(self.app, FLOW_TOKEN_SALT, flow.id)
         return {"redirect_url": add_query(start_redirect_url, {"flow_token": token})}
 
@@ -198,8 +210,20 @@ class FlowService:
         access_codes_url: str,
     ) -> dict[str, str]:
         provider = self._provider(client, subdomain)
-        resp = provider.client_credentials(scopes or None)
-        rec = self._store(client, name, subdomain, created_by, resp, "client_credentials", scopes)
+        signals.flow_started.send(self.app, integration=client.integration, name=name, grant_type=_CC)
+        try:
+            try:
+                resp = provider.client_credentials(scopes or None)
+            except TokenRequestRejected as exc:
+                # The provider refused what the caller asked for (its scope, or the client
+                # itself): the caller's error to fix, not a provider failure.
+                field = "permission_scopes" if exc.error == "invalid_scope" else "oauth_client_name"
+                raise InvalidValue(field, f"the provider refused the token request ({exc.error})") from exc
+            rec = self._store(client, name, subdomain, created_by, resp, "client_credentials", scopes)
+        except ZISError as exc:
+            self._flow_failed(client.integration, name, _CC, _failure_reason(exc))
+            raise
+        self._flow_completed(rec, _CC)
         code = self._issue_code(rec, origin_url, raw_params="")
         return {"redirect_url": add_query(access_codes_url, {"verification_code": code})}
 
@@ -289,9 +313,11 @@ class FlowService:
             out = {"error": error[:64] if _OAUTH_ERROR_RE.fullmatch(error[:64]) else "invalid_request"}
             if args.get("error_description"):
                 out["error_description"] = args["error_description"][:256]
+            self._flow_failed(flow.integration, flow.connection_name, _AC, out["error"])
             return Redirect(add_query(origin, out), 302, clear_cookie=name)
         code = args.get("code")
         if not code:
+            self._flow_failed(flow.integration, flow.connection_name, _AC, "invalid_callback")
             raise InvalidRequest("The callback has neither code nor error.")
         verifier = self.encryptor.decrypt_optional(consumed.code_verifier_enc)
         try:
@@ -299,12 +325,14 @@ class FlowService:
                 code, redirect_uri=consumed.redirect_uri, code_verifier=verifier
             )
         except TokenRequestRejected as exc:
+            self._flow_failed(flow.integration, flow.connection_name, _AC, exc.error)
             return Redirect(
                 add_query(origin, {"error": exc.error, "error_description": exc.message}),
                 302,
                 clear_cookie=name,
             )
         except ProviderError as exc:
+            self._flow_failed(flow.integration, flow.connection_name, _AC, "provider_error")
             log.warning("Code exchange for integration %s failed: %s", flow.integration, exc.message)
             return Redirect(
                 add_query(origin, {"error": "provider_error", "error_description": exc.message}),
@@ -323,8 +351,10 @@ class FlowService:
                 callback_args=args,
             )
         except Conflict as exc:  # another type took the name since the start
+            self._flow_failed(flow.integration, flow.connection_name, _AC, "connection_name_taken")
             out = {"error": "connection_name_taken", "error_description": exc.message}
             return Redirect(add_query(origin, out), 302, clear_cookie=name)
+        self._flow_completed(rec, _AC)
         vcode = self._issue_code(rec, origin, raw_params=raw_query)
         return Redirect(
             add_query(origin, {"verification_code": vcode, "verification_token": vcode}),
@@ -348,8 +378,19 @@ class FlowService:
         return rec, found
 
     # -- helpers ------------------------------------------------------------------
+    def _flow_failed(self, integration: str, name: str, grant_type: str, reason: str) -> None:
+        """A started flow ended without a connection (``reason``: an OAuth error code)."""
+        signals.flow_failed.send(
+            self.app, integration=integration, name=name, grant_type=grant_type, reason=reason
+        )
+
+    def _flow_completed(self, rec: ConnectionRecord, grant_type: str) -> None:
+        signals.flow_completed.send(
+            self.app, integration=rec.integration, name=rec.name, uuid=rec.uuid, grant_type=grant_type
+        )
+
     def _provider(self, client: OAuthClient, subdomain: str | None) -> ProviderClient:
-        return ProviderClient.for_client(client, self.encryptor, self.outbound, subdomain)
+        return ProviderClient.for_client(client, self.encryptor, self.outbound, subdomain, app=self.app)
 
     def _store(
         self,
@@ -408,6 +449,13 @@ class FlowService:
         else:
             # Re-authorized: whatever made its refreshes fail is in the past.
             self.storage.clear_refresh_backoff(rec.uuid)
+            events.record(
+                "connection.reauthorized",
+                rec.integration,
+                connection=rec,
+                actor=events.current_actor(created_by),  # the callback runs in nobody's session
+                app=self.app,
+            )
         return rec
 
     def _issue_code(self, rec: ConnectionRecord, origin: str, raw_params: str) -> str:

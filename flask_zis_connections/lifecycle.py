@@ -26,14 +26,14 @@ import logging
 import math
 import time
 import uuid as uuidlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Flask
 
-from . import signals
+from . import events, signals
 from .credentials import secret_of
 from .crypto import Encryptor
 from .domain import Connection, ConnectionRecord, Lease, OAuthClient, RefreshBackoff, utcnow
@@ -74,6 +74,9 @@ class Lifecycle:
     http_timeout: float
     outbound: OutboundPolicy
     backoff_max: float = 60.0
+    #: Set while metrics are on: gets the seconds of every :meth:`get_token` call.  None
+    #: (metrics off): the hot path measures nothing.
+    observe_get_token: Callable[[float], None] | None = field(default=None, repr=False)
     _leeway: timedelta = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -110,6 +113,16 @@ class Lifecycle:
 
     def get_token(self, integration: str, name: str) -> str:
         """The hot path: one indexed read and one decrypt while the token is fresh."""
+        observe = self.observe_get_token
+        if observe is None:
+            return self._get_token(integration, name)
+        started = time.perf_counter()
+        try:
+            return self._get_token(integration, name)
+        finally:
+            observe(time.perf_counter() - started)
+
+    def _get_token(self, integration: str, name: str) -> str:
         rec = self.storage.get_connection(integration, name=name)
         if rec is None:
             raise ConnectionNotFound(integration, name=name)
@@ -222,9 +235,12 @@ class Lifecycle:
         ``ProviderError`` carrying ``retry_after``, which the HTTP API sends as
         ``Retry-After`` with its 502.
         """
+        retry_after = max(1, math.ceil((backoff.retry_at - utcnow()).total_seconds()))
+        signals.refresh_backed_off.send(
+            self.app, integration=rec.integration, name=rec.name, uuid=rec.uuid, retry_after=retry_after
+        )
         if not force and not self._expired(rec):
             return rec
-        retry_after = max(1, math.ceil((backoff.retry_at - utcnow()).total_seconds()))
         raise ProviderError(
             f"Refreshing this connection failed at the provider ({backoff.reason}) "
             f"{backoff.failures} time(s) in a row; the next attempt is allowed in "
@@ -242,7 +258,9 @@ class Lifecycle:
             client = self.storage.get_client(rec.integration, uuid=rec.oauth_client_uuid)
         if client is None:
             raise ReauthorizationRequired(rec.integration, rec.name, "its OAuth client is gone")
-        return ProviderClient.for_client(client, self.encryptor, self.outbound, rec.oauth_url_subdomain)
+        return ProviderClient.for_client(
+            client, self.encryptor, self.outbound, rec.oauth_url_subdomain, app=self.app
+        )
 
     def _refresh_locked(
         self,
@@ -274,12 +292,13 @@ class Lifecycle:
                         self.encryptor.decrypt(current.refresh_token_enc), deadline=keeper.deadline
                     )
         except TokenRequestRejected as exc:
-            self._send_failed(current, exc.error)
-            if exc.error in REAUTH_ERRORS or exc.error in self._client_reauth_errors(current):
+            refused = exc.error in REAUTH_ERRORS or exc.error in self._client_reauth_errors(current)
+            self._send_failed(current, exc.error, needs_reauth=refused, backoff_started=not had_backoff)
+            if refused:
                 return self._mark_needs_reauth(current, exc.error, lease)
             return self._failed(current, exc, exc.error, force)
         except ProviderError as exc:
-            self._send_failed(current, "provider_error")
+            self._send_failed(current, "provider_error", needs_reauth=False, backoff_started=not had_backoff)
             return self._failed(current, exc, "provider_error", force)
         updated = self.apply_token(current, resp)
         stored = self.storage.update_connection(
@@ -344,6 +363,10 @@ class Lifecycle:
             latest = self.find(current.integration, uuid=current.uuid)
             if not latest.needs_reauth:
                 return latest
+        else:
+            events.record(
+                "connection.needs_reauth", current.integration, connection=current, app=self.app, reason=error
+            )
         log.warning(
             "Connection %s of %s needs re-authorization (%s).",
             current.uuid,
@@ -363,9 +386,19 @@ class Lifecycle:
             ),
         )
 
-    def _send_failed(self, rec: ConnectionRecord, reason: str) -> None:
+    def _send_failed(
+        self, rec: ConnectionRecord, reason: str, *, needs_reauth: bool, backoff_started: bool
+    ) -> None:
+        """``backoff_started``: this failure starts the connection's back-off (none was
+        recorded when the lease was taken); never for a refusal, which backs nothing off."""
         signals.connection_refresh_failed.send(
-            self.app, integration=rec.integration, name=rec.name, uuid=rec.uuid, reason=reason
+            self.app,
+            integration=rec.integration,
+            name=rec.name,
+            uuid=rec.uuid,
+            reason=reason,
+            needs_reauth=needs_reauth,
+            backoff_started=backoff_started and not needs_reauth,
         )
 
     def apply_token(self, rec: ConnectionRecord, resp: TokenResponse) -> ConnectionRecord:

@@ -32,6 +32,7 @@ from .outbound import (
     ResponseTooLarge,
     harden,
 )
+from .signals import timed_call
 from .token_answer import TokenRequestRejected, TokenResponse, oauth_error, parse_token_response
 from .validation import DNS_LABEL_RE, SUBDOMAIN_PLACEHOLDER
 
@@ -103,11 +104,21 @@ class ProviderClient:
 
     @classmethod
     def for_client(
-        cls, client: OAuthClient, encryptor: Encryptor, policy: OutboundPolicy, subdomain: str | None
+        cls,
+        client: OAuthClient,
+        encryptor: Encryptor,
+        policy: OutboundPolicy,
+        subdomain: str | None,
+        *,
+        app: object = None,
     ) -> ProviderClient:
         """The client's token operations, its secret decrypted for this call only."""
         return cls(
-            client, encryptor.decrypt_optional(client.client_secret_enc), policy=policy, subdomain=subdomain
+            client,
+            encryptor.decrypt_optional(client.client_secret_enc),
+            policy=policy,
+            subdomain=subdomain,
+            app=app,
         )
 
     def __init__(
@@ -117,8 +128,11 @@ class ProviderClient:
         *,
         policy: OutboundPolicy,
         subdomain: str | None = None,
+        app: object = None,
     ) -> None:
         self.client = client
+        #: The Flask app its calls are reported for (``signals.provider_called``); None: not reported.
+        self.app = app
         self._secret = client_secret
         self.policy = policy
         self.timeout = policy.timeout
@@ -147,7 +161,9 @@ class ProviderClient:
             with self._session(deadline) as session:
                 session.register_compliance_hook("access_token_response", answer)
                 session.register_compliance_hook("refresh_token_response", answer)
-                getattr(session, call)(self.token_url, timeout=self.timeout, **kwargs)
+                timed_call(
+                    self.app, "token", getattr(session, call), self.token_url, timeout=self.timeout, **kwargs
+                )
         except _Answered as answered:
             resp = answered.response
         except OutboundRefused as exc:
@@ -208,7 +224,10 @@ class ProviderClient:
         url = interpolate(self.client.revocation_url, self._subdomain)
         try:
             with self._session(None) as session:
-                resp = session.revoke_token(
+                resp = timed_call(
+                    self.app,
+                    "revocation",
+                    session.revoke_token,
                     url,
                     token,
                     token_type_hint=token_type_hint,

@@ -65,6 +65,7 @@ from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 import requests
 from flask import Flask, current_app, has_app_context
 
+from . import signals
 from ._state import state
 from .credentials import auth_header
 from .domain import ConnectionRecord, OAuthClient, ProviderQuirks, utcnow
@@ -199,7 +200,7 @@ class ConnectionSession(requests.Session):
         host = self._check_destination(request.url)
         creds = self._usable_credentials()
         creds.apply(request)
-        response = super().send(request, **kwargs)
+        response = signals.timed_call(self._app, "api", super().send, request, **kwargs)
         refreshed = waited = False
         while response.status_code in (401, 429) and _resendable(request):
             if response.status_code == 401:
@@ -218,8 +219,14 @@ class ConnectionSession(requests.Session):
                 creds = self._usable_credentials()  # the token may have fallen due meanwhile
             retry = request.copy()
             creds.apply(retry)
-            response = super().send(retry, **kwargs)
+            self._send_retried(creds.record, response.status_code)
+            response = signals.timed_call(self._app, "api", super().send, retry, **kwargs)
         return response
+
+    def _send_retried(self, record: ConnectionRecord, status: int) -> None:
+        signals.session_retried.send(
+            self._app, integration=record.integration, name=record.name, reason=str(status)
+        )
 
     # -- where a request may go ----------------------------------------------------------
     def _resolve(self, url: str | bytes) -> str:

@@ -18,9 +18,9 @@ subclass::
             backend.close()
 
 The builders the suite uses (:func:`make_client`, :func:`make_record`,
-:func:`make_credential`, :func:`make_flow`, :func:`make_code`, :func:`race`, the clock :data:`T0`) are here
-too, for tests of a backend's own extras.  This module needs ``pytest``; importing it
-defines classes and fixtures and nothing else.
+:func:`make_credential`, :func:`make_flow`, :func:`make_code`, :func:`make_event`,
+:func:`race`, the clock :data:`T0`) are here too, for tests of a backend's own extras.
+This module needs ``pytest``; importing it defines classes and fixtures and nothing else.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from .storage.contract.builders import (
     make_client,
     make_code,
     make_credential,
+    make_event,
     make_flow,
     make_record,
     new_id,
@@ -45,6 +46,7 @@ __all__ = [
     "make_client",
     "make_code",
     "make_credential",
+    "make_event",
     "make_flow",
     "make_record",
     "new_id",

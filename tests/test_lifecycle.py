@@ -849,7 +849,7 @@ def test_signals_carry_identifiers_and_no_secrets(env: Env) -> None:
     assert [kind for kind, _ in got] == ["refreshed", "failed", "deleted"]
     ids = {"integration": "acme", "name": "main", "uuid": env.conn["uuid"]}
     assert got[0][1] == {**ids, "token_expiry": conn.token_expiry}
-    assert got[1][1] == {**ids, "reason": "provider_error"}
+    assert got[1][1] == {**ids, "reason": "provider_error", "needs_reauth": False, "backoff_started": True}
     assert got[2][1] == {**ids, "revoked": None}
     secrets_ = {env.conn["access_token"], env.conn["refresh_token"], conn.access_token, conn.refresh_token}
     for _, payload in got:

@@ -49,7 +49,7 @@ def _diff(engine: Engine) -> list[object]:
 
 def test_upgrade_from_empty_matches_the_declared_schema(engine: Engine) -> None:
     upgrade(engine)
-    assert current(engine) == "0004"
+    assert current(engine) == "0005"
     assert _diff(engine) == []
     tables = set(inspect(engine).get_table_names())
     assert {t.name for t in metadata.sorted_tables} <= tables
@@ -86,7 +86,7 @@ def test_flask_zis_db_upgrade_with_create_tables_off(engine: Engine, tmp_path: P
     zis = ZISConnections(app)
     assert "zis_oauth_clients" not in inspect(engine).get_table_names()
     result = app.test_cli_runner().invoke(args=["zis", "db", "upgrade"])
-    assert result.exit_code == 0 and "0004" in result.output, result.output
+    assert result.exit_code == 0 and "0005" in result.output, result.output
     with app.app_context():
         created = zis.create_oauth_client("acme", **client_body())
         assert zis.list_oauth_clients("acme")[0].uuid == created.uuid

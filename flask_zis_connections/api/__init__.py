@@ -13,21 +13,26 @@ shape JSON.  Where to look:
 ``connections.py``     show, refresh, delete, and the listing of every type
 ``credentials.py``     bearer token, basic auth and API key connections
 ``clients.py``         the OAuth Clients API
+``events.py``          the event log, newest first
 ``providers.py``       the provider preset catalog (no credentials)
 ``token_proxy.py``     the token endpoint proxied to the host's own
 ``health.py``          ``GET /health``
+``openapi.py``         ``GET /openapi.json`` and the request validation built from it
+``openapi_doc.py``     the OpenAPI 3.1 document itself
 ``serializers.py``     the JSON shapes
 =====================  ==========================================================
 """
 
 from __future__ import annotations
 
-from . import (  # noqa: F401 - register the routes
+from . import (  # noqa: F401 - register the routes (openapi: and the request validation hook)
     clients,
     connections,
     credentials,
+    events,
     flow,
     health,
+    openapi,
     providers,
     token_proxy,
 )

@@ -19,7 +19,7 @@ from .errors import handle_error
 URL_PREFIX = "/api/services/zis"
 #: Endpoints that take no credentials: limited per client address before they run.
 _UNAUTHENTICATED_ENDPOINTS = frozenset(
-    {"zis.start_redirect", "zis.callback", "zis.token_proxy", "zis.health", "zis.providers"}
+    {"zis.start_redirect", "zis.callback", "zis.token_proxy", "zis.health", "zis.providers", "zis.openapi"}
 )
 
 bp = Blueprint("zis", __name__, url_prefix=URL_PREFIX)

@@ -7,6 +7,7 @@ from typing import Any
 from flask import Response, jsonify, request, url_for
 
 from .. import errors as e
+from .. import events
 from .. import validation as v
 from .._state import state
 from ..domain import ConnectionRecord
@@ -40,6 +41,7 @@ def auth(integration: str, *, state_changing: bool | None = None) -> Caller:
         raise
     if limits is not None:
         limits.hit_caller(integration, token=token, identity=caller.identity)
+    events.act_for_request(caller.identity)  # the actor of whatever this request records
     return caller
 
 

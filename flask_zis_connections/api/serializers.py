@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..credentials import MASK, SECRET_FIELD
-from ..domain import CONNECTION_TYPES, Connection, ConnectionRecord, OAuthClient, ProviderQuirks
+from ..domain import CONNECTION_TYPES, Connection, ConnectionRecord, Event, OAuthClient, ProviderQuirks
 
 
 def format_time(value: datetime | None) -> str | None:
@@ -118,3 +118,18 @@ def _quirks_json(quirks: ProviderQuirks) -> dict[str, Any]:
             list(value) if isinstance(value, tuple) else dict(value) if isinstance(value, Mapping) else value
         )
     return out
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    """One entry of the event log: what happened, to which connection or client, who did
+    it, when.  ``detail`` holds plain values only (see :mod:`flask_zis_connections.events`)."""
+    return {
+        "id": event.id,
+        "kind": event.kind,
+        "connection_name": event.connection_name,
+        "connection_uuid": event.connection_uuid,
+        "oauth_client_uuid": event.oauth_client_uuid,
+        "actor": event.actor,
+        "detail": dict(event.detail),
+        "created_at": format_time(event.created_at),
+    }

@@ -19,6 +19,7 @@ from .. import validation as v
 from .._state import state
 from ..outbound import OutboundRefused, guarded_session
 from ..provider_client import refusal_message
+from ..signals import timed_call
 from .blueprint import bp
 from .errors import envelope
 from .helpers import json_body
@@ -70,8 +71,14 @@ def _proxy_token(body: dict[str, Any]) -> Response:
     policy = st.lifecycle.outbound
     try:
         with guarded_session(policy) as session:
-            upstream = session.post(
-                url, data=form, headers={"Accept": "application/json"}, timeout=policy.timeout
+            upstream = timed_call(
+                st.lifecycle.app,
+                "proxy",
+                session.post,
+                url,
+                data=form,
+                headers={"Accept": "application/json"},
+                timeout=policy.timeout,
             )
     except OutboundRefused as exc:
         raise e.ProviderError(refusal_message("token endpoint (ZIS_HOST_TOKEN_URL)", exc, policy)) from None

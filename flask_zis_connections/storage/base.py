@@ -14,21 +14,27 @@ arguments are valid, how a cursor reads or which millisecond a datetime lands on
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import json
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from types import MappingProxyType
 
 from ..domain import (
+    CONNECTION_STATUSES,
     CONNECTION_TYPES,
     ApiToken,
     ConnectionRecord,
+    Event,
+    EventPage,
     Lease,
     OAuthClient,
     Page,
     PendingFlow,
     RefreshBackoff,
     VerificationCode,
+    connection_status,
     utcnow,
 )
 from ..errors import InvalidValue
@@ -201,6 +207,34 @@ class Storage(StorageHooks):
         ``needs_reauth``, soonest first: the ``refresh-due`` job's worklist."""
         return self._connections_expiring_before(at_ms(moment))
 
+    def connection_status_counts(self, expiring_before: datetime) -> dict[str, int]:
+        """How many connections (every integration and type) are in each status of
+        :data:`~flask_zis_connections.domain.CONNECTION_STATUSES`, decided as
+        :func:`~flask_zis_connections.domain.connection_status` does; every status is a
+        key, 0 included.  For dashboards and metrics, read on every scrape: the SQL
+        backend counts in one query."""
+        counts = self._connection_status_counts(at_ms(expiring_before))
+        return {status: int(counts.get(status, 0)) for status in CONNECTION_STATUSES}
+
+    def _connection_status_counts(self, expiring_before: datetime) -> Mapping[str, int]:
+        """The default for a backend without an aggregate: every connection of every
+        integration that has an OAuth client or an API token, a page at a time, with
+        one back-off read each.  A backend that can count in one query overrides it."""
+        counts: dict[str, int] = dict.fromkeys(CONNECTION_STATUSES, 0)
+        integrations = {c.integration for c in self.list_clients()}
+        integrations |= {t.integration for t in self.list_api_tokens()}
+        for integration in sorted(integrations):
+            cursor: str | None = None
+            while True:
+                page = self.list_connections(integration, limit=500, cursor=cursor)
+                for record in page.items:
+                    backoff = self.get_refresh_backoff(record.uuid)
+                    counts[connection_status(record, backoff, expiring_before)] += 1
+                if page.next_cursor is None:
+                    break
+                cursor = page.next_cursor
+        return counts
+
     # -- flows -----------------------------------------------------------------
     def add_flow(self, flow: PendingFlow) -> None:
         """Record a new pending flow; ``Conflict`` when its id exists."""
@@ -287,6 +321,49 @@ class Storage(StorageHooks):
         """Forget the failures (a refresh or re-authorization succeeded)."""
         self._clear_refresh_backoff(connection_uuid)
 
+    # -- event log -----------------------------------------------------------------
+    def add_event(self, event: Event) -> Event:
+        """Append ``event`` to its integration's log; return it with the id storage gave it.
+
+        ``ValueError`` when it has an id already, a kind or actor that is empty or too
+        long, identifiers longer than their columns, or a ``detail`` that is not a small
+        JSON object (:data:`EVENT_DETAIL_MAX_BYTES`): the log keeps short facts, never
+        a payload.
+        """
+        if event.id is not None:
+            raise ValueError("add_event() gives the event its id; pass one without an id.")
+        if not _EVENT_KIND_RE.fullmatch(event.kind):
+            raise ValueError(f"An event kind is 1 to 64 of a-z, 0-9, '_' and '.', not {event.kind!r}.")
+        for name, value, longest in (
+            ("integration", event.integration, 64),
+            ("actor", event.actor, 255),
+            ("connection_name", event.connection_name, 128),
+            ("connection_uuid", event.connection_uuid, 36),
+            ("oauth_client_uuid", event.oauth_client_uuid, 36),
+        ):
+            if value is not None and not 0 < len(value) <= longest:
+                raise ValueError(f"An event's {name} is 1 to {longest} characters.")
+        return self._add_event(
+            event.replace(created_at=at_ms(event.created_at), detail=_event_detail(event.detail))
+        )
+
+    def list_events(self, integration: str, *, limit: int, after: str | None = None) -> EventPage:
+        """The ``limit`` newest events of ``integration``, or - with ``after``, a page's
+        ``next_cursor`` - the ``limit`` newest of those older than that page."""
+        if limit < 1:
+            raise InvalidValue("limit", "must be a positive integer")
+        before = None if after is None else parse_cursor(after, "after")
+        # One row more than asked: its presence is what says there are older ones.
+        rows = list(self._list_events(integration, before, limit + 1))
+        has_more = len(rows) > limit
+        items = rows[:limit]
+        return EventPage(items=items, next_cursor=str(items[-1].id) if has_more else None, has_more=has_more)
+
+    def purge_events(self, before: datetime) -> int:
+        """Delete the events (of every integration) created before ``before``; return
+        how many went."""
+        return self._purge_events(at_ms(before))
+
     # -- maintenance -------------------------------------------------------------
     def reencrypt(self, rotate: Callable[[str], str]) -> int:
         """Apply ``rotate`` to every ciphertext column of every row; return rows changed.
@@ -323,6 +400,24 @@ def _record_at_ms(record: ConnectionRecord) -> ConnectionRecord:
         updated_at=at_ms(record.updated_at),
         metadata=MappingProxyType(dict(record.metadata)),
     )
+
+
+#: The longest ``detail`` of an event, as compact JSON.
+EVENT_DETAIL_MAX_BYTES = 2048
+_EVENT_KIND_RE = re.compile(r"[a-z0-9_.]{1,64}")
+
+
+def _event_detail(detail: Mapping[str, object]) -> Mapping[str, object]:
+    """A read-only copy of ``detail`` as it reads back from JSON (so every backend hands
+    back the same value), or ``ValueError`` when it is not a small JSON object."""
+    try:
+        text = json.dumps(dict(detail), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        raise ValueError("An event's detail is a JSON object of plain values.") from None
+    if len(text.encode()) > EVENT_DETAIL_MAX_BYTES:
+        raise ValueError(f"An event's detail is at most {EVENT_DETAIL_MAX_BYTES} bytes as JSON.")
+    copied: dict[str, object] = json.loads(text)
+    return MappingProxyType(copied)
 
 
 def backoff_delay(failures: int, *, base: float, cap: float) -> timedelta:

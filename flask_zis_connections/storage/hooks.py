@@ -23,6 +23,7 @@ from typing import Any, ClassVar, TypeVar
 from ..domain import (
     ApiToken,
     ConnectionRecord,
+    Event,
     Lease,
     OAuthClient,
     PendingFlow,
@@ -33,8 +34,10 @@ from ..errors import StorageUnavailable
 
 _R = TypeVar("_R")
 
-#: Public methods with a default body that a backend may override; guarded like the hooks.
-_OPTIONAL_HOOKS = frozenset({"create_tables", "healthcheck"})
+#: Methods with a default body that a backend may override; guarded like the hooks.
+#: ``_connection_status_counts`` reads every connection by default (see ``Storage``);
+#: a backend that can count in one query overrides it.
+_OPTIONAL_HOOKS = frozenset({"create_tables", "healthcheck", "_connection_status_counts"})
 
 
 class StorageHooks(abc.ABC):
@@ -173,6 +176,19 @@ class StorageHooks(abc.ABC):
 
     @abc.abstractmethod
     def _clear_refresh_backoff(self, connection_uuid: str) -> None: ...
+
+    @abc.abstractmethod
+    def _add_event(self, event: Event) -> Event:
+        """Store ``event`` under the next id (greater than every id handed out before,
+        in any integration, and never reused after a purge); return it with that id."""
+
+    @abc.abstractmethod
+    def _list_events(self, integration: str, before: int | None, limit: int) -> Sequence[Event]:
+        """At most ``limit`` events of ``integration`` with an id below ``before`` (any
+        id when None), newest (highest id) first."""
+
+    @abc.abstractmethod
+    def _purge_events(self, before: datetime) -> int: ...
 
     @abc.abstractmethod
     def _reencrypt(self, rotate: Callable[[str], str]) -> int: ...

@@ -27,11 +27,13 @@ from datetime import datetime, timedelta
 from ..domain import (
     ApiToken,
     ConnectionRecord,
+    Event,
     Lease,
     OAuthClient,
     PendingFlow,
     RefreshBackoff,
     VerificationCode,
+    connection_status,
 )
 from ..errors import OAuthClientNotFound
 from .base import Storage
@@ -79,6 +81,9 @@ class MemoryStorage(Storage):
         #: key -> (owner, expiry)
         self._leases: dict[str, tuple[str, datetime]] = {}
         self._backoff: dict[str, RefreshBackoff] = {}
+        #: Oldest first, so ids increase along the list.
+        self._events: list[Event] = []
+        self._next_event_id = 1
 
     # -- OAuth clients ---------------------------------------------------------
     def _add_client(self, client: OAuthClient) -> OAuthClient:
@@ -228,6 +233,15 @@ class MemoryStorage(Storage):
         due.sort(key=lambda r: r.token_expiry or moment)
         return due
 
+    def _connection_status_counts(self, expiring_before: datetime) -> dict[str, int]:
+        with self._lock:
+            pairs = [(r, self._backoff.get(r.uuid)) for r in self._connections.values()]
+        counts: dict[str, int] = {}
+        for record, backoff in pairs:
+            status = connection_status(record, backoff, expiring_before)
+            counts[status] = counts.get(status, 0) + 1
+        return counts
+
     # -- flows -----------------------------------------------------------------
     def _add_flow(self, flow: PendingFlow) -> None:
         with self._lock:
@@ -358,6 +372,31 @@ class MemoryStorage(Storage):
     def _clear_refresh_backoff(self, connection_uuid: str) -> None:
         with self._lock:
             self._backoff.pop(connection_uuid, None)
+
+    # -- event log -----------------------------------------------------------------
+    def _add_event(self, event: Event) -> Event:
+        with self._lock:
+            stored = event.replace(id=self._next_event_id)
+            self._next_event_id += 1
+            self._events.append(stored)
+        return stored
+
+    def _list_events(self, integration: str, before: int | None, limit: int) -> list[Event]:
+        found: list[Event] = []
+        with self._lock:
+            for event in reversed(self._events):
+                if event.integration == integration and (before is None or (event.id or 0) < before):
+                    found.append(event)
+                    if len(found) == limit:
+                        break
+        return found
+
+    def _purge_events(self, before: datetime) -> int:
+        with self._lock:
+            kept = [event for event in self._events if event.created_at >= before]
+            purged = len(self._events) - len(kept)
+            self._events = kept
+        return purged
 
     # -- maintenance -------------------------------------------------------------
     def _reencrypt(self, rotate: Callable[[str], str]) -> int:

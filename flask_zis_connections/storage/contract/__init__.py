@@ -14,20 +14,24 @@ from ..base import Storage
 from .clients import ClientContract
 from .connection_types import ConnectionTypeContract
 from .connections import ConnectionContract
+from .events import EventContract
 from .flows import FlowContract
 from .leases import LeaseContract
 from .maintenance import MaintenanceContract
 from .races import RaceContract
+from .status import StatusContract
 
 
 class StorageContract(
     ClientContract,
     ConnectionContract,
     ConnectionTypeContract,
+    EventContract,
     FlowContract,
     LeaseContract,
     MaintenanceContract,
     RaceContract,
+    StatusContract,
 ):
     """Every contract test; pytest collects them from a ``Test*`` subclass.
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from ...domain import ConnectionRecord, OAuthClient, PendingFlow, VerificationCode
+from ...domain import ConnectionRecord, Event, OAuthClient, PendingFlow, VerificationCode
 
 T = TypeVar("T")
 
@@ -122,6 +122,21 @@ def make_code(integration: str = "acme_crm", **kw: Any) -> VerificationCode:
     }
     values.update(kw)
     return VerificationCode(**values)
+
+
+def make_event(integration: str = "acme_crm", kind: str = "connection.refreshed", **kw: Any) -> Event:
+    values: dict[str, Any] = {
+        "integration": integration,
+        "kind": kind,
+        "actor": "api-token:1234",
+        "connection_name": "main",
+        "connection_uuid": new_id(),
+        "oauth_client_uuid": new_id(),
+        "detail": {"reason": "invalid_grant", "revoked": False, "fields": ["token_url"]},
+        "created_at": T0,
+    }
+    values.update(kw)
+    return Event(**values)
 
 
 def race(n: int, fn: Callable[[int], T]) -> list[T]:

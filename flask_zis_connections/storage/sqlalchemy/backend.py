@@ -17,8 +17,8 @@ failing with "database is locked" halfway through.
 
 The class is put together by concern: :mod:`.engine` (engines, reads, life cycle
 and the "database unavailable" message), :mod:`.records` (clients, connections, API
-tokens), :mod:`.coordination` (flows, verification codes, leases, back-off), and
-here the maintenance that sweeps every table.
+tokens), :mod:`.coordination` (flows, verification codes, leases, back-off),
+:mod:`.event_log` (the event log), and here the maintenance that sweeps every table.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import sqlalchemy as sa
 
 from ..times import to_ms
 from .coordination import CoordinationHooks
+from .event_log import EventHooks
 from .records import RecordHooks
 from .schema import connections, flows, oauth_clients, refresh_leases, verification_codes
 
@@ -47,7 +48,7 @@ _CIPHERTEXT: Final[Sequence[tuple[sa.Table, str, tuple[str, ...]]]] = (
 )
 
 
-class SQLAlchemyStorage(RecordHooks, CoordinationHooks):
+class SQLAlchemyStorage(RecordHooks, CoordinationHooks, EventHooks):
     """Storage in any SQLAlchemy database; tested on SQLite and PostgreSQL (psycopg 3).
 
     :param url: a SQLAlchemy URL; the backend creates (and :meth:`close` disposes)

@@ -17,6 +17,7 @@ from .rows import (
     CLIENT_FIELDS,
     CODE_FIELDS,
     CONNECTION_FIELDS,
+    EVENT_FIELDS,
     FLOW_FIELDS,
     TOKEN_FIELDS,
     columns,
@@ -24,6 +25,7 @@ from .rows import (
 from .schema import (
     api_tokens,
     connections,
+    events,
     flows,
     oauth_clients,
     refresh_backoff,
@@ -83,6 +85,25 @@ CONNECTIONS_DUE: Final = (
     )
     .order_by(_c.c.token_expiry, _c.c.id)
 )
+#: Every connection's status, as ``domain.connection_status`` decides it (first match wins).
+_status_of = (
+    sa.select(
+        sa.case(
+            (_c.c.needs_reauth.is_(True), "needs_reauth"),
+            (refresh_backoff.c.connection_uuid.is_not(None), "refresh_failing"),
+            (_c.c.token_expiry.is_(None), "no_expiry"),
+            (_c.c.token_expiry < _bp("expiring_before"), "expiring_soon"),
+            else_="active",
+        ).label("status")
+    )
+    .select_from(_c.outerjoin(refresh_backoff, refresh_backoff.c.connection_uuid == _c.c.uuid))
+    .subquery()
+)
+#: How many connections are in each status, in one query (grouped outside the CASE, so
+#: the bound parameter appears once on every database).
+CONNECTION_STATUS_COUNTS: Final = sa.select(_status_of.c.status, sa.func.count()).group_by(
+    _status_of.c.status
+)
 
 # -- flows and verification codes ----------------------------------------------------------
 FLOW: Final = sa.select(*columns(flows, FLOW_FIELDS)).where(flows.c.id == _bp("id"))
@@ -117,3 +138,14 @@ TAKE_EXPIRED_LEASE: Final = (
 BACKOFF: Final = sa.select(*columns(refresh_backoff, BACKOFF_FIELDS)).where(
     refresh_backoff.c.connection_uuid == _bp("uuid")
 )
+
+# -- the event log -----------------------------------------------------------------------
+_e = events
+#: Newest first; the second one pages on, below a cursor.
+EVENTS_OF: Final = (
+    sa.select(*columns(_e, EVENT_FIELDS))
+    .where(_e.c.integration == _bp("integration"))
+    .order_by(_e.c.id.desc())
+    .limit(_bp("limit"))
+)
+EVENTS_BEFORE: Final = EVENTS_OF.where(_e.c.id < _bp("before"))

@@ -230,6 +230,14 @@ class RecordHooks(SQLBackend):
     def _connections_expiring_before(self, moment: datetime) -> list[ConnectionRecord]:
         return [connection_from_row(r) for r in self._read(q.CONNECTIONS_DUE, {"moment": to_ms(moment)})]
 
+    def _connection_status_counts(self, expiring_before: datetime) -> dict[str, int]:
+        rows = self._read(q.CONNECTION_STATUS_COUNTS, {"expiring_before": to_ms(expiring_before)})
+        counts: dict[str, int] = {}
+        for row in rows:
+            status, count = tuple(row)  # (status, count)
+            counts[str(status)] = int(count)
+        return counts
+
     # -- API tokens --------------------------------------------------------------
     def _add_api_token(self, token: ApiToken) -> None:
         try:

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from ...domain import (
     ApiToken,
     ConnectionRecord,
+    Event,
     OAuthClient,
     PendingFlow,
     ProviderQuirks,
@@ -39,6 +40,7 @@ FLOW_FIELDS: Final = _fields(PendingFlow)
 CODE_FIELDS: Final = _fields(VerificationCode)
 TOKEN_FIELDS: Final = _fields(ApiToken)
 BACKOFF_FIELDS: Final = _fields(RefreshBackoff)
+EVENT_FIELDS: Final = _fields(Event)
 
 #: Columns an update of a client leaves alone: its identity, creator, creation time
 #: and version (which the statement itself increments).
@@ -178,3 +180,20 @@ def backoff_from_row(row: Sequence[Any]) -> RefreshBackoff:
     values["failed_at"] = from_ms(values["failed_at"])
     values["retry_at"] = from_ms(values["retry_at"])
     return RefreshBackoff(**values)
+
+
+def event_row(event: Event) -> dict[str, Any]:
+    """The columns of a new event; the database gives the id."""
+    values = _values(event, EVENT_FIELDS)
+    del values["id"]
+    values["detail"] = dump_json(event.detail)
+    values["created_at"] = to_ms(event.created_at)
+    return values
+
+
+def event_from_row(row: Sequence[Any]) -> Event:
+    values = dict(zip(EVENT_FIELDS, row, strict=True))
+    values["id"] = int(values["id"])
+    values["detail"] = load_json(values["detail"])
+    values["created_at"] = from_ms(values["created_at"])
+    return Event(**values)

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -178,10 +179,32 @@ refresh_backoff = Table(
     Column("retry_at", BigInteger, nullable=False),
 )
 
+#: The event log: one row per thing that happened to an integration's connections,
+#: clients and API tokens, never a secret.  Listed newest first by ``id`` within an
+#: integration (the index), trimmed by ``created_at``.  A 64-bit id, since a busy log
+#: outgrows 32 bits long before the other tables would (SQLite's INTEGER is 64-bit
+#: already, and only ``INTEGER PRIMARY KEY`` is its auto-incrementing row id).
+events = Table(
+    "zis_events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("integration", String(64), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("connection_name", String(128), nullable=True),
+    Column("connection_uuid", String(36), nullable=True),
+    Column("oauth_client_uuid", String(36), nullable=True),
+    Column("actor", String(255), nullable=False),
+    Column("detail", Text, nullable=False, server_default="{}"),
+    Column("created_at", BigInteger, nullable=False, index=True),
+    Index("ix_zis_events_integration_id", "integration", "id"),
+    sqlite_autoincrement=True,
+)
+
 __all__ = [
     "NAMING_CONVENTION",
     "api_tokens",
     "connections",
+    "events",
     "flows",
     "metadata",
     "oauth_clients",
