@@ -102,12 +102,22 @@ def create(
 
 
 def update(
-    st: AppState, integration: str, connection_type: str, name: str, changes: Mapping[str, Any]
+    st: AppState,
+    integration: str,
+    connection_type: str,
+    name: str,
+    changes: Mapping[str, Any],
+    *,
+    secret_follows_routing: bool = True,
 ) -> ConnectionRecord:
     """Change some of ``allowed_domain`` and the type's fields; the name stays.
 
     Written with a compare-and-swap on the row's version (retried when a concurrent
     edit lands first), so two edits of different fields both hold.
+    ``secret_follows_routing=False`` (the HTTP API) refuses to move the secret to another
+    ``allowed_domain`` (or API-key header) unless the same request gives it again: the
+    secret is write-only over HTTP, and a token holder must not be able to have the host's
+    ``zis.session`` deliver it to a server of their choosing.
     """
     rec = find(st, integration, connection_type, name)
     fields = TYPE_FIELDS[rec.type]
@@ -121,6 +131,14 @@ def update(
         if val is None:
             raise InvalidValue(key, "must not be null")
     values = _values(st.lifecycle.outbound, rec.type, wanted)
+    if not secret_follows_routing and SECRET_FIELD[rec.type] not in values:
+        moved = [f for f in ("allowed_domain", "header_name") if f in values and values[f] != getattr(rec, f)]
+        if moved:
+            raise InvalidValue(
+                SECRET_FIELD[rec.type],
+                f"is required when {', '.join(moved)} changes: the stored secret is never sent "
+                "to a new host or header without being given again",
+            )
     secret = values.pop(SECRET_FIELD[rec.type], None)
     encrypted = None if secret is None else st.encryptor.encrypt(secret)
     for _ in range(_UPDATE_ATTEMPTS):

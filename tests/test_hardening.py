@@ -746,3 +746,38 @@ def test_a_form_post_response_cannot_complete_a_flow(app: Flask) -> None:
     # response_mode=form_post would deliver code and state in a POST body: refused.
     resp = app.test_client().post(f"{PREFIX}/connections/oauth/callback", data={"code": "c", "state": "s"})
     assert_envelope(resp, 405, "1301")
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    ("kind", "body", "secret_field"),
+    [
+        ("bearer_token", {"token": "tok-secret-1"}, "token"),
+        ("basic_auth", {"username": "u", "password": "pw-secret-1"}, "password"),
+        ("api_key", {"api_key": "key-secret-1", "header_name": "X-Api-Key"}, "api_key"),
+    ],
+)
+def test_a_write_only_secret_does_not_follow_a_moved_domain(
+    app: Flask, bearer: dict[str, str], kind: str, body: dict[str, str], secret_field: str
+) -> None:
+    # Secrets of credential connections are write-only over HTTP ("*****"): moving where
+    # zis.session delivers one would hand it to whoever holds the integration's token.
+    c = app.test_client()
+    base = f"{PREFIX}/integrations/acme/connections/{kind}"
+    created = c.post(base, json={"name": "crm", "allowed_domain": "api.example.com", **body}, headers=bearer)
+    assert created.status_code == 201, created.get_json()
+    moved = c.patch(f"{base}/crm", json={"allowed_domain": "evil.example.net"}, headers=bearer)
+    assert_envelope(moved, 422, "1303", secret_field)
+    assert c.get(f"{base}/crm", headers=bearer).get_json()[kind]["allowed_domain"] == "api.example.com"
+    if kind == "api_key":
+        renamed = c.patch(f"{base}/crm", json={"header_name": "X-Other"}, headers=bearer)
+        assert_envelope(renamed, 422, "1303", "api_key")
+    # The same value, or the move with the secret given again, is fine.
+    assert (
+        c.patch(f"{base}/crm", json={"allowed_domain": "api.example.com"}, headers=bearer).status_code == 200
+    )
+    again = {"allowed_domain": "api2.example.com", secret_field: body[secret_field]}
+    assert c.patch(f"{base}/crm", json=again, headers=bearer).status_code == 200
+    # The host's own Python code is trusted to move it.
+    with app.app_context():
+        zis_of(app).update_connection("acme", "crm", type=kind, allowed_domain="api3.example.com")

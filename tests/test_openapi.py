@@ -520,7 +520,9 @@ def test_every_success_answer_fits_the_document(
         one = f"/integrations/{{integration}}/connections/{kind}/{{name}}"
         url = f"{PREFIX}/integrations/acme/connections/{kind}/my_{kind}"
         call("GET", one, 200, url=url)
-        call("PATCH", one, 200, url=url, json={"allowed_domain": "api2.example.com"})
+        secret = {"bearer_token": "token", "basic_auth": "password", "api_key": "api_key"}[kind]
+        moved = {"allowed_domain": "api2.example.com", secret: fields[secret]}  # a move needs the secret
+        call("PATCH", one, 200, url=url, json=moved)
     listed = call("GET", "/integrations/{integration}/connections/all", 200, query_string={"page[size]": 2})
     assert listed.get_json()["meta"]["has_more"] is True
     call("GET", "/integrations/{integration}/connections/all", 200)

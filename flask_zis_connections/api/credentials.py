@@ -40,7 +40,9 @@ def show_credential(integration: str, connection_type: str, name: str) -> Respon
 def update_credential(integration: str, connection_type: str, name: str) -> Response:
     auth(integration)
     body = json_body()
-    return _wrapped(credentials.update(state(), integration, connection_type, name, body))
+    return _wrapped(
+        credentials.update(state(), integration, connection_type, name, body, secret_follows_routing=False)
+    )
 
 
 @bp.delete(f"/integrations/<integration>/connections/{_TYPE}/<name>")
