@@ -56,6 +56,7 @@ def build(path: Path, size: int, key: str) -> Flask:
         ZIS_STORAGE="sqlalchemy",
         ZIS_DATABASE_URI=f"sqlite:///{path}",
         ZIS_ENCRYPTION_KEYS=[key],
+        ZIS_TOKEN_CACHE_TTL=0,  # times the storage read, not the in-process token cache
     )
     zis = ZISConnections(app)
     with app.app_context():

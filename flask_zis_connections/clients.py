@@ -247,6 +247,7 @@ def delete_client(st: AppState, integration: str, uuid: str) -> OAuthClient:
     client = require_client(st.storage, integration, uuid=v.uuid_value(uuid))
     if not st.storage.delete_client(integration, client.uuid):
         raise OAuthClientNotFound(integration, uuid)
+    st.lifecycle.changed(integration, None)  # its connections are gone with it
     events.record("client.deleted", integration, oauth_client_uuid=client.uuid, name=client.name)
     return client
 

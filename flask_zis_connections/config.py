@@ -45,6 +45,8 @@ EVENT_RETENTION_DAYS: Final = "ZIS_EVENT_RETENTION_DAYS"
 RATELIMIT_UNAUTHENTICATED: Final = "ZIS_RATELIMIT_UNAUTHENTICATED"
 RATELIMIT_TOKEN_PROXY: Final = "ZIS_RATELIMIT_TOKEN_PROXY"
 METRICS: Final = "ZIS_METRICS"
+TOKEN_CACHE_TTL: Final = "ZIS_TOKEN_CACHE_TTL"
+TOKEN_CACHE_SIZE: Final = "ZIS_TOKEN_CACHE_SIZE"
 
 #: Defaults applied with ``app.config.setdefault`` in ``init_app``.  ``None`` for
 #: ``ZIS_DATABASE_URI`` means "a SQLite file in the app's instance folder".
@@ -78,6 +80,8 @@ DEFAULTS: Final[dict[str, Any]] = {
     RATELIMIT_UNAUTHENTICATED: "60 per minute",
     RATELIMIT_TOKEN_PROXY: "300 per minute",
     METRICS: False,
+    TOKEN_CACHE_TTL: 5,
+    TOKEN_CACHE_SIZE: 10000,
 }
 
 
@@ -120,6 +124,16 @@ def _positive(key: str, value: Any, kind: type[int] | type[float] = float) -> An
     return number
 
 
+def _non_negative(key: str, value: Any, kind: type[int] | type[float] = float) -> Any:
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{key} must be a number, 0 or more, not {value!r}.") from None
+    if isinstance(value, bool) or number < 0 or number != number:
+        raise ConfigurationError(f"{key} must be a number, 0 or more, not {value!r}.")
+    return number
+
+
 @dataclass(frozen=True)
 class Settings:
     """The ``ZIS_*`` values of one app, read once at ``init_app``.
@@ -151,6 +165,11 @@ class Settings:
     metrics: bool = False
     #: Days ``flask zis purge`` keeps events for (``ZIS_EVENT_RETENTION_DAYS``).
     event_retention_days: int = 90
+    #: Seconds ``get_token`` may serve a token from the in-process cache
+    #: (``ZIS_TOKEN_CACHE_TTL``; 0: no cache).
+    token_cache_ttl: float = 5.0
+    #: Most tokens the in-process cache holds (``ZIS_TOKEN_CACHE_SIZE``; 0: no cache).
+    token_cache_size: int = 10000
 
     @property
     def public_https(self) -> bool:
@@ -187,4 +206,6 @@ class Settings:
             max_body_bytes=_positive(MAX_BODY_BYTES, config[MAX_BODY_BYTES], int),
             flow_cookie_name=str(config[FLOW_COOKIE_NAME]),
             metrics=bool(config[METRICS]),
+            token_cache_ttl=_non_negative(TOKEN_CACHE_TTL, config[TOKEN_CACHE_TTL]),
+            token_cache_size=_non_negative(TOKEN_CACHE_SIZE, config[TOKEN_CACHE_SIZE], int),
         )

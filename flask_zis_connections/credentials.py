@@ -95,6 +95,7 @@ def create(
         **values,
     )
     stored = st.storage.add_connection(record)
+    st.lifecycle.changed(stored.integration, stored.name)
     signals.connection_created.send(
         st.lifecycle.app, integration=stored.integration, name=stored.name, uuid=stored.uuid
     )
@@ -147,6 +148,7 @@ def update(
             changed = changed.replace(access_token_enc=encrypted)
         stored = st.storage.update_connection(changed, expected_version=rec.version)
         if stored is not None:
+            st.lifecycle.changed(stored.integration, stored.name)
             secret_field = SECRET_FIELD[rec.type] if encrypted is not None else None
             names = events.changed_fields(rec, stored, secret=secret_field)
             events.record("connection.changed", integration, connection=stored, type=rec.type, fields=names)

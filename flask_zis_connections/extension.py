@@ -7,6 +7,8 @@ Modelled on Flask-SQLAlchemy: ``ZISConnections(app=None, *, storage=None)``, an
 ``app.extensions`` (never ``self.app``), so app factories and several apps in one
 process work.  The methods here are the Python API; the HTTP API calls the same
 services.
+
+A little over 400 lines on purpose: it is the Python API, one short method per operation.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from .providers import ProviderPreset, catalog
 from .ratelimit import RateLimits
 from .session import DEFAULT_MAX_RETRY_AFTER, ConnectionSession
 from .storage import MemoryStorage, SQLAlchemyStorage, Storage
+from .token_cache import TokenCache
 from .validation import integration_name
 
 if TYPE_CHECKING:
@@ -128,6 +131,7 @@ class ZISConnections:
             http_timeout=settings.http_timeout,
             outbound=outbound,
             backoff_max=settings.refresh_backoff_max,
+            token_cache=TokenCache.for_settings(settings, storage),
         )
         flows = FlowService(
             app=app,
@@ -139,6 +143,7 @@ class ZISConnections:
             allow_insecure=settings.allow_insecure_http,
             outbound=outbound,
             cookie_prefix=settings.flow_cookie_name,
+            on_changed=lifecycle.changed,
         )
         app.extensions[EXTENSION_KEY] = AppState(
             ext=self,

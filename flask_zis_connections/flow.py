@@ -8,7 +8,7 @@ used once and binds the flow to the browser that used it (a random cookie whose 
 stored), so a state leaked from one browser is useless in another.  The callback
 consumes the flow atomically, so two concurrent callbacks make one code exchange.
 
-A little over 400 lines on purpose: the three steps share the trust model above and
+Over 400 lines on purpose: the three steps share the trust model above and
 are checked against each other; the URL and mix-up checks live in ``flow_checks.py``.
 """
 
@@ -96,6 +96,8 @@ class FlowService:
     allow_insecure: bool
     outbound: OutboundPolicy
     cookie_prefix: str
+    #: Called with (integration, name) after a connection's tokens were written.
+    on_changed: Callable[[str, str], None] | None = None
 
     # -- origin checks -----------------------------------------------------------
     def check_origin(self, url: object, own_origins: list[str]) -> str:
@@ -440,6 +442,8 @@ class FlowService:
                 metadata=metadata,
             )
         )
+        if self.on_changed is not None:
+            self.on_changed(rec.integration, rec.name)
         # The upsert keeps an existing connection's uuid, so a fresh uuid means "created".
         # (Asking first and writing after would race with a concurrent flow for the name.)
         if rec.uuid == new_uuid:

@@ -288,6 +288,7 @@ def _store(entry: TokenEntry, replace: bool) -> tuple[Outcome, str]:
             **fields,
         )
     )
+    st.lifecycle.changed(rec.integration, rec.name)
     if rec.uuid == new_uuid:
         app = st.lifecycle.app
         signals.connection_created.send(app, integration=rec.integration, name=rec.name, uuid=rec.uuid)

@@ -15,7 +15,7 @@ A refresh that fails at the provider is recorded apart from the connection row
 exponentially, across every process: until ``retry_at`` callers get the still-valid
 token, or fail fast with a ``Retry-After`` - the provider is not called again.
 
-A little over 400 lines on purpose: the refresh, its lease, its back-off and its
+Over 400 lines on purpose: the refresh, its lease, its back-off, its cache and its
 failure handling are one protocol, read together or misread.
 """
 
@@ -50,6 +50,7 @@ from .outbound import OutboundPolicy
 from .provider_client import REAUTH_ERRORS, ProviderClient
 from .storage import Storage
 from .token_answer import TokenRequestRejected, TokenResponse
+from .token_cache import TokenCache
 from .validation import METADATA_MAX_BYTES as METADATA_MAX_BYTES
 from .validation import metadata_changes as metadata_changes
 
@@ -77,6 +78,8 @@ class Lifecycle:
     #: Set while metrics are on: gets the seconds of every :meth:`get_token` call.  None
     #: (metrics off): the hot path measures nothing.
     observe_get_token: Callable[[float], None] | None = field(default=None, repr=False)
+    #: The in-process cache of decrypted tokens (None: ``ZIS_TOKEN_CACHE_TTL`` is 0).
+    token_cache: TokenCache | None = field(default=None, repr=False)
     _leeway: timedelta = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -123,6 +126,32 @@ class Lifecycle:
             observe(time.perf_counter() - started)
 
     def _get_token(self, integration: str, name: str) -> str:
+        cache = self.token_cache
+        if cache is None:
+            return self._read_token(integration, name)
+        token = cache.get(integration, name)
+        if token is not None:
+            return token
+        generation = cache.generation  # before the read: a write meanwhile wins
+        rec = self.storage.get_connection(integration, name=name)
+        if rec is None:
+            raise ConnectionNotFound(integration, name=name)
+        if rec.type != "oauth":
+            token = secret_of(rec, self.encryptor)
+            cache.put(integration, name, token, None, generation)
+            return token
+        now = utcnow()
+        expiry = rec.token_expiry
+        if expiry is not None and expiry - self._leeway <= now and self.is_due(rec, now):
+            return self.encryptor.decrypt(self.ensure_fresh(rec, force=False).access_token_enc)
+        token = self.encryptor.decrypt(rec.access_token_enc)
+        if not rec.needs_reauth:
+            due_at = self.due_at(rec)
+            seconds = None if due_at is None else (due_at - now).total_seconds()
+            cache.put(integration, name, token, seconds, generation)
+        return token
+
+    def _read_token(self, integration: str, name: str) -> str:
         rec = self.storage.get_connection(integration, name=name)
         if rec is None:
             raise ConnectionNotFound(integration, name=name)
@@ -132,6 +161,33 @@ class Lifecycle:
         if expiry is not None and expiry - self._leeway <= utcnow() and self.is_due(rec):
             rec = self.ensure_fresh(rec, force=False)
         return self.encryptor.decrypt(rec.access_token_enc)
+
+    def due_at(self, rec: ConnectionRecord) -> datetime | None:
+        """The moment :meth:`is_due` turns true for ``rec`` (None: never)."""
+        expiry = rec.token_expiry
+        if expiry is None:
+            return None
+        lifetime = expiry - rec.updated_at
+        return expiry - (min(self._leeway, lifetime / 2) if lifetime > _ZERO else _ZERO)
+
+    # -- the token cache -------------------------------------------------------------
+    def changed(self, integration: str, name: str | None) -> None:
+        """After a write that changed a connection's token or existence (``name`` None:
+        every connection of ``integration``): drop its cached token here at once, and
+        in other processes through the storage's channel when it has one."""
+        cache = self.token_cache
+        if cache is None:
+            return
+        cache.invalidate(integration, name)
+        try:
+            self.storage.notify_changed(integration, name)
+        except Exception as exc:  # the write stands; others fall back to the TTL
+            log.warning("Telling other processes that %s of %s changed failed: %s", name, integration, exc)
+
+    def forget_cached(self, integration: str, name: str) -> None:
+        """Drop this process's cached token of one connection (a provider refused it)."""
+        if self.token_cache is not None:
+            self.token_cache.invalidate(integration, name)
 
     def decrypt(self, rec: ConnectionRecord) -> Connection:
         enc = self.encryptor
@@ -313,6 +369,7 @@ class Lifecycle:
                 current.integration,
             )
             return self.find(current.integration, uuid=current.uuid)
+        self.changed(stored.integration, stored.name)
         if had_backoff:
             self.storage.clear_refresh_backoff(current.uuid)
         signals.connection_refreshed.send(
@@ -364,6 +421,7 @@ class Lifecycle:
             if not latest.needs_reauth:
                 return latest
         else:
+            self.changed(current.integration, current.name)
             events.record(
                 "connection.needs_reauth", current.integration, connection=current, app=self.app, reason=error
             )
@@ -434,6 +492,7 @@ class Lifecycle:
                 rec.replace(metadata=merged), expected_version=rec.version
             )
             if stored is not None:
+                self.changed(stored.integration, stored.name)
                 return stored
             rec = self.find(rec.integration, uuid=rec.uuid)
         raise ProviderError("The connection kept changing while its metadata was updated. Try again.")
@@ -461,6 +520,7 @@ class Lifecycle:
                 revoked = False
                 log.warning("Revoking connection %s at the provider failed: %s", rec.uuid, exc.message)
         self.storage.delete_connection(rec.integration, rec.uuid)
+        self.changed(rec.integration, rec.name)
         signals.connection_deleted.send(
             self.app, integration=rec.integration, name=rec.name, uuid=rec.uuid, revoked=revoked
         )

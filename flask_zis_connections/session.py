@@ -46,6 +46,9 @@ is seen by the next session, not by an open one: a session is meant to live for 
 A session may be shared by threads: the connection's current record is kept under a
 lock, and everything else about a call lives in the call.  Log lines and exception
 messages name the host at most, never a path, query string or token.
+
+A little over 400 lines on purpose: where a credential may go and when a request is
+retried are one policy, read together.
 """
 
 from __future__ import annotations
@@ -325,6 +328,7 @@ class ConnectionSession(requests.Session):
         401s into one provider call: a newer version counts as done on our behalf.
         """
         with self._app_context():
+            self._lifecycle.forget_cached(used.record.integration, used.record.name)
             return self._remember(self._lifecycle.ensure_fresh(used.record, force=True))
 
     @contextlib.contextmanager

@@ -9,6 +9,9 @@ calls a protected hook (``get_flow`` -> ``_get_flow``; :mod:`.hooks` lists them)
 a backend implements only the hooks and cannot disagree with another about which
 arguments are valid, how a cursor reads or which millisecond a datetime lands on.
 :mod:`flask_zis_connections.testing` ships the contract suite a backend must pass.
+
+Over 400 lines on purpose: it is the whole public storage interface, each method with
+the argument checks every backend would otherwise repeat; the hooks are in ``hooks.py``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from ..domain import (
     CONNECTION_STATUSES,
@@ -42,6 +46,9 @@ from .conflicts import client_conflict, stale_client
 from .hooks import StorageHooks
 from .times import at_ms, at_ms_or_none
 
+if TYPE_CHECKING:
+    from ..token_cache import TokenCache
+
 # The two conflicts callers outside storage raise too are importable from here.
 __all__ = ["Storage", "backoff_delay", "client_conflict", "parse_cursor", "stale_client"]
 
@@ -61,6 +68,16 @@ class Storage(StorageHooks):
 
     def healthcheck(self) -> None:
         """Raise :class:`~flask_zis_connections.errors.StorageUnavailable` when unusable."""
+
+    # -- token cache invalidation across processes (optional) -----------------------
+    def notify_changed(self, integration: str, name: str | None) -> None:
+        """Tell other processes that a connection's token changed or it is gone
+        (``name`` None: every connection of ``integration``).  No channel here: the
+        token cache's TTL bounds what other processes serve."""
+
+    def start_change_listener(self, cache: TokenCache) -> None:
+        """Start invalidating ``cache`` on other processes' :meth:`notify_changed`
+        (no channel here: nothing to start)."""
 
     # -- OAuth clients ---------------------------------------------------------
     def add_client(self, client: OAuthClient) -> OAuthClient:

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, Row
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError, ProgrammingError
 
+from ... import token_cache
 from ...errors import StorageUnavailable
 from ..base import Storage
 from .schema import metadata
@@ -47,6 +48,7 @@ class SQLBackend(Storage):
             assert url is not None
             engine = sa.create_engine(url, **{"hide_parameters": True, **(engine_options or {})})
         self.engine: Engine = engine
+        self._listeners: list[token_cache.ChangeListener] = []
         self._reader: Engine
         self._writer: Engine
         if engine.dialect.name == "sqlite":
@@ -86,11 +88,37 @@ class SQLBackend(Storage):
             metadata.create_all(self._writer)
 
     def close(self) -> None:
+        for listener in self._listeners:
+            listener.stopped.set()
         self.engine.dispose()
 
     def healthcheck(self) -> None:
         with self._reader.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
+
+    # -- token cache invalidation across processes (PostgreSQL only) -----------------
+    def notify_changed(self, integration: str, name: str | None) -> None:
+        if self.engine.dialect.name != "postgresql":
+            return
+        with self._reader.connect() as conn:  # autocommit: the NOTIFY is sent at once
+            conn.execute(
+                sa.text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": token_cache.CHANNEL, "payload": token_cache.payload(integration, name)},
+            )
+
+    def start_change_listener(self, cache: token_cache.TokenCache) -> None:
+        if self.engine.dialect.name != "postgresql" or self.engine.dialect.driver != "psycopg":
+            return
+        import psycopg
+
+        cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
+
+        def connect() -> psycopg.Connection[Any]:
+            return psycopg.connect(*cargs, **{**cparams, "autocommit": True})
+
+        listener = token_cache.ChangeListener(connect, cache)
+        self._listeners.append(listener)
+        listener.start()
 
     def _read(self, stmt: sa.Select[Any], params: Mapping[str, Any]) -> Sequence[Row[Any]]:
         """Run a read, retrying once on a connection the server dropped.
