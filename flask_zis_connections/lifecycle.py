@@ -100,15 +100,8 @@ class Lifecycle:
         shorter than the leeway would otherwise cost a refresh on every call, and every
         caller waiting for a refresh would refresh once more.
         """
-        expiry = rec.token_expiry
-        if expiry is None:
-            return False
-        now = now or utcnow()
-        if expiry - self._leeway > now:
-            return False
-        lifetime = expiry - rec.updated_at
-        leeway = min(self._leeway, lifetime / 2) if lifetime > _ZERO else _ZERO
-        return expiry - leeway <= now
+        due_at = self.due_at(rec)
+        return due_at is not None and due_at <= (now or utcnow())
 
     @staticmethod
     def _expired(rec: ConnectionRecord) -> bool:
@@ -127,40 +120,29 @@ class Lifecycle:
 
     def _get_token(self, integration: str, name: str) -> str:
         cache = self.token_cache
-        if cache is None:
-            return self._read_token(integration, name)
-        token = cache.get(integration, name)
-        if token is not None:
-            return token
-        generation = cache.generation  # before the read: a write meanwhile wins
+        generation = 0
+        if cache is not None:
+            token = cache.get(integration, name)
+            if token is not None:
+                return token
+            generation = cache.generation  # before the read: a write meanwhile wins
         rec = self.storage.get_connection(integration, name=name)
         if rec is None:
             raise ConnectionNotFound(integration, name=name)
+        seconds: float | None = None
         if rec.type != "oauth":
             token = secret_of(rec, self.encryptor)
-            cache.put(integration, name, token, None, generation)
-            return token
-        now = utcnow()
-        expiry = rec.token_expiry
-        if expiry is not None and expiry - self._leeway <= now and self.is_due(rec, now):
-            return self.encryptor.decrypt(self.ensure_fresh(rec, force=False).access_token_enc)
-        token = self.encryptor.decrypt(rec.access_token_enc)
-        if not rec.needs_reauth:
-            due_at = self.due_at(rec)
+        else:
+            now = utcnow()
+            expiry = rec.token_expiry
+            if expiry is not None and expiry - self._leeway <= now and self.is_due(rec, now):
+                return self.encryptor.decrypt(self.ensure_fresh(rec, force=False).access_token_enc)
+            token = self.encryptor.decrypt(rec.access_token_enc)
+            due_at = self.due_at(rec) if cache is not None else None
             seconds = None if due_at is None else (due_at - now).total_seconds()
+        if cache is not None and not rec.needs_reauth:
             cache.put(integration, name, token, seconds, generation)
         return token
-
-    def _read_token(self, integration: str, name: str) -> str:
-        rec = self.storage.get_connection(integration, name=name)
-        if rec is None:
-            raise ConnectionNotFound(integration, name=name)
-        if rec.type != "oauth":
-            return secret_of(rec, self.encryptor)
-        expiry = rec.token_expiry
-        if expiry is not None and expiry - self._leeway <= utcnow() and self.is_due(rec):
-            rec = self.ensure_fresh(rec, force=False)
-        return self.encryptor.decrypt(rec.access_token_enc)
 
     def due_at(self, rec: ConnectionRecord) -> datetime | None:
         """The moment :meth:`is_due` turns true for ``rec`` (None: never)."""
@@ -348,7 +330,7 @@ class Lifecycle:
                         self.encryptor.decrypt(current.refresh_token_enc), deadline=keeper.deadline
                     )
         except TokenRequestRejected as exc:
-            refused = exc.error in REAUTH_ERRORS or exc.error in self._client_reauth_errors(current)
+            refused = exc.error in REAUTH_ERRORS or exc.error in provider.client.quirks.reauth_errors
             self._send_failed(current, exc.error, needs_reauth=refused, backoff_started=not had_backoff)
             if refused:
                 return self._mark_needs_reauth(current, exc.error, lease)
@@ -356,7 +338,7 @@ class Lifecycle:
         except ProviderError as exc:
             self._send_failed(current, "provider_error", needs_reauth=False, backoff_started=not had_backoff)
             return self._failed(current, exc, "provider_error", force)
-        updated = self.apply_token(current, resp)
+        updated = self.apply_token(current, resp, provider.client)
         stored = self.storage.update_connection(
             updated, expected_version=current.version, lease=lease, now=utcnow()
         )
@@ -380,10 +362,6 @@ class Lifecycle:
             token_expiry=stored.token_expiry,
         )
         return stored
-
-    def _client_reauth_errors(self, rec: ConnectionRecord) -> tuple[str, ...]:
-        client = self.storage.get_client(rec.integration, uuid=rec.oauth_client_uuid)
-        return client.quirks.reauth_errors if client is not None else ()
 
     def _failed(
         self, current: ConnectionRecord, exc: ProviderError, reason: str, force: bool
@@ -459,19 +437,23 @@ class Lifecycle:
             backoff_started=backoff_started and not needs_reauth,
         )
 
-    def apply_token(self, rec: ConnectionRecord, resp: TokenResponse) -> ConnectionRecord:
-        """``rec`` with the new tokens; a response without a refresh token keeps the old one."""
+    def apply_token(
+        self, rec: ConnectionRecord, resp: TokenResponse, client: OAuthClient
+    ) -> ConnectionRecord:
+        """``rec`` with the new tokens; a response without a refresh token keeps the old one.
+
+        ``client`` is the one the refresh was made with (already read; not read again)."""
         now = utcnow()
-        client = self.storage.get_client(rec.integration, uuid=rec.oauth_client_uuid)
+        quirks = client.quirks
         fields = resp.stored_fields(
             self.encryptor,
             now,
             kept_refresh_token=self.encryptor.decrypt_optional(rec.refresh_token_enc),
             kept_scope=rec.permission_scope,
-            default_lifetime=client.quirks.default_token_lifetime if client is not None else None,
-            default_refresh_lifetime=client.quirks.default_refresh_token_lifetime if client else None,
+            default_lifetime=quirks.default_token_lifetime,
+            default_refresh_lifetime=quirks.default_refresh_token_lifetime,
         )
-        fresh = resp.metadata(client.quirks.metadata_from_token) if client is not None else {}
+        fresh = resp.metadata(quirks.metadata_from_token)
         metadata = {**rec.metadata, **fresh}
         return rec.replace(**fields, needs_reauth=False, updated_at=now, metadata=metadata)
 

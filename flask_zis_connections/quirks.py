@@ -8,6 +8,7 @@ may add to a request, never take over its security-relevant parts.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,22 +17,9 @@ from . import validation as v
 from .domain import TOKEN_ANSWER_FIELDS, ProviderQuirks
 from .errors import InvalidValue
 
-QUIRK_FIELDS = (
-    "scope_separator",
-    "offline_scopes",
-    "token_params",
-    "refresh_params",
-    "default_token_lifetime",
-    "api_base_url",
-    "allowed_domains",
-    "token_response_fields",
-    "ok_field",
-    "metadata_from_token",
-    "metadata_from_callback",
-    "reauth_errors",
-    "api_token_header",
-    "default_refresh_token_lifetime",
-)
+#: Every quirk option a client accepts: the fields of ``ProviderQuirks`` (``provider``
+#: is set by ``provider=``, not as an option of its own).
+QUIRK_FIELDS = tuple(f.name for f in dataclasses.fields(ProviderQuirks) if f.name != "provider")
 SCOPE_SEPARATORS = (" ", ",", "+")
 #: Form fields the token request sets itself (RFC 6749 §4.1.3, §6, RFC 7636 §4.5).
 _RESERVED_TOKEN_PARAMS = frozenset(
