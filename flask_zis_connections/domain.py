@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 GrantType = Literal["authorization_code", "client_credentials"]
 AuthMethod = Literal["client_secret_basic", "client_secret_post"]
@@ -146,6 +146,21 @@ class OAuthClient:
 
     def replace(self, **changes: Any) -> OAuthClient:
         return dataclasses.replace(self, **changes)
+
+
+class TokenRead(NamedTuple):
+    """The columns ``get_token`` needs while a token is fresh, as the database holds them.
+
+    Times stay epoch milliseconds (no datetime is built on the hot path); anything
+    beyond a fresh OAuth token - a due one, a credential type - reads the whole
+    :class:`ConnectionRecord`.
+    """
+
+    type: str
+    access_token_enc: str
+    token_expiry_ms: int | None
+    updated_at_ms: int
+    needs_reauth: bool
 
 
 @dataclass(frozen=True)

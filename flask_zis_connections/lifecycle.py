@@ -81,9 +81,11 @@ class Lifecycle:
     #: The in-process cache of decrypted tokens (None: ``ZIS_TOKEN_CACHE_TTL`` is 0).
     token_cache: TokenCache | None = field(default=None, repr=False)
     _leeway: timedelta = field(init=False, repr=False)
+    _leeway_ms: float = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._leeway = timedelta(seconds=self.leeway)
+        self._leeway_ms = self.leeway * 1000
 
     # -- reads -------------------------------------------------------------------
     def find(self, integration: str, *, name: str | None = None, uuid: str | None = None) -> ConnectionRecord:
@@ -126,6 +128,30 @@ class Lifecycle:
             if token is not None:
                 return token
             generation = cache.generation  # before the read: a write meanwhile wins
+        # Five columns, epoch milliseconds, no record built: enough while the token is
+        # fresh.  A due token or a credential connection takes the whole record.
+        head = self.storage.read_token(integration, name)
+        if head is None:
+            raise ConnectionNotFound(integration, name=name)
+        if head.type == "oauth":
+            now_ms = time.time() * 1000
+            expiry = head.token_expiry_ms
+            due_ms: float | None = None
+            if expiry is not None:
+                lifetime = expiry - head.updated_at_ms
+                due_ms = expiry - (min(self._leeway_ms, lifetime / 2) if lifetime > 0 else 0)
+            if due_ms is None or due_ms > now_ms:
+                token = self.encryptor.decrypt(head.access_token_enc)
+                if cache is not None and not head.needs_reauth:
+                    seconds = None if due_ms is None else (due_ms - now_ms) / 1000
+                    cache.put(integration, name, token, seconds, generation)
+                return token
+        return self._get_token_of_record(integration, name, generation)
+
+    def _get_token_of_record(self, integration: str, name: str, generation: int) -> str:
+        """``get_token`` when the token is due (refresh it, once across callers) or
+        the connection is of a credential type (its secret, or why there is none)."""
+        cache = self.token_cache
         rec = self.storage.get_connection(integration, name=name)
         if rec is None:
             raise ConnectionNotFound(integration, name=name)
@@ -134,11 +160,10 @@ class Lifecycle:
             token = secret_of(rec, self.encryptor)
         else:
             now = utcnow()
-            expiry = rec.token_expiry
-            if expiry is not None and expiry - self._leeway <= now and self.is_due(rec, now):
+            if self.is_due(rec, now):
                 return self.encryptor.decrypt(self.ensure_fresh(rec, force=False).access_token_enc)
-            token = self.encryptor.decrypt(rec.access_token_enc)
-            due_at = self.due_at(rec) if cache is not None else None
+            token = self.encryptor.decrypt(rec.access_token_enc)  # refreshed meanwhile
+            due_at = self.due_at(rec)
             seconds = None if due_at is None else (due_at - now).total_seconds()
         if cache is not None and not rec.needs_reauth:
             cache.put(integration, name, token, seconds, generation)

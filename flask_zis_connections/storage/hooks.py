@@ -36,8 +36,9 @@ _R = TypeVar("_R")
 
 #: Methods with a default body that a backend may override; guarded like the hooks.
 #: ``_connection_status_counts`` reads every connection by default (see ``Storage``);
-#: a backend that can count in one query overrides it.
-_OPTIONAL_HOOKS = frozenset({"create_tables", "healthcheck", "_connection_status_counts"})
+#: a backend that can count in one query overrides it.  ``_read_token`` cuts down the
+#: whole record by default; a backend with a narrower read overrides it.
+_OPTIONAL_HOOKS = frozenset({"create_tables", "healthcheck", "_connection_status_counts", "_read_token"})
 
 
 class StorageHooks(abc.ABC):

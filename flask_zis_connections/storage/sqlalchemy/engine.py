@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from ... import token_cache
 from ...errors import StorageUnavailable
 from ..base import Storage
+from .hot import HotReader
 from .schema import metadata
 from .sqlite import sqlite_reader_and_writer
 
@@ -56,6 +57,8 @@ class SQLBackend(Storage):
         else:
             self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
             self._writer = engine
+        #: ``get_token``'s read on connections of its own (None: through the engine).
+        self._hot = HotReader.for_engine(engine)
 
     def __repr__(self) -> str:
         return f"<SQLAlchemyStorage {self.engine.url.render_as_string(hide_password=True)}>"
@@ -90,6 +93,8 @@ class SQLBackend(Storage):
     def close(self) -> None:
         for listener in self._listeners:
             listener.stopped.set()
+        if self._hot is not None:
+            self._hot.close()
         self.engine.dispose()
 
     def healthcheck(self) -> None:

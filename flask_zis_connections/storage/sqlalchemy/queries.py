@@ -51,6 +51,10 @@ _c = connections
 CONNECTION_BY_NAME: Final = sa.select(*columns(_c, CONNECTION_FIELDS)).where(
     _c.c.integration == _bp("integration"), _c.c.name == _bp("name")
 )
+#: ``get_token``'s read: the columns of :class:`~flask_zis_connections.domain.TokenRead`.
+TOKEN_READ: Final = sa.select(
+    _c.c.type, _c.c.access_token_enc, _c.c.token_expiry, _c.c.updated_at, _c.c.needs_reauth
+).where(_c.c.integration == _bp("integration"), _c.c.name == _bp("name"))
 CONNECTION_BY_UUID: Final = sa.select(*columns(_c, CONNECTION_FIELDS)).where(
     _c.c.integration == _bp("integration"), _c.c.uuid == _bp("uuid")
 )

@@ -8,13 +8,15 @@ both succeed and a lost race never aborts the surrounding PostgreSQL transaction
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from ...domain import ApiToken, ConnectionRecord, Lease, OAuthClient
+from ...domain import ApiToken, ConnectionRecord, Lease, OAuthClient, TokenRead
 from ...errors import Conflict, OAuthClientNotFound
 from ..conflicts import (
     client_conflict,
@@ -117,6 +119,16 @@ class RecordHooks(SQLBackend):
     def _get_connection_by_name(self, integration: str, name: str) -> ConnectionRecord | None:
         rows = self._read(q.CONNECTION_BY_NAME, {"integration": integration, "name": name})
         return connection_from_row(rows[0]) if rows else None
+
+    def _read_token(self, integration: str, name: str) -> TokenRead | None:
+        hot = self._hot
+        rows: Sequence[Any] | None = None if hot is None else hot.fetch(integration, name)
+        if rows is None:
+            rows = self._read(q.TOKEN_READ, {"integration": integration, "name": name})
+        if not rows:
+            return None
+        row: Sequence[Any] = rows[0]
+        return TokenRead(row[0], row[1], row[2], row[3], bool(row[4]))
 
     def _add_connection(self, record: ConnectionRecord) -> ConnectionRecord:
         try:

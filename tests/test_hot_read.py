@@ -1,0 +1,227 @@
+"""``get_token``'s narrow read on connections of its own, outside the engine's pool.
+
+What must hold: the same answer as the full record, a write seen by the very next read
+(no transaction or snapshot left open), a broken or exhausted reader falling back to the
+engine, a bounded number of connections under many threads, and a forked child never
+touching its parent's connections.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from sqlalchemy import event
+
+from flask_zis_connections import ZISConnections, get_token
+from flask_zis_connections.storage import SQLAlchemyStorage
+from flask_zis_connections.storage.sqlalchemy.hot import HotReader
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _zis(app: Flask) -> ZISConnections:
+    return app.extensions["zis_connections"].ext  # type: ignore[no-any-return]
+
+
+def _storage(app: Flask) -> SQLAlchemyStorage:
+    return app.extensions["zis_connections"].storage  # type: ignore[no-any-return]
+
+
+def _hot(app: Flask) -> HotReader:
+    hot = _storage(app)._hot
+    assert hot is not None
+    return hot
+
+
+def _add(app: Flask, name: str, token: str) -> None:
+    with app.app_context():
+        _zis(app).create_connection(
+            "acme", name, type="bearer_token", allowed_domain="api.acme.test", token=token
+        )
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    app = make_app(ZIS_TOKEN_CACHE_TTL=0)  # every get_token reads storage
+    for i in range(20):
+        _add(app, f"c{i}", f"token-{i}")
+    return app
+
+
+@pytest.fixture
+def checkouts(app: Flask) -> Iterator[list[int]]:
+    """How many times the engine's pool handed out a connection."""
+    count = [0]
+    engine = _storage(app).engine
+
+    def seen(*_: Any) -> None:
+        count[0] += 1
+
+    event.listen(engine, "checkout", seen)
+    yield count
+    event.remove(engine, "checkout", seen)
+
+
+def test_read_token_matches_the_record(app: Flask) -> None:
+    storage = _storage(app)
+    read = storage.read_token("acme", "c3")
+    record = storage.get_connection("acme", name="c3")
+    assert read is not None and record is not None
+    assert read.type == record.type == "bearer_token"
+    assert read.access_token_enc == record.access_token_enc
+    assert read.token_expiry_ms is None and read.needs_reauth is False
+    assert storage.read_token("acme", "missing") is None
+    assert storage.read_token("other", "c3") is None
+
+
+def test_reads_skip_the_engine_pool(app: Flask, checkouts: list[int]) -> None:
+    with app.app_context():
+        assert get_token("acme", "c1") == "token-1"  # a credential: the whole record
+        before = checkouts[0]
+        for _ in range(50):
+            assert _storage(app).read_token("acme", "c2") is not None
+    assert checkouts[0] == before  # the reader's own connection, opened once before
+    assert len(_hot(app)._idle) == 1
+
+
+def test_a_write_is_seen_by_the_next_read(app: Flask) -> None:
+    storage = _storage(app)
+    first = storage.read_token("acme", "c4")
+    assert first is not None
+    with app.app_context():
+        _zis(app).update_connection("acme", "c4", type="bearer_token", token="replaced")
+        assert get_token("acme", "c4") == "replaced"
+    second = storage.read_token("acme", "c4")
+    assert second is not None and second.access_token_enc != first.access_token_enc
+    with app.app_context():
+        _zis(app).delete_connection("acme", "c4")
+    assert storage.read_token("acme", "c4") is None
+
+
+def test_an_exhausted_reader_reads_through_the_engine(app: Flask, checkouts: list[int]) -> None:
+    hot = _hot(app)
+    hot.limit = 0  # as if every connection of its own were in use
+    hot.close()
+    before = checkouts[0]
+    with app.app_context():
+        for i in range(5):
+            assert _storage(app).read_token("acme", f"c{i}") is not None
+    assert checkouts[0] == before + 5
+    assert hot._idle == []
+
+
+def test_a_broken_connection_is_dropped_and_the_read_still_answers(app: Flask) -> None:
+    storage = _storage(app)
+    assert storage.read_token("acme", "c5") is not None
+    hot = _hot(app)
+    (broken,) = hot._idle
+    broken.close()  # the server went away under it
+    read = storage.read_token("acme", "c5")
+    assert read is not None and read.type == "bearer_token"
+    assert broken not in hot._idle and hot._open == 0
+    assert storage.read_token("acme", "c5") is not None
+    assert len(hot._idle) == 1 and hot._idle[0] is not broken
+
+
+def test_postgres_backend_killed_under_the_reader(app: Flask, backend: str) -> None:
+    if backend != "postgres":
+        pytest.skip("a server-side disconnect needs a server")
+    storage = _storage(app)
+    assert storage.read_token("acme", "c6") is not None
+    pid = _hot(app)._idle[0].info.backend_pid
+    with storage.engine.connect() as conn:
+        conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    read = storage.read_token("acme", "c6")
+    assert read is not None and read.type == "bearer_token"
+
+
+def test_many_threads_stay_within_the_limit(app: Flask) -> None:
+    hot = _hot(app)
+    errors: list[BaseException] = []
+    peak = [0]
+
+    def work(seed: int) -> None:
+        try:
+            with app.app_context():
+                for j in range(100):
+                    i = (seed * 7 + j) % 20
+                    assert get_token("acme", f"c{i}") == f"token-{i}"
+                    peak[0] = max(peak[0], hot._open)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert 1 <= peak[0] <= hot.limit
+    assert len(hot._idle) == hot._open <= hot.limit
+
+
+def test_closing_the_storage_closes_the_connections(app: Flask) -> None:
+    storage = _storage(app)
+    assert storage.read_token("acme", "c7") is not None
+    conn = _hot(app)._idle[0]
+    storage.close()
+    with pytest.raises(Exception):  # each driver names its own error
+        conn.execute("SELECT 1")
+
+
+def test_a_dropped_storage_closes_its_connections_quietly(database_uri: str) -> None:
+    storage = SQLAlchemyStorage(database_uri)
+    storage.create_tables()
+    assert storage.read_token("acme", "none") is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        del storage
+        gc.collect()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_never_uses_its_parents_connections(app: Flask) -> None:
+    storage = _storage(app)
+    assert storage.read_token("acme", "c8") is not None
+    hot = _hot(app)
+    parents = list(hot._idle)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: read, report, leave without cleanup
+        ok = False
+        try:
+            found = storage.read_token("acme", "c8")
+            ok = found is not None and all(c not in hot._idle for c in parents) and hot._inherited == parents
+        finally:
+            os.write(write, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1" and status == 0
+    os.close(read)
+    gc.collect()
+    # The parent's connection still answers: the child neither closed nor used it.
+    assert hot._idle == parents
+    assert storage.read_token("acme", "c8") is not None
+    assert hot._idle == parents
+
+
+def test_memory_sqlite_reads_through_the_engine() -> None:
+    storage = SQLAlchemyStorage("sqlite://")
+    try:
+        assert storage._hot is None
+        storage.create_tables()
+        assert storage.read_token("acme", "x") is None
+    finally:
+        storage.close()
