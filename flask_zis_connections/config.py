@@ -47,6 +47,7 @@ RATELIMIT_TOKEN_PROXY: Final = "ZIS_RATELIMIT_TOKEN_PROXY"
 METRICS: Final = "ZIS_METRICS"
 TOKEN_CACHE_TTL: Final = "ZIS_TOKEN_CACHE_TTL"
 TOKEN_CACHE_SIZE: Final = "ZIS_TOKEN_CACHE_SIZE"
+TOKEN_CACHE_REDIS_URL: Final = "ZIS_TOKEN_CACHE_REDIS_URL"
 
 #: Defaults applied with ``app.config.setdefault`` in ``init_app``.  ``None`` for
 #: ``ZIS_DATABASE_URI`` means "a SQLite file in the app's instance folder".
@@ -82,6 +83,7 @@ DEFAULTS: Final[dict[str, Any]] = {
     METRICS: False,
     TOKEN_CACHE_TTL: 5,
     TOKEN_CACHE_SIZE: 10000,
+    TOKEN_CACHE_REDIS_URL: None,
 }
 
 
@@ -134,6 +136,31 @@ def _non_negative(key: str, value: Any, kind: type[int] | type[float] = float) -
     return number
 
 
+def _redis_url(key: str, value: Any) -> str | None:
+    """A URL redis-py connects to, checked here so a typo fails at start-up rather than
+    at the first write.  The message never repeats the value: it may hold a password."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigurationError(
+            f"{key} must be a redis://, rediss:// or unix:// URL "
+            "(e.g. redis://:password@localhost:6379/0), or None."
+        )
+    try:
+        from redis.connection import parse_url
+    except ImportError:
+        raise ConfigurationError(
+            f"{key} needs the 'redis' package: pip install 'flask-zis-connections[redis]'."
+        ) from None
+    try:
+        parse_url(value)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+    except ValueError:
+        raise ConfigurationError(
+            f"{key} is not a URL redis-py can read: check its port, database number and query options."
+        ) from None
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """The ``ZIS_*`` values of one app, read once at ``init_app``.
@@ -170,6 +197,9 @@ class Settings:
     token_cache_ttl: float = 5.0
     #: Most tokens the in-process cache holds (``ZIS_TOKEN_CACHE_SIZE``; 0: no cache).
     token_cache_size: int = 10000
+    #: Where the token cache's invalidations travel between processes
+    #: (``ZIS_TOKEN_CACHE_REDIS_URL``; None: PostgreSQL ``NOTIFY``, or none, as the storage offers).
+    token_cache_redis_url: str | None = None
 
     @property
     def public_https(self) -> bool:
@@ -208,4 +238,5 @@ class Settings:
             metrics=bool(config[METRICS]),
             token_cache_ttl=_non_negative(TOKEN_CACHE_TTL, config[TOKEN_CACHE_TTL]),
             token_cache_size=_non_negative(TOKEN_CACHE_SIZE, config[TOKEN_CACHE_SIZE], int),
+            token_cache_redis_url=_redis_url(TOKEN_CACHE_REDIS_URL, config[TOKEN_CACHE_REDIS_URL]),
         )

@@ -180,6 +180,23 @@ class ZISConnections:
             f"ZIS_STORAGE must be 'sqlalchemy', 'memory' or a Storage instance, not {choice!r}."
         )
 
+    def close(self, app: Flask | None = None) -> None:
+        """Stop what the extension runs in the background for ``app`` (default:
+        ``current_app``) and release its connections: the token cache's listener
+        threads (joined) and Redis clients, and the storage's pool when the extension
+        created the storage (one passed in belongs to the caller).
+
+        For app factories and tests that build and discard apps; a process that exits
+        needs none of it (the listeners are daemon threads).  ``get_token`` keeps
+        working in-process afterwards, but no longer hears other processes' writes.
+        """
+        st = state(app)
+        config = app.config if app is not None else current_app.config
+        if st.lifecycle.token_cache is not None:
+            st.lifecycle.token_cache.close()
+        if st.storage is not self._storage_override and not isinstance(config[cfg.STORAGE], Storage):
+            st.storage.close()
+
     # -- metrics ------------------------------------------------------------------------
     def metrics_wsgi_app(self) -> WSGIApplication:
         """A WSGI app answering this extension's metrics in the Prometheus text format.

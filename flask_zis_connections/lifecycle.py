@@ -181,13 +181,14 @@ class Lifecycle:
     def changed(self, integration: str, name: str | None) -> None:
         """After a write that changed a connection's token or existence (``name`` None:
         every connection of ``integration``): drop its cached token here at once, and
-        in other processes through the storage's channel when it has one."""
+        in other processes through the cache's channel (Redis pub/sub when
+        ``ZIS_TOKEN_CACHE_REDIS_URL`` is set, else the storage's, when it has one)."""
         cache = self.token_cache
         if cache is None:
             return
         cache.invalidate(integration, name)
         try:
-            self.storage.notify_changed(integration, name)
+            cache.notify_others(integration, name)
         except Exception as exc:  # the write stands; others fall back to the TTL
             log.warning("Telling other processes that %s of %s changed failed: %s", name, integration, exc)
 

@@ -426,3 +426,36 @@ def test_a_refresh_in_another_process_reaches_the_cache_at_once(
     assert error is None, error
     assert token == new
     assert seconds < 2.0
+
+
+@POSTGRES
+def test_the_listener_reconnects_after_losing_its_connection_and_clears_the_cache(
+    make_env: Callable[..., Env], postgres_url: str
+) -> None:
+    """Notifications sent while the LISTEN connection was down are lost: the cache is
+    cleared once it listens again, even though no one told it about any write."""
+    import sqlalchemy as sa
+
+    env = make_env(ZIS_TOKEN_CACHE_TTL=60)
+    env.token()  # the first put starts the listener
+    (listener,) = env.storage._listeners  # type: ignore[attr-defined]
+    assert listener.listening.wait(20)
+    env.cached_then_counted()
+    admin = sa.create_engine(postgres_url)
+    try:
+        with admin.begin() as conn:
+            killed = conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE query = 'LISTEN zis_token_cache' AND datname = current_database() "
+                    "AND pid <> pg_backend_pid()"
+                )
+            ).all()
+    finally:
+        admin.dispose()
+    assert killed
+    deadline = time.monotonic() + 15
+    while not (listener.subscriptions == 2 and listener.listening.is_set()):
+        assert time.monotonic() < deadline, "the listener did not reconnect"
+        time.sleep(0.01)
+    assert len(env.cache) == 0
