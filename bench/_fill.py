@@ -89,14 +89,16 @@ def insert_rows(engine: sa.Engine, table: sa.Table, rows: Iterable[dict[str, Any
         raw.close()
 
 
-def make_app(url: str, instance: Path, *, cache_ttl: float, cache_size: int | None = None) -> Flask:
+def make_app(
+    url: str, instance: Path, *, cache_ttl: float, cache_size: int | None = None, key: str = KEY
+) -> Flask:
     """A host app on ``url`` with the token cache as given (``cache_ttl`` 0: off)."""
     app = Flask("bench_host", instance_path=str(instance))
     app.config.update(
         SECRET_KEY="bench",
         ZIS_STORAGE="sqlalchemy",
         ZIS_DATABASE_URI=url,
-        ZIS_ENCRYPTION_KEYS=[KEY],
+        ZIS_ENCRYPTION_KEYS=[key],
         ZIS_TOKEN_CACHE_TTL=cache_ttl,
     )
     if cache_size is not None:
