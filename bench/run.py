@@ -139,7 +139,9 @@ def fresh_database(server_url: str, label: str) -> Iterator[str]:
             yield url.set(database=name).render_as_string(hide_password=False)
         finally:
             with admin.connect() as conn:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                # FORCE (PostgreSQL 13+) ends a module's leftover sessions, e.g. a listener.
+                force = " WITH (FORCE)" if (conn.dialect.server_version_info or (0,)) >= (13,) else ""
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"{force}')
     finally:
         admin.dispose()
 
@@ -406,7 +408,8 @@ def standalone(run: Callable[[Context], Section], argv: Sequence[str] | None = N
     notes: list[str] = []
     out = (args.out or Path(tempfile.mkdtemp(prefix="zis-bench-out-"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    label = _short(run.__module__.rpartition(".")[2])
+    # Run as ``python -m bench.<name>`` the module is ``__main__``: its file names it.
+    label = _short(Path(sys.modules[run.__module__].__file__ or "bench").stem)
     with (
         tempfile.TemporaryDirectory(prefix="zis-bench-") as tmp,
         postgres_server(args.postgres_url, notes) as (server, pg_log),
