@@ -1,22 +1,123 @@
-"""The benchmark script keeps working (its numbers are read by people, not asserted here:
-speed is judged by the ratios it prints, never by a timed unit test)."""
+"""The benchmark suite keeps working: ``python -m bench --quick`` writes a whole report.
+
+Its numbers are read by people, not asserted here: speed is judged by the ratios a full
+run reports against baselines measured beside it, never by a timed unit test, and a
+quick run's goals are not judged at all.
+"""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
+import types
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
+from bench import run as bench_run
+from bench.report import Context, Goal, Section
+
 ROOT = Path(__file__).resolve().parent.parent
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+pytestmark = pytest.mark.slow
 
 
-def test_bench_get_token_quick_runs() -> None:
-    proc = subprocess.run(
-        [sys.executable, "bench/bench_get_token.py", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("bench-out")
+    command = [sys.executable, "-m", "bench", "--quick", "--out", str(out)]
+    if os.environ.get("ZIS_TEST_POSTGRES_URL"):
+        command += ["--postgres-url", os.environ["ZIS_TEST_POSTGRES_URL"]]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out, (out / "BENCHMARKS.md").read_text()
+
+
+def _available() -> list[str]:
+    return [m for m in bench_run.MODULES if (ROOT / "bench" / f"{m}.py").exists()]
+
+
+def test_the_report_starts_with_the_run_and_a_summary_of_every_goal(report: tuple[Path, str]) -> None:
+    _, text = report
+    assert text.startswith("# Benchmarks\n")
+    assert "`python -m bench --quick --out " in text
+    assert re.search(r"commit: [0-9a-f]{40}", text)
+    goals = text.index("## Goals")
+    assert goals < text.index("## Machine") < text.index("<!-- module: ")
+    for name in ("cached get_token / dict lookup", "uncached get_token / raw driver read, SQLite"):
+        assert name in text[goals : text.index("## Machine")]
+    assert "worker RSS at 2,000 / at 200 connections" in text
+    for missing in set(bench_run.MODULES) - set(_available()):
+        assert f"| {missing.removeprefix('bench_')} | not available in this checkout |" in text
+
+
+def test_the_machine_and_library_versions_are_recorded(report: tuple[Path, str]) -> None:
+    _, text = report
+    machine = text[text.index("## Machine") : text.index("<!-- module: ")]
+    for row in ("CPU", "cores", "RAM", "OS", "Python", "SQLite", "PostgreSQL server", "Flask", "SQLAlchemy"):
+        assert f"| {row} |" in machine
+    for package in ("psycopg", "cryptography", "gunicorn", "wrk"):
+        assert f"| {package} |" in machine
+    if os.environ.get("ZIS_TEST_POSTGRES_URL"):
+        assert re.search(r"\| PostgreSQL server \| \d+", machine)
+
+
+def test_every_available_module_has_its_section_and_no_failure(report: tuple[Path, str]) -> None:
+    _, text = report
+    assert "The benchmark failed" not in text
+    for module in _available():
+        assert f"<!-- module: {module} -->\n## " in text
+    get_token = text[text.index("<!-- module: bench_get_token -->") :]
+    assert "**SQLite**" in get_token and "| 2,000 |" in get_token
+    if os.environ.get("ZIS_TEST_POSTGRES_URL"):
+        assert "**PostgreSQL**" in get_token
+
+
+def test_every_linked_plot_is_a_png(report: tuple[Path, str]) -> None:
+    out, text = report
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert {Path(link).name for link in links} >= {"get_token.png", "memory.png"}
+    for link in links:
+        path = out / link
+        assert path.is_file() and path.stat().st_size > 1000, link
+        assert path.read_bytes()[:8] == PNG_MAGIC, link
+
+
+def test_a_missing_module_is_reported_and_a_failing_one_does_not_stop_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    boom = types.ModuleType("bench.bench_boom")
+
+    def fails(ctx: Context) -> Section:
+        raise RuntimeError("the server went away")
+
+    boom.run = fails  # type: ignore[attr-defined]
+    fine = types.ModuleType("bench.bench_fine")
+    fine.run = lambda ctx: Section("fine", "all good", [], [Goal("ratio", 0.5, 1.0)])  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "bench.bench_boom", boom)
+    monkeypatch.setitem(sys.modules, "bench.bench_fine", fine)
+    ctx = Context(quick=True, out_dir=tmp_path, tmp=tmp_path)
+
+    outcomes = [bench_run.run_module(name, ctx) for name in ("bench_nowhere", "bench_boom", "bench_fine")]
+
+    assert outcomes[0].missing and outcomes[0].error is None
+    assert outcomes[1].error is not None and "RuntimeError: the server went away" in outcomes[1].error
+    assert outcomes[2].section is not None and outcomes[2].goals[0].met
+    text = bench_run.render(
+        outcomes,
+        command="python -m bench",
+        started=datetime.now(UTC),
+        seconds=1.0,
+        quick=False,
+        machine_rows=[["CPU", "x"]],
+        notes=[],
+        out=tmp_path,
     )
-    assert proc.returncode == 0, proc.stderr
-    assert "ours/bare" in proc.stdout and "5,000" in proc.stdout
+    assert "| nowhere | not available in this checkout |" in text
+    assert "| boom | the benchmark failed (see its section) |" in text
+    assert "RuntimeError: the server went away" in text
+    assert "| fine | ratio | 0.5x | <= 1x | met |" in text
