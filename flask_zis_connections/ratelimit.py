@@ -266,7 +266,8 @@ class RateLimits:
         """
         if not self.address_limits:
             return
-        exempt = None if integration is None or token is None else _caller_ids(integration, token, "")
+        # The token's key is only worked out when the address is spent (a hash per request saved).
+        exempt = None if integration is None or token is None else (integration, token)
         wait = self._run(_test_address, self.address_limits, _address_ids(), (self.caller_limits, exempt))
         self._raise_if_waiting(wait, "from this address")
 
@@ -361,14 +362,14 @@ def _test_address(
     windows: Windows,
     limits: tuple[Limit, ...],
     ids: _Ids,
-    exemption: tuple[tuple[Limit, ...], _Ids | None],
+    exemption: tuple[tuple[Limit, ...], tuple[str, str] | None],
 ) -> int | None:
     """The seconds to wait when the address spent a limit, unless the token's own
-    bucket (``exemption``: the caller limits and the token's key) was charged."""
-    caller_limits, token_ids = exemption
+    bucket (``exemption``: the caller limits, and the integration and token) was charged."""
+    caller_limits, exempt = exemption
     for limit in limits:
         if not windows.test(limit, ids):
-            if token_ids is not None and _charged(windows, caller_limits, token_ids):
+            if exempt is not None and _charged(windows, caller_limits, _caller_ids(*exempt, "")):
                 return None
             return _retry_after(windows, limit, ids)
     return None
