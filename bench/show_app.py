@@ -12,7 +12,9 @@ factory, run in every worker) reads what ``prepare`` wrote from environment vari
   decrypt, JSON;
 * ``GET /bare?name=conn-000042`` - a plain Flask view returning ``jsonify`` of a dict
   with the same fields and values as one of ours, computed once at start-up: what
-  Flask costs for the same answer with none of the work.
+  Flask costs for the same answer with none of the work;
+* ``GET /bare-read?name=conn-000042`` - the bare view after the storage read of that
+  connection (``storage.get_connection``): the floor for an endpoint that must read it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 
 # Run from a checkout without installing: the repository root holds the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -82,8 +84,17 @@ def create_app(db_url: str | None = None, key: str | None = None) -> Flask:
     with app.app_context():
         body = dict(connection_json(zis.get_connection(INTEGRATION, name_of(0)), 1234567))
 
+    storage = app.extensions["zis_connections"].storage
+
     @app.get("/bare")
     def bare() -> Response:
+        return jsonify(body)
+
+    @app.get("/bare-read")
+    def bare_read() -> Response:
+        """The bare view plus the one storage read ours cannot do without."""
+        if storage.get_connection(INTEGRATION, name=request.args.get("name", "")) is None:
+            return Response(status=404)
         return jsonify(body)
 
     return app

@@ -89,7 +89,7 @@ class Windows(Protocol):
         """Whether one more request would be admitted; counts nothing."""
 
     def stats(self, limit: Limit, ids: _Ids) -> tuple[float, int]:
-        """When the window next frees a slot (epoch seconds), and how many are left."""
+        """Seconds until the window next frees a slot, and how many slots are left."""
 
 
 class LocalWindows:
@@ -102,10 +102,12 @@ class LocalWindows:
     ``MemoryStorage`` inserts an object per hit at the front of a list (a copy of the
     whole window per request) and starts a timer thread every 10 ms under load, which
     made the limiter the largest single cost of a cheap request.  Idle keys are swept
-    every :data:`SWEEP_INTERVAL` seconds, so an address seen once does not stay.
+    every :data:`SWEEP_INTERVAL` seconds, so an address seen once does not stay.  Time is
+    the monotonic clock: a wall clock set back cannot leave requests "in the future"
+    counting against a window.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._windows: dict[Limit, dict[_Ids, deque[float]]] = {}
         self._lock = threading.Lock()
@@ -139,13 +141,13 @@ class LocalWindows:
         with self._lock:
             window = self._windows.get(limit, {}).get(ids)
             if not window:
-                return now + limit.seconds, limit.amount
+                return limit.seconds, limit.amount
             start = now - limit.seconds
             while window and window[0] < start:
                 window.popleft()
             if not window:
-                return now + limit.seconds, limit.amount
-            return window[0] + limit.seconds, limit.amount - len(window)
+                return limit.seconds, limit.amount
+            return window[0] - start, limit.amount - len(window)
 
     def _sweep(self, now: float) -> None:
         """Drop every window whose newest request left it (under the lock)."""
@@ -180,7 +182,7 @@ class SharedWindows:
 
     def stats(self, limit: Limit, ids: _Ids) -> tuple[float, int]:
         found = self._limiter.get_window_stats(limit.item, *ids)
-        return found.reset_time, found.remaining
+        return found.reset_time - time.time(), found.remaining
 
 
 class RateLimits:
@@ -409,5 +411,4 @@ def _charged(windows: Windows, limits: tuple[Limit, ...], ids: _Ids) -> bool:
 
 
 def _retry_after(windows: Windows, limit: Limit, ids: _Ids) -> int:
-    reset = windows.stats(limit, ids)[0]
-    return max(1, math.ceil(reset - time.time()))
+    return max(1, math.ceil(windows.stats(limit, ids)[0]))

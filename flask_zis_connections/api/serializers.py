@@ -175,6 +175,9 @@ class AnswerCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, uuid: object) -> bool:
+        return uuid in self._entries
+
     def __repr__(self) -> str:
         return f"<AnswerCache {len(self._entries)} answers, {self.bytes}/{self.max_bytes} bytes>"
 
