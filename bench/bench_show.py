@@ -9,13 +9,16 @@ gthread --threads 4`` - the script starts a real gunicorn on a loopback port and
 * **ours**: ``GET /api/services/zis/connections/acme?name=conn-NNNNNN`` with a bearer
   token: the rate limiter (on, at a limit this load never reaches), the token check, the
   connection read, the due check, the decrypted answer;
-* **bare**: ``GET /bare?name=conn-NNNNNN``: what Flask itself costs for that answer,
+* **bare**: ``GET /bare?name=conn-NNNNNN``: what Flask itself costs for that answer;
+* **bare+read**: ``GET /bare-read?name=...``: the bare view after the one storage read of
+  the row that ours must do too - the ceiling for any endpoint that reads it,
 
 names drawn at random over the ``N`` connections of a SQLite file (and of PostgreSQL when
-``ctx.postgres_url`` is given), ours and bare interleaved round by round; the figure is
-the median round's requests/s.  Every answer must be a 200: ``wrk``'s "Non-2xx" count or
-a socket error voids the run (a 429 or a 500 is cheaper than a real answer).  Without
-``wrk`` a Python keep-alive load generator stands in.
+``ctx.postgres_url`` is given), the three interleaved round by round; the figure is the
+median round's requests/s, with the workers' CPU per request beside it (psutil).  Every
+answer must be a 200: ``wrk``'s "Non-2xx" count or a socket error voids the run (a 429
+or a 500 is cheaper than a real answer).  Without ``wrk`` a Python keep-alive load
+generator stands in.
 
 Goals: ours/bare >= 0.7 for sync and for gthread.  Context: an in-process profile
 (``cProfile`` over ``app.test_client()``) of where a request's time goes, with the
@@ -43,7 +46,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +61,9 @@ from bench.report import Context, Goal, Section, table  # noqa: E402
 
 OURS_PATH = "/api/services/zis/connections/acme"
 BARE_PATH = "/bare"
+BARE_READ_PATH = "/bare-read"
+#: What is loaded, round by round: ours, the bare view, the bare view plus the one read.
+SIDES: dict[str, str] = {"ours": OURS_PATH, "bare": BARE_PATH, "bare+read": BARE_READ_PATH}
 WORKER_MODELS: dict[str, list[str]] = {
     "sync": ["-w", "2"],
     "gthread": ["-w", "2", "-k", "gthread", "--threads", "4"],
@@ -73,6 +79,8 @@ class Load:
     rps: float
     requests: int
     bad: int  # non-2xx answers plus socket errors
+    #: CPU seconds (user + system) the workers spent per request; None without psutil.
+    cpu_us: float | None = None
 
 
 # -- gunicorn ----------------------------------------------------------------------------
@@ -83,8 +91,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def gunicorn(model: str, db_url: str, key: str, log: Path, extra: str = "") -> Iterator[int]:
-    """A gunicorn serving ``bench.show_app`` on a free loopback port, stopped on exit."""
+def gunicorn(model: str, db_url: str, key: str, log: Path, extra: str = "") -> Iterator[tuple[int, int]]:
+    """A gunicorn serving ``bench.show_app`` on a free loopback port, stopped on exit:
+    its port and the master's pid."""
     port = _free_port()
     env = {**os.environ, show_app.ENV_DB: db_url, show_app.ENV_KEY: key, show_app.ENV_EXTRA: extra}
     cmd = [
@@ -102,7 +111,7 @@ def gunicorn(model: str, db_url: str, key: str, log: Path, extra: str = "") -> I
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         _wait_ready(port, proc)
-        yield port
+        yield port, proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -200,21 +209,44 @@ def python_load(port: int, path: str, token: str | None, size: int, seconds: flo
     return Load(sum(counts) / elapsed, sum(counts), sum(bad))
 
 
+def _worker_cpu(master: int) -> Callable[[], float] | None:
+    """The workers' CPU seconds so far (user + system), or None without psutil.
+
+    Throughput moves with whatever else the machine runs; CPU per request much less,
+    so it is reported beside the requests/s as a steadier view of the same ratio.
+    """
+    try:
+        import psutil
+    except ImportError:
+        return None
+    workers = psutil.Process(master).children()
+
+    def cpu() -> float:
+        return sum(sum(w.cpu_times()[:2]) for w in workers)
+
+    return cpu
+
+
 def measure(
     model: str, db_url: str, key: str, token: str, size: int, rounds: int, seconds: float, tmp: Path
 ) -> dict[str, list[Load]]:
-    """Interleaved rounds of ours and bare (the order alternating) on one gunicorn."""
+    """Interleaved rounds of every side (the order rotating) on one gunicorn."""
     load = wrk_load if shutil.which("wrk") else python_load
-    out: dict[str, list[Load]] = {"ours": [], "bare": []}
-    with gunicorn(model, db_url, key, tmp / "gunicorn.log") as port:
-        warm = min(1.0, seconds)
-        load(port, OURS_PATH, token, size, warm, tmp)
-        load(port, BARE_PATH, None, size, warm, tmp)
+    out: dict[str, list[Load]] = {side: [] for side in SIDES}
+    with gunicorn(model, db_url, key, tmp / "gunicorn.log") as (port, master):
+        cpu = _worker_cpu(master)
+        # Long enough for every worker to have answered most names once (the caches'
+        # steady state), for every side.
+        for side, path in SIDES.items():
+            load(port, path, token if side == "ours" else None, size, max(1.0, seconds * 0.6), tmp)
+        names = list(SIDES)
         for i in range(rounds):
-            order = ["ours", "bare"] if i % 2 == 0 else ["bare", "ours"]
-            for side in order:
-                path, tok = (OURS_PATH, token) if side == "ours" else (BARE_PATH, None)
-                out[side].append(load(port, path, tok, size, seconds, tmp))
+            for side in names[i % len(names) :] + names[: i % len(names)]:
+                before = cpu() if cpu else 0.0
+                got = load(port, SIDES[side], token if side == "ours" else None, size, seconds, tmp)
+                if cpu is not None and got.requests:
+                    got = Load(got.rps, got.requests, got.bad, (cpu() - before) / got.requests * 1e6)
+                out[side].append(got)
     return out
 
 
@@ -226,8 +258,7 @@ STAGES: list[tuple[str, str]] = [
     ("OpenAPI request check", "openapi.py:check_request"),
     ("connection read", "helpers.py:lookup"),
     ("due check / refresh", "lifecycle.py:ensure_fresh"),
-    ("answer body (decrypt, JSON)", "helpers.py:connection_response"),
-    ("answer body (decrypt, JSON)", "connections.py:connection_response"),
+    ("answer (decrypt, JSON, or the cached bytes)", "connections.py:_answer"),
 ]
 
 
@@ -246,12 +277,12 @@ def profile(
     urls = [f"{OURS_PATH}?name={show_app.name_of(rng.randrange(size))}" for _ in range(calls)]
 
     def loop() -> float:
-        started = time.perf_counter()
+        started = time.process_time()  # this process's CPU: steadier than the wall clock
         for url in urls:
             resp = client.get(url, headers=headers)
             if resp.status_code != 200:
                 raise RuntimeError(f"profile request answered {resp.status_code}")
-        return (time.perf_counter() - started) / calls * 1e6
+        return (time.process_time() - started) / calls * 1e6
 
     loop()  # warm: caches filled as under steady load
     per_request = min(loop() for _ in range(3))
@@ -296,19 +327,47 @@ def run(ctx: Context) -> Section:
                 model, url, key, tokens[db_name], size, rounds, seconds, ctx.tmp
             )
 
-    rows, goals, invalid = [], [], []
-    medians: dict[tuple[str, str], tuple[float, float]] = {}
+    rows, cpu_rows, goals, invalid = [], [], [], []
+    medians: dict[tuple[str, str], dict[str, float]] = {}
     for (db_name, model), sides in results.items():
-        ours = statistics.median(load.rps for load in sides["ours"])
-        bare = statistics.median(load.rps for load in sides["bare"])
+        rps = {side: statistics.median(load.rps for load in loads) for side, loads in sides.items()}
         bad = sum(load.bad for loads in sides.values() for load in loads)
         total = sum(load.requests for loads in sides.values() for load in loads)
         if bad:
             invalid.append(f"{db_name} {model}: {bad:,} of {total:,} answers were not 200")
-        medians[(db_name, model)] = (ours, bare)
+        medians[(db_name, model)] = rps
+        ours, bare, floor = rps["ours"], rps["bare"], rps["bare+read"]
         rows.append(
-            [db_name, model, f"{ours / bare:.2f}", f"{ours:,.0f}", f"{bare:,.0f}", f"{total:,}", str(bad)]
+            [
+                db_name,
+                model,
+                f"**{ours / bare:.2f}**",
+                f"{floor / bare:.2f}",
+                f"{ours / floor:.2f}",
+                f"{ours:,.0f}",
+                f"{bare:,.0f}",
+                f"{floor:,.0f}",
+                f"{total:,}",
+                str(bad),
+            ]
         )
+        cpu = {
+            side: statistics.median(load.cpu_us for load in loads if load.cpu_us is not None)
+            for side, loads in sides.items()
+            if any(load.cpu_us is not None for load in loads)
+        }
+        if len(cpu) == len(SIDES):
+            cpu_rows.append(
+                [
+                    db_name,
+                    model,
+                    f"{cpu['bare'] / cpu['ours']:.2f}",
+                    f"{cpu['ours']:.0f}",
+                    f"{cpu['bare']:.0f}",
+                    f"{cpu['bare+read']:.0f}",
+                    f"{cpu['ours'] - cpu['bare+read']:.0f}",
+                ]
+            )
         # The goal is judged on SQLite (PostgreSQL's numbers are context: its server
         # shares the 2 cores with gunicorn and wrk); a run with any non-200 counts as 0.
         if db_name == "SQLite":
@@ -340,9 +399,46 @@ def run(ctx: Context) -> Section:
         f"{rounds} interleaved round(s) of {seconds:g} s per side, median requests/s.  "
         f"The rate limiter is on (`ZIS_RATELIMIT={show_app.BENCH_RATELIMIT!r}`, never reached).",
         "",
-        table(["database", "workers", "ours/bare", "ours req/s", "bare req/s", "requests", "non-200"], rows),
+        table(
+            [
+                "database",
+                "workers",
+                "ours/bare",
+                "(bare+read)/bare",
+                "ours/(bare+read)",
+                "ours req/s",
+                "bare req/s",
+                "bare+read req/s",
+                "requests",
+                "non-200",
+            ],
+            rows,
+        ),
+        "",
+        "*bare+read* is the bare view after the same `storage.get_connection` the endpoint must "
+        "do: `(bare+read)/bare` is the most any endpoint that reads the row once can reach, "
+        "`ours/(bare+read)` what the extension costs beyond that read.",
         "",
     ]
+    if cpu_rows:
+        md += [
+            "CPU per request (the gunicorn workers' user + system time over the requests they "
+            "answered, median round): steadier than requests/s on a shared machine.",
+            "",
+            table(
+                [
+                    "database",
+                    "workers",
+                    "bare/ours",
+                    "ours us",
+                    "bare us",
+                    "bare+read us",
+                    "ours - (bare+read) us",
+                ],
+                cpu_rows,
+            ),
+            "",
+        ]
     if invalid:
         md += ["**Invalid run** (a 429 or 500 is cheaper than an answer): " + "; ".join(invalid), ""]
     md += [
@@ -356,7 +452,7 @@ def run(ctx: Context) -> Section:
     return Section("Show connection under gunicorn", "\n".join(md), [plot] if plot else [], goals)
 
 
-def _plot(medians: dict[tuple[str, str], tuple[float, float]], out_dir: Path) -> Path | None:
+def _plot(medians: dict[tuple[str, str], dict[str, float]], out_dir: Path) -> Path | None:
     try:
         import matplotlib
 
@@ -365,18 +461,21 @@ def _plot(medians: dict[tuple[str, str], tuple[float, float]], out_dir: Path) ->
     except ImportError:
         return None
     labels = [f"{db}\n{model}" for db, model in medians]
-    ours = [o for o, _ in medians.values()]
-    bare = [b for _, b in medians.values()]
-    xs = range(len(labels))
-    fig, ax = plt.subplots(figsize=(max(5, 2.2 * len(labels)), 4))
-    ax.bar([x - 0.2 for x in xs], bare, width=0.4, label="bare Flask", color="#999999")
-    ax.bar([x + 0.2 for x in xs], ours, width=0.4, label="show connection", color="#2b6cb0")
-    for x, (o, b) in zip(xs, medians.values(), strict=True):
-        ax.text(x + 0.2, o, f"{o / b:.2f}x", ha="center", va="bottom", fontsize=9)
-    ax.set_xticks(list(xs), labels)
+    colors = {"bare": "#999999", "bare+read": "#c9a227", "ours": "#2b6cb0"}
+    names = {"bare": "bare Flask", "bare+read": "bare Flask + the row read", "ours": "show connection"}
+    width = 0.27
+    fig, ax = plt.subplots(figsize=(max(5.0, 2.6 * len(labels)), 4.2))
+    for n, side in enumerate(("bare", "bare+read", "ours")):
+        xs = [x + (n - 1) * width for x in range(len(labels))]
+        heights = [rps[side] for rps in medians.values()]
+        ax.bar(xs, heights, width=width, label=names[side], color=colors[side])
+        if side != "bare":
+            for x, rps in zip(xs, medians.values(), strict=True):
+                ax.text(x, rps[side], f"{rps[side] / rps['bare']:.2f}x", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(range(len(labels))), labels)
     ax.set_ylabel("requests/s (median round)")
-    ax.set_title("Show connection vs bare Flask under gunicorn")
-    ax.legend()
+    ax.set_title("Show connection vs bare Flask, gunicorn + wrk -c32", fontsize=10)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "show_throughput.png"
