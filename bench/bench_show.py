@@ -490,10 +490,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one short round (the test suite's smoke run)")
     parser.add_argument("--postgres", default=os.environ.get("ZIS_BENCH_POSTGRES_URL"), help="SQLAlchemy URL")
-    parser.add_argument("--out", default="bench-out", help="where the plot goes")
+    parser.add_argument("--out", type=Path, help="where the plot goes (default: a temporary directory)")
     args = parser.parse_args(argv)
+    out = args.out or Path(tempfile.mkdtemp(prefix="zis-bench-show-plots-"))
     with tempfile.TemporaryDirectory(prefix="zis-bench-show-") as tmp:
-        ctx = Context(quick=args.quick, out_dir=Path(args.out), tmp=Path(tmp), postgres_url=args.postgres)
+        ctx = Context(quick=args.quick, out_dir=out, tmp=Path(tmp), postgres_url=args.postgres)
         section = run(ctx)
     print(f"## {section.title}\n\n{section.markdown}\n")
     for path in section.plots:
