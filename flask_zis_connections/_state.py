@@ -17,6 +17,8 @@ from flask import Flask, current_app
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from .api.auth import ApiTokenCache
+    from .api.serializers import AnswerCache
     from .config import Settings
     from .crypto import Encryptor
     from .extension import ZISConnections
@@ -41,6 +43,11 @@ class AppState:
     flows: FlowService
     #: The HTTP API's rate limits; None when ``ZIS_RATELIMIT`` turns them off.
     limits: RateLimits | None = None
+    #: API bearer tokens found valid lately; None when ``ZIS_API_TOKEN_CACHE_TTL`` is 0.
+    api_tokens: ApiTokenCache | None = None
+    #: Serialized show answers of unchanged connections; None when
+    #: ``ZIS_API_RESPONSE_CACHE_BYTES`` is 0.
+    answers: AnswerCache | None = None
     #: Where the HTTP API blueprint is registered on this app (usually once), so that
     #: routing errors under those prefixes get the API's error envelope.
     url_prefixes: set[str] = field(default_factory=set)

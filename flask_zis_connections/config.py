@@ -48,6 +48,8 @@ METRICS: Final = "ZIS_METRICS"
 TOKEN_CACHE_TTL: Final = "ZIS_TOKEN_CACHE_TTL"
 TOKEN_CACHE_SIZE: Final = "ZIS_TOKEN_CACHE_SIZE"
 TOKEN_CACHE_REDIS_URL: Final = "ZIS_TOKEN_CACHE_REDIS_URL"
+API_TOKEN_CACHE_TTL: Final = "ZIS_API_TOKEN_CACHE_TTL"
+API_RESPONSE_CACHE_BYTES: Final = "ZIS_API_RESPONSE_CACHE_BYTES"
 
 #: Defaults applied with ``app.config.setdefault`` in ``init_app``.  ``None`` for
 #: ``ZIS_DATABASE_URI`` means "a SQLite file in the app's instance folder".
@@ -84,6 +86,8 @@ DEFAULTS: Final[dict[str, Any]] = {
     TOKEN_CACHE_TTL: 5,
     TOKEN_CACHE_SIZE: 10000,
     TOKEN_CACHE_REDIS_URL: None,
+    API_TOKEN_CACHE_TTL: 5,
+    API_RESPONSE_CACHE_BYTES: 4 * 1024 * 1024,
 }
 
 
@@ -200,6 +204,13 @@ class Settings:
     #: Where the token cache's invalidations travel between processes
     #: (``ZIS_TOKEN_CACHE_REDIS_URL``; None: PostgreSQL ``NOTIFY``, or none, as the storage offers).
     token_cache_redis_url: str | None = None
+    #: Seconds an API bearer token, once found valid, is trusted without a database read
+    #: (``ZIS_API_TOKEN_CACHE_TTL``; 0: every request reads it).  Bounds how long a
+    #: revocation made in another process takes to be seen here.
+    api_token_cache_ttl: float = 5.0
+    #: Bytes of serialized show answers kept per process (``ZIS_API_RESPONSE_CACHE_BYTES``;
+    #: 0: none), so an unchanged connection is decrypted and encoded once, not per request.
+    api_response_cache_bytes: int = 4 * 1024 * 1024
 
     @property
     def public_https(self) -> bool:
@@ -239,4 +250,8 @@ class Settings:
             token_cache_ttl=_non_negative(TOKEN_CACHE_TTL, config[TOKEN_CACHE_TTL]),
             token_cache_size=_non_negative(TOKEN_CACHE_SIZE, config[TOKEN_CACHE_SIZE], int),
             token_cache_redis_url=_redis_url(TOKEN_CACHE_REDIS_URL, config[TOKEN_CACHE_REDIS_URL]),
+            api_token_cache_ttl=_non_negative(API_TOKEN_CACHE_TTL, config[API_TOKEN_CACHE_TTL]),
+            api_response_cache_bytes=_non_negative(
+                API_RESPONSE_CACHE_BYTES, config[API_RESPONSE_CACHE_BYTES], int
+            ),
         )

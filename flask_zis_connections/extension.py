@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask, current_app
 
-from . import clients, credentials, events
+from . import clients, credentials, events, signals
 from . import config as cfg
 from ._state import EXTENSION_KEY, AppState, state
 from .admin import bp as admin_blueprint
 from .api import bp as api_blueprint
-from .api.auth import AdminSessionLoader
+from .api.auth import AdminSessionLoader, ApiTokenCache
+from .api.serializers import AnswerCache
 from .clients import require_client, upsert_from_config
 from .crypto import Encryptor, hash_secret
 from .domain import ApiToken, Connection, OAuthClient
@@ -153,7 +154,12 @@ class ZISConnections:
             lifecycle=lifecycle,
             flows=flows,
             limits=RateLimits.from_config(conf),
+            api_tokens=ApiTokenCache.for_ttl(settings.api_token_cache_ttl),
+            answers=AnswerCache.for_bytes(settings.api_response_cache_bytes),
         )
+        answers = app.extensions[EXTENSION_KEY].answers
+        if answers is not None:  # weakly held: it lives as long as the app's state
+            signals.connection_deleted.connect(answers.connection_deleted, sender=app)
         if conf[cfg.OAUTH_CLIENTS]:
             upsert_from_config(
                 storage, encryptor, conf[cfg.OAUTH_CLIENTS], allow_insecure=settings.allow_insecure_http
@@ -299,6 +305,9 @@ class ZISConnections:
             (t for t in storage.list_api_tokens() if token_or_id in (t.id, t.token_hash)), None
         )
         revoked = storage.revoke_api_token(token_or_id) or storage.revoke_api_token(hash_secret(token_or_id))
+        tokens = state().api_tokens
+        if revoked and tokens is not None:
+            tokens.clear()  # at once in this process; others see it within their TTL
         if revoked and found is not None:
             events.record("api_token.revoked", found.integration, token_id=found.id)
         return revoked

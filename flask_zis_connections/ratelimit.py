@@ -37,14 +37,16 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 from flask import request
 from limits import RateLimitItem, parse_many
 from limits.errors import ConfigurationError as LimitsConfigurationError
 from limits.errors import StorageError
-from limits.storage import MemoryStorage, MovingWindowSupport, Storage, storage_from_string
+from limits.storage import MovingWindowSupport, Storage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, RateLimiter
 
 from . import config as cfg
@@ -56,10 +58,131 @@ log = logging.getLogger("flask_zis_connections")
 #: Seconds the in-memory fallback answers alone after the storage failed, so a dead or
 #: unreachable Redis costs one failed call per interval and process, not one per request.
 STORAGE_RETRY_INTERVAL = 5.0
+#: Seconds between sweeps of idle windows out of the in-process counters.
+SWEEP_INTERVAL = 10.0
 
 _NAMESPACE = "zis"
 T = TypeVar("T")
-_Op = Callable[[RateLimiter], T]
+_Ids = tuple[str, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class Limit:
+    """One parsed limit with what every check needs, worked out once at start-up."""
+
+    item: RateLimitItem
+    amount: int = field(init=False)
+    seconds: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "amount", int(self.item.amount))
+        object.__setattr__(self, "seconds", int(self.item.get_expiry()))
+
+
+class Windows(Protocol):
+    """Counters of requests in moving (or, on a storage without them, fixed) windows."""
+
+    def hit(self, limit: Limit, ids: _Ids) -> bool:
+        """Count one request, unless the window is full (then False, nothing counted)."""
+
+    def test(self, limit: Limit, ids: _Ids) -> bool:
+        """Whether one more request would be admitted; counts nothing."""
+
+    def stats(self, limit: Limit, ids: _Ids) -> tuple[float, int]:
+        """Seconds until the window next frees a slot, and how many slots are left."""
+
+
+class LocalWindows:
+    """Moving windows in this process's memory: ``memory://`` and the fail-open fallback.
+
+    The same rule as ``limits``' moving window (a request counts while its timestamp is
+    within the last ``seconds``), kept as one deque of timestamps per key, oldest first:
+    a check drops what left the window from the left and compares the length, so a hit
+    costs the same at 10 requests in the window as at 100,000.  ``limits``'
+    ``MemoryStorage`` inserts an object per hit at the front of a list (a copy of the
+    whole window per request) and starts a timer thread every 10 ms under load, which
+    made the limiter the largest single cost of a cheap request.  Idle keys are swept
+    every :data:`SWEEP_INTERVAL` seconds, so an address seen once does not stay.  Time is
+    the monotonic clock: a wall clock set back cannot leave requests "in the future"
+    counting against a window.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._windows: dict[Limit, dict[_Ids, deque[float]]] = {}
+        self._lock = threading.Lock()
+        self._next_sweep = clock() + SWEEP_INTERVAL
+
+    def hit(self, limit: Limit, ids: _Ids) -> bool:
+        now = self._clock()
+        with self._lock:
+            if now >= self._next_sweep:
+                self._sweep(now)
+            keyed = self._windows.get(limit)
+            if keyed is None:
+                keyed = self._windows[limit] = {}
+            window = keyed.get(ids)
+            if window is None:
+                window = keyed[ids] = deque()
+            else:
+                start = now - limit.seconds
+                while window and window[0] < start:
+                    window.popleft()
+            if len(window) >= limit.amount:
+                return False
+            window.append(now)
+            return True
+
+    def test(self, limit: Limit, ids: _Ids) -> bool:
+        return self.stats(limit, ids)[1] > 0
+
+    def stats(self, limit: Limit, ids: _Ids) -> tuple[float, int]:
+        now = self._clock()
+        with self._lock:
+            window = self._windows.get(limit, {}).get(ids)
+            if not window:
+                return limit.seconds, limit.amount
+            start = now - limit.seconds
+            while window and window[0] < start:
+                window.popleft()
+            if not window:
+                return limit.seconds, limit.amount
+            return window[0] - start, limit.amount - len(window)
+
+    def _sweep(self, now: float) -> None:
+        """Drop every window whose newest request left it (under the lock)."""
+        self._next_sweep = now + SWEEP_INTERVAL
+        for limit, keyed in self._windows.items():
+            start = now - limit.seconds
+            for ids in [ids for ids, window in keyed.items() if not window or window[-1] < start]:
+                del keyed[ids]
+
+    def __len__(self) -> int:
+        """How many keys are held (for tests of the sweep)."""
+        with self._lock:
+            return sum(len(keyed) for keyed in self._windows.values())
+
+
+class SharedWindows:
+    """Windows in a ``limits`` storage shared by every process (Redis): the moving
+    window where the storage has one, else the fixed window."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._limiter: RateLimiter = (
+            MovingWindowRateLimiter(storage)
+            if isinstance(storage, MovingWindowSupport)
+            else FixedWindowRateLimiter(storage)
+        )
+
+    def hit(self, limit: Limit, ids: _Ids) -> bool:
+        return self._limiter.hit(limit.item, *ids)
+
+    def test(self, limit: Limit, ids: _Ids) -> bool:
+        return self._limiter.test(limit.item, *ids)
+
+    def stats(self, limit: Limit, ids: _Ids) -> tuple[float, int]:
+        found = self._limiter.get_window_stats(limit.item, *ids)
+        return found.reset_time - time.time(), found.remaining
 
 
 class RateLimits:
@@ -68,7 +191,8 @@ class RateLimits:
     Views call :meth:`test_address`, :meth:`hit_address`, :meth:`hit_caller` and
     :meth:`hit_token_proxy`; each raises :class:`~flask_zis_connections.errors.TooManyRequests`
     (429, with ``retry_after``) when the budget is spent.  An empty tuple of limits turns
-    that budget off.
+    that budget off.  Everything a check needs but the caller's key (the parsed limits,
+    their window lengths, the storage) is worked out here once, not per request.
     """
 
     def __init__(
@@ -80,20 +204,27 @@ class RateLimits:
         storage_uri: str = "memory://",
         fail_open: bool = True,
     ) -> None:
-        self.caller_limits = caller
-        self.address_limits = address
-        self.token_proxy_limits = token_proxy
-        try:
-            storage = storage_from_string(storage_uri, wrap_exceptions=True)
-        except LimitsConfigurationError as exc:
-            # The message names the scheme or the missing driver, never the URI's password.
-            raise ConfigurationError(
-                f"ZIS_RATELIMIT_STORAGE_URI cannot be used: {exc}. Use 'memory://' or "
-                "'redis://host:6379/0' (install the 'redis' extra)."
-            ) from None
-        assert isinstance(storage, Storage)  # a sync URI gives a sync storage
-        self._primary = _limiter(storage)
-        self._fallback = _limiter(MemoryStorage()) if fail_open else None
+        self.caller_limits = tuple(Limit(item) for item in caller)
+        self.address_limits = tuple(Limit(item) for item in address)
+        self.token_proxy_limits = tuple(Limit(item) for item in token_proxy)
+        self._primary: Windows
+        if storage_uri.split("://", 1)[0] == "memory":
+            self._primary = LocalWindows()
+        else:
+            try:
+                storage = storage_from_string(storage_uri, wrap_exceptions=True)
+            except LimitsConfigurationError as exc:
+                # The message names the scheme or the missing driver, never the URI's password.
+                raise ConfigurationError(
+                    f"ZIS_RATELIMIT_STORAGE_URI cannot be used: {exc}. Use 'memory://' or "
+                    "'redis://host:6379/0' (install the 'redis' extra)."
+                ) from None
+            assert isinstance(storage, Storage)  # a sync URI gives a sync storage
+            self._primary = SharedWindows(storage)
+        # The primary is already in memory: nothing to fall back to.
+        self._fallback: Windows | None = (
+            LocalWindows() if fail_open and not isinstance(self._primary, LocalWindows) else None
+        )
         self._lock = threading.Lock()
         self._down_until = 0.0  # monotonic time until which the fallback answers alone
         self._degraded = False  # warned about the current outage already
@@ -123,7 +254,9 @@ class RateLimits:
         A token caller is keyed by a digest of the token (one token, one budget, on
         every worker that shares the storage); a session caller by the admin's id.
         """
-        self._hit(self.caller_limits, _caller_ids(integration, token, identity), "for this caller")
+        if self.caller_limits:
+            ids = _caller_ids(integration, token, identity)
+            self._raise_if_waiting(self._run(_hit_all, self.caller_limits, ids, True), "for this caller")
 
     def test_address(self, integration: str | None = None, token: str | None = None) -> None:
         """Refuse, without charging, a client address that spent its budget.
@@ -135,21 +268,10 @@ class RateLimits:
         """
         if not self.address_limits:
             return
-        ids = _address_ids()
-
-        def op(limiter: RateLimiter) -> int | None:
-            for item in self.address_limits:
-                if not limiter.test(item, *ids):
-                    if (
-                        integration is not None
-                        and token is not None
-                        and _charged(limiter, self.caller_limits, _caller_ids(integration, token, ""))
-                    ):
-                        return None
-                    return _retry_after(limiter, item, ids)
-            return None
-
-        self._raise_if_waiting(self._run(op), "from this address")
+        # The token's key is only worked out when the address is spent (a hash per request saved).
+        exempt = None if integration is None or token is None else (integration, token)
+        wait = self._run(_test_address, self.address_limits, _address_ids(), (self.caller_limits, exempt))
+        self._raise_if_waiting(wait, "from this address")
 
     def hit_address(self, *, refuse: bool = True) -> None:
         """Charge one request to the client address.
@@ -158,35 +280,17 @@ class RateLimits:
         401/403); the next request from a spent address is refused by
         :meth:`test_address`.
         """
-        if not self.address_limits:
-            return
-        ids = _address_ids()
-
-        def op(limiter: RateLimiter) -> int | None:
-            for item in self.address_limits:
-                if not limiter.hit(item, *ids) and refuse:
-                    return _retry_after(limiter, item, ids)
-            return None
-
-        self._raise_if_waiting(self._run(op), "from this address")
+        if self.address_limits:
+            wait = self._run(_hit_all, self.address_limits, _address_ids(), refuse)
+            self._raise_if_waiting(wait, "from this address")
 
     def hit_token_proxy(self) -> None:
         """Charge one request to the token proxy's single, global bucket."""
-        self._hit(self.token_proxy_limits, (_NAMESPACE, "token-proxy"), "to the token proxy")
+        if self.token_proxy_limits:
+            wait = self._run(_hit_all, self.token_proxy_limits, _TOKEN_PROXY_IDS, True)
+            self._raise_if_waiting(wait, "to the token proxy")
 
     # -- machinery -------------------------------------------------------------------------
-    def _hit(self, items: tuple[RateLimitItem, ...], ids: tuple[str, ...], whose: str) -> None:
-        if not items:
-            return
-
-        def op(limiter: RateLimiter) -> int | None:
-            for item in items:
-                if not limiter.hit(item, *ids):
-                    return _retry_after(limiter, item, ids)
-            return None
-
-        self._raise_if_waiting(self._run(op), whose)
-
     @staticmethod
     def _raise_if_waiting(wait: int | None, whose: str) -> None:
         if wait is not None:
@@ -195,21 +299,31 @@ class RateLimits:
                 retry_after=wait,
             )
 
-    def _run(self, op: _Op[T]) -> T:
-        """Run ``op`` on the configured storage, or on the in-memory fallback while that
-        storage fails (fail open), or answer 503 (fail closed)."""
+    def _run(
+        self,
+        op: Callable[[Windows, tuple[Limit, ...], _Ids, Any], T],
+        limits: tuple[Limit, ...],
+        ids: _Ids,
+        arg: Any,
+    ) -> T:
+        """``op(windows, limits, ids, arg)`` on the configured storage, or on the
+        in-memory fallback while that storage fails (fail open), or answer 503 (fail
+        closed).  In-process windows cannot fail: they are called directly."""
         fallback = self._fallback
-        if fallback is not None and time.monotonic() < self._down_until:
-            return op(fallback)
+        if fallback is None:
+            if isinstance(self._primary, LocalWindows):
+                return op(self._primary, limits, ids, arg)
+        elif time.monotonic() < self._down_until:
+            return op(fallback, limits, ids, arg)
         try:
-            result = op(self._primary)
+            result = op(self._primary, limits, ids, arg)
         except StorageError as exc:
             if fallback is None:
                 raise StorageUnavailable(
                     "The rate-limit storage (ZIS_RATELIMIT_STORAGE_URI) is unavailable. Try again later."
                 ) from None
             self._storage_failed(exc)
-            return op(fallback)
+            return op(fallback, limits, ids, arg)
         if self._degraded:
             self._storage_recovered()
         return result
@@ -235,11 +349,32 @@ class RateLimits:
         log.info("Rate-limit storage answers again; limits are shared across processes again.")
 
 
-def _limiter(storage: Storage) -> RateLimiter:
-    """Moving window where the storage has it (memory, Redis), else fixed window."""
-    if isinstance(storage, MovingWindowSupport):
-        return MovingWindowRateLimiter(storage)
-    return FixedWindowRateLimiter(storage)
+_TOKEN_PROXY_IDS: _Ids = (_NAMESPACE, "token-proxy")
+
+
+def _hit_all(windows: Windows, limits: tuple[Limit, ...], ids: _Ids, refuse: bool) -> int | None:
+    """Charge every limit; the seconds to wait when one is full and ``refuse``."""
+    for limit in limits:
+        if not windows.hit(limit, ids) and refuse:
+            return _retry_after(windows, limit, ids)
+    return None
+
+
+def _test_address(
+    windows: Windows,
+    limits: tuple[Limit, ...],
+    ids: _Ids,
+    exemption: tuple[tuple[Limit, ...], tuple[str, str] | None],
+) -> int | None:
+    """The seconds to wait when the address spent a limit, unless the token's own
+    bucket (``exemption``: the caller limits, and the integration and token) was charged."""
+    caller_limits, exempt = exemption
+    for limit in limits:
+        if not windows.test(limit, ids):
+            if exempt is not None and _charged(windows, caller_limits, _caller_ids(*exempt, "")):
+                return None
+            return _retry_after(windows, limit, ids)
+    return None
 
 
 def _parse(config: Mapping[str, Any], key: str) -> tuple[RateLimitItem, ...]:
@@ -255,7 +390,7 @@ def _parse(config: Mapping[str, Any], key: str) -> tuple[RateLimitItem, ...]:
         ) from None
 
 
-def _caller_ids(integration: str, token: str | None, identity: str) -> tuple[str, ...]:
+def _caller_ids(integration: str, token: str | None, identity: str) -> _Ids:
     # A digest of its own purpose: the storage never holds the token, nor the hash the
     # database looks tokens up by.
     who = (
@@ -266,15 +401,14 @@ def _caller_ids(integration: str, token: str | None, identity: str) -> tuple[str
     return (_NAMESPACE, "caller", integration, who)
 
 
-def _address_ids() -> tuple[str, ...]:
+def _address_ids() -> _Ids:
     return (_NAMESPACE, "address", request.remote_addr or "-")
 
 
-def _charged(limiter: RateLimiter, items: tuple[RateLimitItem, ...], ids: tuple[str, ...]) -> bool:
+def _charged(windows: Windows, limits: tuple[Limit, ...], ids: _Ids) -> bool:
     """Whether any request was charged to ``ids`` within the limits' windows."""
-    return any(limiter.get_window_stats(item, *ids).remaining < item.amount for item in items)
+    return any(windows.stats(limit, ids)[1] < limit.amount for limit in limits)
 
 
-def _retry_after(limiter: RateLimiter, item: RateLimitItem, ids: tuple[str, ...]) -> int:
-    reset = limiter.get_window_stats(item, *ids).reset_time
-    return max(1, math.ceil(reset - time.time()))
+def _retry_after(windows: Windows, limit: Limit, ids: _Ids) -> int:
+    return max(1, math.ceil(windows.stats(limit, ids)[0]))

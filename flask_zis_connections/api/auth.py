@@ -6,16 +6,25 @@ one integration and stored only as a hash; or the host's own admin session throu
 requests admitted that way must come from the host itself or ``ZIS_TRUSTED_ORIGINS``
 (Fetch Metadata, else ``Origin``/``Referer``): a cross-site form cannot start flows,
 refresh or delete connections on an admin's behalf.
+
+A token found valid is trusted for ``ZIS_API_TOKEN_CACHE_TTL`` seconds without reading
+the database again (:class:`ApiTokenCache`): a revocation in this process drops every
+entry at once, one in another process is seen within that many seconds.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import Request
 
 from ..crypto import hash_secret
+from ..domain import ApiToken
 from ..errors import Forbidden, Unauthorized
 from ..storage import Storage
 from ..validation import integration_name, origin_of
@@ -30,6 +39,78 @@ class Caller:
 
     identity: str
     via_session: bool
+
+
+class ApiTokenCache:
+    """Bearer tokens found valid lately: ``token hash -> (ApiToken, until)``, per process.
+
+    Only a token the storage returned is kept - an unknown or revoked one never is, so
+    every guess still costs a lookup and is charged to the client address as before.
+    An entry is trusted until ``ttl`` seconds (monotonic clock) after the moment its
+    lookup *started*: a revocation committed in another process after that lookup is
+    therefore honoured here at most ``ttl`` seconds after it was committed.
+    :meth:`clear` (any revocation in this process) drops everything at once and moves
+    :attr:`generation`, so a lookup that was in flight meanwhile is not kept.  At most
+    ``size`` entries: tokens are few, and a full map drops its oldest entry.
+    """
+
+    def __init__(self, ttl: float, size: int = 1024, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = float(ttl)
+        self.size = size
+        self.clock = clock
+        self.generation = 0
+        self._entries: dict[str, tuple[ApiToken, float]] = {}
+        self._lock = threading.Lock()
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _renew_after_fork(ref))
+
+    @classmethod
+    def for_ttl(cls, ttl: float) -> ApiTokenCache | None:
+        """The cache for ``ZIS_API_TOKEN_CACHE_TTL``, or None when it is 0."""
+        return cls(ttl) if ttl > 0 else None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, token_hash: str) -> ApiToken | None:
+        entry = self._entries.get(token_hash)
+        if entry is None:
+            return None
+        if self.clock() >= entry[1]:
+            with self._lock:
+                if self._entries.get(token_hash) is entry:
+                    del self._entries[token_hash]
+            return None
+        return entry[0]
+
+    def lookup(self, storage: Storage, token_hash: str) -> ApiToken | None:
+        """The valid token with this hash: from the cache, else from ``storage`` (and
+        then kept, when it was found and nothing was revoked during the lookup)."""
+        found = self.get(token_hash)
+        if found is not None:
+            return found
+        generation, started = self.generation, self.clock()
+        found = storage.get_api_token(token_hash)
+        if found is not None and not found.revoked:
+            with self._lock:
+                if generation == self.generation:
+                    if len(self._entries) >= self.size and token_hash not in self._entries:
+                        del self._entries[next(iter(self._entries))]
+                    self._entries[token_hash] = (found, started + self.ttl)
+        return found
+
+    def clear(self) -> None:
+        """Forget every token (a token was revoked in this process)."""
+        with self._lock:
+            self.generation += 1
+            self._entries.clear()
+
+
+def _renew_after_fork(ref: weakref.ref[ApiTokenCache]) -> None:
+    """A forked worker starts with a fresh lock (the parent's may have been held)."""
+    cache = ref()
+    if cache is not None:
+        cache._lock = threading.Lock()
 
 
 def bearer_token(request: Request) -> str | None:
@@ -47,19 +128,23 @@ def authenticate(
     integration: str,
     storage: Storage,
     loader: AdminSessionLoader | None,
-    trusted_origins: list[str],
+    trusted_origins: Callable[[], list[str]],
     *,
     state_changing: bool | None = None,
+    tokens: ApiTokenCache | None = None,
 ) -> Caller:
     """The caller, or ``Unauthorized``/``Forbidden``.
 
     ``state_changing`` defaults to "the method is not GET/HEAD/OPTIONS"; a GET that
     changes state passes ``True`` so session callers face the same CSRF check.
+    ``trusted_origins`` is only called for a session caller that changes state (a
+    bearer token needs no origin).  ``tokens``: the app's cache of valid tokens.
     """
     token = bearer_token(request)
     if token is not None:
         # Looked up by its hash: the database compares digests, never the token itself.
-        found = storage.get_api_token(hash_secret(token))
+        token_hash = hash_secret(token)
+        found = storage.get_api_token(token_hash) if tokens is None else tokens.lookup(storage, token_hash)
         if found is None:
             raise Unauthorized(
                 "Unauthorized: the bearer token is unknown or revoked. Issue one with "
@@ -76,7 +161,7 @@ def authenticate(
             if state_changing is None:
                 state_changing = request.method not in SAFE_METHODS
             if state_changing:
-                check_same_origin(request, trusted_origins)
+                check_same_origin(request, trusted_origins())
             return Caller(identity=str(user), via_session=True)
     raise Unauthorized("Unauthorized: send 'Authorization: Bearer <token>'.")
 

@@ -26,14 +26,19 @@ def auth(integration: str, *, state_changing: bool | None = None) -> Caller:
     token lookup.
     """
     st = state()
-    trusted = own_origins() + list(st.settings.trusted_origins)
     limits = st.limits
     try:
         token = bearer_token(request)
         if limits is not None:
             limits.test_address(integration, token)
         caller = authenticate(
-            request, integration, st.storage, st.ext.admin_loader, trusted, state_changing=state_changing
+            request,
+            integration,
+            st.storage,
+            st.ext.admin_loader,
+            _trusted_origins,
+            state_changing=state_changing,
+            tokens=st.api_tokens,
         )
     except (e.Unauthorized, e.Forbidden):
         if limits is not None:
@@ -43,6 +48,12 @@ def auth(integration: str, *, state_changing: bool | None = None) -> Caller:
         limits.hit_caller(integration, token=token, identity=caller.identity)
     events.act_for_request(caller.identity)  # the actor of whatever this request records
     return caller
+
+
+def _trusted_origins() -> list[str]:
+    """Where a browser session's state-changing request may come from (only worked
+    out for such a request: a bearer token's needs no origin)."""
+    return own_origins() + list(state().settings.trusted_origins)
 
 
 def own_origins() -> list[str]:

@@ -1,8 +1,13 @@
-"""JSON shapes of the HTTP API: the service's field names, nothing more."""
+"""JSON shapes of the HTTP API: the service's field names, nothing more; and the cache
+of the one shape that is asked for far more often than it changes, a shown connection."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -133,3 +138,94 @@ def event_json(event: Event) -> dict[str, Any]:
         "detail": dict(event.detail),
         "created_at": format_time(event.created_at),
     }
+
+
+class AnswerCache:
+    """Serialized show answers (the JSON bytes of :func:`connection_json`), per process.
+
+    An answer depends on nothing but the stored row and the app's account id (no field
+    is derived from the clock), so it is kept per connection uuid together with the
+    row it was made from, and served only while the row just read is *equal* to that
+    one - same version (every write moves it: a refresh, new metadata, a re-encryption),
+    same ciphertexts, same everything.  A changed row is a miss whose answer replaces
+    the old one, so each connection holds at most one entry; a uuid used again by a new
+    connection has new ciphertexts and can never match an old entry.  The caller still
+    reads the row and refreshes it when due: the cache only saves the decrypts and the
+    encoding.
+
+    The bodies hold tokens: the cache is bounded in bytes (``max_bytes``; a body over an
+    eighth of it is never kept, so one large answer cannot flush the rest), the least
+    recently served entry goes first, an entry is dropped when its connection is
+    deleted (:meth:`drop`), nothing here is ever logged, and ``repr`` shows sizes only.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[str, tuple[ConnectionRecord, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _renew_after_fork(ref))
+
+    @classmethod
+    def for_bytes(cls, max_bytes: int) -> AnswerCache | None:
+        """The cache for ``ZIS_API_RESPONSE_CACHE_BYTES``, or None when it is 0."""
+        return cls(max_bytes) if max_bytes > 0 else None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, uuid: object) -> bool:
+        return uuid in self._entries
+
+    def __repr__(self) -> str:
+        return f"<AnswerCache {len(self._entries)} answers, {self.bytes}/{self.max_bytes} bytes>"
+
+    def get(self, rec: ConnectionRecord) -> bytes | None:
+        """The answer made from a row equal to ``rec``, or None."""
+        entry = self._entries.get(rec.uuid)
+        if entry is None or entry[0] != rec:
+            return None
+        with self._lock:
+            if rec.uuid in self._entries:
+                self._entries.move_to_end(rec.uuid)
+        return entry[1]
+
+    def put(self, rec: ConnectionRecord, body: bytes) -> None:
+        size = len(body)
+        if size > self.max_bytes // 8:
+            return
+        with self._lock:
+            old = self._entries.pop(rec.uuid, None)
+            if old is not None:
+                self.bytes -= len(old[1])
+            self._entries[rec.uuid] = (rec, body)
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self.bytes -= len(dropped)
+
+    def drop(self, uuid: str) -> None:
+        """Forget the answer of one connection (it was deleted)."""
+        with self._lock:
+            old = self._entries.pop(uuid, None)
+            if old is not None:
+                self.bytes -= len(old[1])
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.bytes = 0
+
+    def connection_deleted(self, sender: Any, **info: Any) -> None:
+        """Receiver of :data:`~flask_zis_connections.signals.connection_deleted`."""
+        uuid = info.get("uuid")
+        if isinstance(uuid, str):
+            self.drop(uuid)
+
+
+def _renew_after_fork(ref: weakref.ref[AnswerCache]) -> None:
+    """A forked worker starts with a fresh lock (the parent's may have been held)."""
+    cache = ref()
+    if cache is not None:
+        cache._lock = threading.Lock()
