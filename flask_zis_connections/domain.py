@@ -149,7 +149,8 @@ class OAuthClient:
 
 
 class TokenRead(NamedTuple):
-    """The columns ``get_token`` needs while a token is fresh, as the database holds them.
+    """The columns ``get_token`` (and the HTTP API's show) need while a token is fresh,
+    as the database holds them.
 
     Times stay epoch milliseconds (no datetime is built on the hot path); anything
     beyond a fresh OAuth token - a due one, a credential type - reads the whole
@@ -161,6 +162,10 @@ class TokenRead(NamedTuple):
     token_expiry_ms: int | None
     updated_at_ms: int
     needs_reauth: bool
+    #: With ``version``, and the ciphertext above, names the row's state: every write
+    #: moves the version, and a uuid used again comes with new ciphertexts.
+    uuid: str
+    version: int
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,15 @@ from flask import Flask
 from . import events, signals
 from .credentials import secret_of
 from .crypto import Encryptor
-from .domain import Connection, ConnectionRecord, Lease, OAuthClient, RefreshBackoff, utcnow
+from .domain import (
+    Connection,
+    ConnectionRecord,
+    Lease,
+    OAuthClient,
+    RefreshBackoff,
+    TokenRead,
+    utcnow,
+)
 from .errors import (
     ConnectionNotFound,
     InvalidValue,
@@ -128,18 +136,14 @@ class Lifecycle:
             if token is not None:
                 return token
             generation = cache.generation  # before the read: a write meanwhile wins
-        # Five columns, epoch milliseconds, no record built: enough while the token is
+        # A few columns, epoch milliseconds, no record built: enough while the token is
         # fresh.  A due token or a credential connection takes the whole record.
         head = self.storage.read_token(integration, name)
         if head is None:
             raise ConnectionNotFound(integration, name=name)
         if head.type == "oauth":
             now_ms = time.time() * 1000
-            expiry = head.token_expiry_ms
-            due_ms: float | None = None
-            if expiry is not None:
-                lifetime = expiry - head.updated_at_ms
-                due_ms = expiry - (min(self._leeway_ms, lifetime / 2) if lifetime > 0 else 0)
+            due_ms = self.due_ms(head)
             if due_ms is None or due_ms > now_ms:
                 token = self.encryptor.decrypt(head.access_token_enc)
                 if cache is not None and not head.needs_reauth:
@@ -168,6 +172,21 @@ class Lifecycle:
         if cache is not None and not rec.needs_reauth:
             cache.put(integration, name, token, seconds, generation)
         return token
+
+    def due_ms(self, head: TokenRead) -> float | None:
+        """:meth:`due_at` of a narrow read, in epoch milliseconds (None: never)."""
+        expiry = head.token_expiry_ms
+        if expiry is None:
+            return None
+        lifetime = expiry - head.updated_at_ms
+        return expiry - (min(self._leeway_ms, lifetime / 2) if lifetime > 0 else 0)
+
+    def is_fresh(self, head: TokenRead) -> bool:
+        """Whether a narrow read shows an OAuth token that is not due: usable as it is."""
+        if head.type != "oauth":
+            return False
+        due_ms = self.due_ms(head)
+        return due_ms is None or due_ms > time.time() * 1000
 
     def due_at(self, rec: ConnectionRecord) -> datetime | None:
         """The moment :meth:`is_due` turns true for ``rec`` (None: never)."""

@@ -304,6 +304,38 @@ def test_an_unchanged_connection_is_decrypted_once(make_env: Callable[..., Env])
     assert body["uuid"] == env.conn["uuid"]
 
 
+def test_an_unchanged_fresh_connection_is_shown_from_a_narrow_read(make_env: Callable[..., Env]) -> None:
+    env = make_env()
+    first = env.show().get_data()
+    storage = env.storage
+    whole, narrow = storage.get_connection, storage.read_token
+    seen = {"whole": 0, "narrow": 0}
+
+    def counted(kind: str, read: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            seen[kind] += 1
+            return read(*args, **kwargs)
+
+        return call
+
+    storage.get_connection = counted("whole", whole)  # type: ignore[method-assign]
+    storage.read_token = counted("narrow", narrow)  # type: ignore[method-assign]
+    for _ in range(3):
+        assert env.show().get_data() == first
+    assert seen == {"whole": 0, "narrow": 3} and env.decrypts == 3
+    # By uuid (not the narrow read's key), the whole row is read: the same answer.
+    by_uuid = env.app.test_client().get(
+        f"{PREFIX}/connections/acme?uuid={env.conn['uuid']}", headers=env.headers
+    )
+    assert by_uuid.get_data() == first and seen["whole"] == 1
+    # A write that keeps the access token (new metadata) moves the version: a miss.
+    with env.app.app_context():
+        env.zis.update_connection_metadata("acme", "main", {"team": "blue"})
+    before = seen["whole"]
+    assert env.show().get_json()["metadata"] == {"team": "blue"}
+    assert seen["whole"] == before + 1
+
+
 def test_the_cached_answer_equals_an_uncached_one(make_env: Callable[..., Env]) -> None:
     env = make_env(ZIS_API_RESPONSE_CACHE_BYTES=0)
     assert env.app.extensions["zis_connections"].answers is None

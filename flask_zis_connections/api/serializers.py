@@ -13,7 +13,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..credentials import MASK, SECRET_FIELD
-from ..domain import CONNECTION_TYPES, Connection, ConnectionRecord, Event, OAuthClient, ProviderQuirks
+from ..domain import (
+    CONNECTION_TYPES,
+    Connection,
+    ConnectionRecord,
+    Event,
+    OAuthClient,
+    ProviderQuirks,
+    TokenRead,
+)
+from ..storage.times import to_ms
 
 
 def format_time(value: datetime | None) -> str | None:
@@ -140,6 +149,10 @@ def event_json(event: Event) -> dict[str, Any]:
     }
 
 
+#: (integration, name, version, access token ciphertext, updated_at in epoch ms)
+_State = tuple[str, str, int, str, int]
+
+
 class AnswerCache:
     """Serialized show answers (the JSON bytes of :func:`connection_json`), per process.
 
@@ -162,7 +175,8 @@ class AnswerCache:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._entries: OrderedDict[str, tuple[ConnectionRecord, bytes]] = OrderedDict()
+        #: uuid -> (the row, its answer, the row's state as a narrow read shows it)
+        self._entries: OrderedDict[str, tuple[ConnectionRecord, bytes, _State]] = OrderedDict()
         self._lock = threading.Lock()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _renew_after_fork(ref))
@@ -191,6 +205,28 @@ class AnswerCache:
                 self._entries.move_to_end(rec.uuid)
         return entry[1]
 
+    def current(self, integration: str, name: str, head: TokenRead) -> bytes | None:
+        """The answer made from the row a narrow read ``head`` shows, or None.
+
+        The uuid, version, access token ciphertext and ``updated_at`` name the row's
+        state (every write moves the version; a uuid used again has new ciphertexts and
+        times), so a match is the answer :meth:`get` gives for the whole row - without
+        reading it.
+        """
+        entry = self._entries.get(head.uuid)
+        if entry is None or entry[2] != (
+            integration,
+            name,
+            head.version,
+            head.access_token_enc,
+            head.updated_at_ms,
+        ):
+            return None
+        with self._lock:
+            if head.uuid in self._entries:
+                self._entries.move_to_end(head.uuid)
+        return entry[1]
+
     def put(self, rec: ConnectionRecord, body: bytes) -> None:
         size = len(body)
         if size > self.max_bytes // 8:
@@ -199,10 +235,11 @@ class AnswerCache:
             old = self._entries.pop(rec.uuid, None)
             if old is not None:
                 self.bytes -= len(old[1])
-            self._entries[rec.uuid] = (rec, body)
+            state = (rec.integration, rec.name, rec.version, rec.access_token_enc, to_ms(rec.updated_at))
+            self._entries[rec.uuid] = (rec, body, state)
             self.bytes += size
             while self.bytes > self.max_bytes:
-                _, (_, dropped) = self._entries.popitem(last=False)
+                _, (_, dropped, _) = self._entries.popitem(last=False)
                 self.bytes -= len(dropped)
 
     def drop(self, uuid: str) -> None:

@@ -152,6 +152,8 @@ class Storage(StorageHooks):
             None if expiry is None else to_ms(expiry),
             to_ms(rec.updated_at),
             rec.needs_reauth,
+            rec.uuid,
+            rec.version,
         )
 
     def add_connection(self, record: ConnectionRecord) -> ConnectionRecord:

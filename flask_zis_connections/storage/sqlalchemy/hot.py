@@ -1,6 +1,6 @@
 """``get_token``'s read on the driver's own connections, outside SQLAlchemy's pool.
 
-A fresh token costs one indexed ``SELECT`` of five columns.  Through the engine that
+A fresh token costs one indexed ``SELECT`` of seven columns.  Through the engine that
 select pays more than the database does: a pool checkout and return (with its reset),
 the autocommit switch of the reader view, SQLAlchemy's execution and row machinery -
 on SQLite about ten times the driver's own time.  This reader keeps a few DBAPI
@@ -37,7 +37,15 @@ from sqlalchemy.engine import Engine
 from .schema import connections
 
 #: The columns of :class:`~flask_zis_connections.domain.TokenRead`, in its order.
-_COLUMNS: Final = ("type", "access_token_enc", "token_expiry", "updated_at", "needs_reauth")
+_COLUMNS: Final = (
+    "type",
+    "access_token_enc",
+    "token_expiry",
+    "updated_at",
+    "needs_reauth",
+    "uuid",
+    "version",
+)
 #: Drivers whose connections this module knows how to open and use.
 _DRIVERS: Final = {("sqlite", "pysqlite"), ("postgresql", "psycopg"), ("postgresql", "psycopg2")}
 #: Idle connections kept for SQLite (a file handle each) and, by default, PostgreSQL.

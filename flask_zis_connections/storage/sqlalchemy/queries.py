@@ -53,7 +53,13 @@ CONNECTION_BY_NAME: Final = sa.select(*columns(_c, CONNECTION_FIELDS)).where(
 )
 #: ``get_token``'s read: the columns of :class:`~flask_zis_connections.domain.TokenRead`.
 TOKEN_READ: Final = sa.select(
-    _c.c.type, _c.c.access_token_enc, _c.c.token_expiry, _c.c.updated_at, _c.c.needs_reauth
+    _c.c.type,
+    _c.c.access_token_enc,
+    _c.c.token_expiry,
+    _c.c.updated_at,
+    _c.c.needs_reauth,
+    _c.c.uuid,
+    _c.c.version,
 ).where(_c.c.integration == _bp("integration"), _c.c.name == _bp("name"))
 CONNECTION_BY_UUID: Final = sa.select(*columns(_c, CONNECTION_FIELDS)).where(
     _c.c.integration == _bp("integration"), _c.c.uuid == _bp("uuid")

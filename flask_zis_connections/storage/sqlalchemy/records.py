@@ -128,7 +128,7 @@ class RecordHooks(SQLBackend):
         if not rows:
             return None
         row: Sequence[Any] = rows[0]
-        return TokenRead(row[0], row[1], row[2], row[3], bool(row[4]))
+        return TokenRead(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6])
 
     def _add_connection(self, record: ConnectionRecord) -> ConnectionRecord:
         try:
