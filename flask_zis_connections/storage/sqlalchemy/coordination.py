@@ -9,20 +9,30 @@ the committed row); on SQLite writers queue on the file lock (:mod:`.sqlite`).
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from ...domain import PendingFlow, RefreshBackoff, VerificationCode
 from ..conflicts import code_conflict, flow_conflict
+from ..releases import LeaseReleases, ReleaseListener
 from ..times import to_ms
 from . import queries as q
 from .engine import SQLBackend
 from .rows import backoff_from_row, code_from_row, code_row, flow_from_row, flow_row
 from .schema import flows, refresh_backoff, refresh_leases, verification_codes
+
+#: The PostgreSQL channel a released lease's key travels on to other processes.
+LEASE_CHANNEL: Final = "zis_lease_released"
+_NOTIFY: Final = sa.text("SELECT pg_notify(:channel, :key)")
+#: Guards the once-per-process start of a storage's lease listener.
+_LISTENER_START = threading.Lock()
 
 
 class CoordinationHooks(SQLBackend):
@@ -94,21 +104,38 @@ class CoordinationHooks(SQLBackend):
 
     # -- refresh lease -----------------------------------------------------------
     def _acquire_lease(self, key: str, owner: str, now: datetime, expires_at: datetime) -> bool:
-        """Take over an expired row, else insert; the primary key refuses a second.
+        """Insert the row, or take it over when it has expired, in one statement.
 
-        The ``INSERT`` runs in a savepoint so that losing the race (an
-        ``IntegrityError``) does not abort the surrounding PostgreSQL transaction.
+        ``INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE expires_at <= now`` on
+        PostgreSQL and SQLite: a lost race changes no row - no error, no savepoint, no
+        ``duplicate key`` line in the server's log.  On PostgreSQL a concurrent
+        insert of the same key waits for the other transaction and then re-checks the
+        ``WHERE`` clause against the committed row, so exactly one caller wins.
         """
-        expires_ms = to_ms(expires_at)
-        params = {"b_key": key, "b_owner": owner, "b_now": to_ms(now), "b_expires_at": expires_ms}
+        ls = refresh_leases
+        expires_ms, now_ms = to_ms(expires_at), to_ms(now)
+        dialect = self._writer.dialect.name
+        if dialect in ("postgresql", "sqlite"):
+            ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(ls)
+            upsert = ins.values(key=key, owner=owner, expires_at=expires_ms).on_conflict_do_update(
+                index_elements=[ls.c.key],
+                set_={"owner": ins.excluded.owner, "expires_at": ins.excluded.expires_at},
+                where=ls.c.expires_at <= now_ms,
+            )
+            with self._writer.begin() as conn:
+                if dialect == "sqlite":  # its row count is exact (RETURNING needs 3.35)
+                    return conn.execute(upsert).rowcount == 1
+                # psycopg reports no row count for this statement through SQLAlchemy
+                return conn.execute(upsert.returning(ls.c.owner)).first() is not None
+        # Any other database: take over an expired row, else insert; the primary key
+        # refuses a second, inside a savepoint so the transaction survives the refusal.
+        params = {"b_key": key, "b_owner": owner, "b_now": now_ms, "b_expires_at": expires_ms}
         with self._writer.begin() as conn:
             if conn.execute(q.TAKE_EXPIRED_LEASE, params).rowcount == 1:
                 return True
             try:
                 with conn.begin_nested():
-                    conn.execute(
-                        sa.insert(refresh_leases).values(key=key, owner=owner, expires_at=expires_ms)
-                    )
+                    conn.execute(sa.insert(ls).values(key=key, owner=owner, expires_at=expires_ms))
             except IntegrityError:
                 return False
         return True
@@ -124,9 +151,42 @@ class CoordinationHooks(SQLBackend):
         return renewed == 1
 
     def _release_lease(self, key: str, owner: str) -> None:
+        """Delete the row; on PostgreSQL ``NOTIFY`` the waiters of other processes in
+        the same transaction, so they hear of it exactly when it is committed."""
         ls = refresh_leases
         with self._writer.begin() as conn:
-            conn.execute(sa.delete(ls).where(ls.c.key == key, ls.c.owner == owner))
+            deleted = conn.execute(sa.delete(ls).where(ls.c.key == key, ls.c.owner == owner)).rowcount
+            if deleted and self._writer.dialect.name == "postgresql":
+                conn.execute(_NOTIFY, {"channel": LEASE_CHANNEL, "key": key})
+
+    def _listen_for_lease_releases(self, releases: LeaseReleases) -> None:
+        """One listener thread per process, started by the first caller that waits for
+        a lease; only PostgreSQL through psycopg 3 has the channel."""
+        engine = self.engine
+        if engine.dialect.name != "postgresql" or engine.dialect.driver != "psycopg":
+            return
+        pid = os.getpid()
+        if self.__dict__.get("_zis_lease_listener_pid") == pid:
+            return
+        with _LISTENER_START:
+            if self.__dict__.get("_zis_lease_listener_pid") == pid:
+                return
+            self.__dict__["_zis_lease_listener_pid"] = pid
+        import psycopg
+
+        cargs, cparams = engine.dialect.create_connect_args(engine.url)
+
+        def connect() -> psycopg.Connection[Any]:
+            return psycopg.connect(*cargs, **{**cparams, "autocommit": True})
+
+        listener = ReleaseListener(connect, LEASE_CHANNEL, releases)
+        self.__dict__.setdefault("_zis_lease_listeners", []).append(listener)
+        listener.start()
+
+    def close(self) -> None:
+        for listener in self.__dict__.get("_zis_lease_listeners", ()):
+            listener.stopped.set()
+        super().close()
 
     def _lease_holder(self, key: str, now: datetime) -> str | None:
         rows = self._read(q.LEASE_HOLDER, {"key": key, "now": to_ms(now)})
