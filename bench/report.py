@@ -51,7 +51,8 @@ class Goal:
 
     def line(self) -> str:
         mark = "met" if self.met else "MISSED"
-        return f"{self.name}: {self.measured:.3g}{self.unit} (target {self.op} {self.target:g}{self.unit}) {mark}"
+        target = f"{self.op} {self.target:g}{self.unit}"
+        return f"{self.name}: {self.measured:.3g}{self.unit} (target {target}) {mark}"
 
 
 @dataclass

@@ -54,6 +54,7 @@ from .outbound import OutboundPolicy
 from .provider_client import REAUTH_ERRORS, ProviderClient
 from .singleflight import FlightTimeout, SingleFlight
 from .storage import Storage
+from .storage.releases import LeaseReleases
 from .token_answer import TokenRequestRejected, TokenResponse
 from .token_cache import TokenCache
 from .validation import METADATA_MAX_BYTES as METADATA_MAX_BYTES
@@ -67,7 +68,7 @@ _POLL_START = 0.01
 _POLL_MAX = 0.2
 #: The pause between looks while releases are heard: a lease that expires (its holder
 #: crashed) is announced by nobody.
-_SAFETY_NET = 0.5
+_SAFETY_NET = 1.0
 _ZERO = timedelta(0)
 #: First back-off step in seconds (then 2, 4, ... up to ZIS_REFRESH_BACKOFF_MAX).
 BACKOFF_BASE = 1.0
@@ -82,6 +83,10 @@ class _Outcome:
     record: ConnectionRecord
     backoff: RefreshBackoff | None = None
     failure: ProviderError | None = None
+    #: What the caller that stored a refresh tells others once every waiter has the
+    #: result and the lease is released: its cache invalidation (to other processes
+    #: too) and the ``connection_refreshed`` signal.  Nobody waits for those.
+    announce: Callable[[], None] | None = None
 
 
 def _waited_too_long() -> ProviderError:
@@ -256,6 +261,8 @@ class Lifecycle:
                 outcome, led = self._flights.run(rec.uuid, settle, deadline - time.monotonic())
             except FlightTimeout:
                 raise _waited_too_long() from None
+            if led and outcome.announce is not None:
+                outcome.announce()
             answer = self._answer(rec, force, outcome, led=led)
             if answer is not None:
                 return answer
@@ -277,35 +284,47 @@ class Lifecycle:
         holder to let go (woken by the storage's release channel, polling when there
         is none or it is down) and reads what it left.
         """
-        backoff = self._active_backoff(rec)
-        if backoff is not None:
-            return _Outcome(rec, backoff=backoff)
         key = f"refresh:{rec.uuid}"
-        owner = uuidlib.uuid4().hex
-        started = time.monotonic()
-        deadline = started + self._wait_limit()
-        releases = self.storage.lease_releases()
-        while True:
-            with self.storage.watch_lease(key) as released:  # before the attempt: no release missed
+        # Armed first, which also starts the storage's listener for other processes'
+        # releases: it connects while the back-off is read and the lease tried.
+        with self.storage.watch_lease(key) as released:
+            backoff = self._active_backoff(rec)
+            if backoff is not None:
+                return _Outcome(rec, backoff=backoff)
+            owner = uuidlib.uuid4().hex
+            started = time.monotonic()
+            deadline = started + self._wait_limit()
+            releases = self.storage.lease_releases()
+            while True:
+                released.clear()  # before the attempt: a release after it is never missed
                 taken_at = time.monotonic()
                 if self.storage.acquire_lease(key, owner, self.lease_ttl, utcnow()):
                     try:
                         return self._settle_locked(rec, force, Lease(key, owner), taken_at)
                     finally:
                         self.storage.release_lease(key, owner)
-                waited = time.monotonic() - started
-                # Heard across processes: the release wakes us and the pause is only a
-                # safety net (a crashed holder's lease expires unannounced).  Unheard: a
-                # poll, its pause a tenth of the wait so far - a late answer costs 10%.
-                heard = releases.across_processes.is_set()
-                released.wait(_SAFETY_NET if heard else min(_POLL_MAX, max(_POLL_START, waited / 10)))
-            current = self.find(rec.integration, uuid=rec.uuid)
-            if current.version != rec.version:
-                if current.needs_reauth or not self._expired(current):
-                    return _Outcome(current)  # the lease holder's result
-                rec = current  # written but already expired: take the lease and refresh
-            if time.monotonic() > deadline:
-                raise _waited_too_long()
+                released.wait(self._lease_pause(releases, time.monotonic() - started))
+                current = self.find(rec.integration, uuid=rec.uuid)
+                if current.version != rec.version:
+                    if current.needs_reauth or not self._expired(current):
+                        return _Outcome(current)  # the lease holder's result
+                    rec = current  # written but already expired: take the lease and refresh
+                if time.monotonic() > deadline:
+                    raise _waited_too_long()
+
+    @staticmethod
+    def _lease_pause(releases: LeaseReleases, waited: float) -> float:
+        """How long to wait for another process's lease holder before looking again.
+
+        Releases heard across processes wake the waiter, so the pause is only a safety
+        net (a crashed holder's lease expires unannounced).  A listener still
+        connecting wakes it when it is up (a release may have been missed until then).
+        Unheard, it is a poll, its pause a tenth of the wait so far: an answer that
+        comes late costs at most about 10%.
+        """
+        if releases.across_processes.is_set() or releases.connecting.is_set():
+            return _SAFETY_NET
+        return min(_POLL_MAX, max(_POLL_START, waited / 10))
 
     def _settle_locked(self, rec: ConnectionRecord, force: bool, lease: Lease, taken_at: float) -> _Outcome:
         """Holding the lease: re-read, and refresh only if that is still needed."""
@@ -433,17 +452,20 @@ class Lifecycle:
                 current.integration,
             )
             return _Outcome(self.find(current.integration, uuid=current.uuid))
-        self.changed(stored.integration, stored.name)
         if had_backoff:
             self.storage.clear_refresh_backoff(current.uuid)
-        signals.connection_refreshed.send(
-            self.app,
-            integration=stored.integration,
-            name=stored.name,
-            uuid=stored.uuid,
-            token_expiry=stored.token_expiry,
-        )
-        return _Outcome(stored)
+
+        def announce() -> None:
+            self.changed(stored.integration, stored.name)
+            signals.connection_refreshed.send(
+                self.app,
+                integration=stored.integration,
+                name=stored.name,
+                uuid=stored.uuid,
+                token_expiry=stored.token_expiry,
+            )
+
+        return _Outcome(stored, announce=announce)
 
     def _failed(self, current: ConnectionRecord, exc: ProviderError, reason: str) -> _Outcome:
         """Record the failure (starting or growing the back-off); every caller decides

@@ -43,6 +43,9 @@ class LeaseReleases:
         self.across_processes = threading.Event()
         if one_process:
             self.across_processes.set()
+        #: Set while a listener is making its first connection: it wakes every waiter
+        #: when it is up (or gives up), so they need not poll meanwhile.
+        self.connecting = threading.Event()
         self._one_process = one_process
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(ref))
@@ -84,6 +87,7 @@ def _after_fork(ref: weakref.ref[LeaseReleases]) -> None:
         releases._watchers = {}
         if not releases._one_process:
             releases.across_processes.clear()
+        releases.connecting.clear()
 
 
 class ReleaseListener(threading.Thread):
@@ -132,8 +136,12 @@ class ReleaseListener(threading.Thread):
             return False
         if not listening:
             releases.across_processes.clear()
+            if releases.connecting.is_set():  # its waiters slept on it: they poll now
+                releases.connecting.clear()
+                releases.released_all()
         elif key is None:
             releases.across_processes.set()
+            releases.connecting.clear()
             releases.released_all()
         else:
             releases.released(key)

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from ...domain import PendingFlow, RefreshBackoff, VerificationCode
@@ -30,7 +31,6 @@ from .schema import flows, refresh_backoff, refresh_leases, verification_codes
 
 #: The PostgreSQL channel a released lease's key travels on to other processes.
 LEASE_CHANNEL: Final = "zis_lease_released"
-_NOTIFY: Final = sa.text("SELECT pg_notify(:channel, :key)")
 #: Guards the once-per-process start of a storage's lease listener.
 _LISTENER_START = threading.Lock()
 
@@ -103,13 +103,20 @@ class CoordinationHooks(SQLBackend):
         return code_from_row(row)
 
     # -- refresh lease -----------------------------------------------------------
+    def _lease_engine(self) -> Engine:
+        """Where the lease's single statements run: on PostgreSQL in autocommit (one
+        statement is a transaction of its own: one round trip, not ``BEGIN``, the
+        statement and ``COMMIT``); on SQLite in a ``BEGIN IMMEDIATE`` transaction like
+        every write (:mod:`.sqlite`)."""
+        return self._reader if self._writer.dialect.name == "postgresql" else self._writer
+
     def _acquire_lease(self, key: str, owner: str, now: datetime, expires_at: datetime) -> bool:
         """Insert the row, or take it over when it has expired, in one statement.
 
         ``INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE expires_at <= now`` on
         PostgreSQL and SQLite: a lost race changes no row - no error, no savepoint, no
-        ``duplicate key`` line in the server's log.  On PostgreSQL a concurrent
-        insert of the same key waits for the other transaction and then re-checks the
+        ``duplicate key`` line in the server's log.  On PostgreSQL a concurrent insert
+        of the same key waits for the other transaction and then re-checks the
         ``WHERE`` clause against the committed row, so exactly one caller wins.
         """
         ls = refresh_leases
@@ -122,7 +129,7 @@ class CoordinationHooks(SQLBackend):
                 set_={"owner": ins.excluded.owner, "expires_at": ins.excluded.expires_at},
                 where=ls.c.expires_at <= now_ms,
             )
-            with self._writer.begin() as conn:
+            with self._lease_engine().begin() as conn:
                 if dialect == "sqlite":  # its row count is exact (RETURNING needs 3.35)
                     return conn.execute(upsert).rowcount == 1
                 # psycopg reports no row count for this statement through SQLAlchemy
@@ -142,7 +149,7 @@ class CoordinationHooks(SQLBackend):
 
     def _renew_lease(self, key: str, owner: str, now: datetime, expires_at: datetime) -> bool:
         ls = refresh_leases
-        with self._writer.begin() as conn:
+        with self._lease_engine().begin() as conn:
             renewed = conn.execute(
                 sa.update(ls)
                 .where(ls.c.key == key, ls.c.owner == owner, ls.c.expires_at > to_ms(now))
@@ -151,17 +158,21 @@ class CoordinationHooks(SQLBackend):
         return renewed == 1
 
     def _release_lease(self, key: str, owner: str) -> None:
-        """Delete the row; on PostgreSQL ``NOTIFY`` the waiters of other processes in
-        the same transaction, so they hear of it exactly when it is committed."""
+        """Delete the row.  On PostgreSQL the same statement ``NOTIFY``s the waiters of
+        other processes with the key (only when a row went), so they hear of it as
+        soon as it is committed and never before."""
         ls = refresh_leases
-        with self._writer.begin() as conn:
-            deleted = conn.execute(sa.delete(ls).where(ls.c.key == key, ls.c.owner == owner)).rowcount
-            if deleted and self._writer.dialect.name == "postgresql":
-                conn.execute(_NOTIFY, {"channel": LEASE_CHANNEL, "key": key})
+        delete = sa.delete(ls).where(ls.c.key == key, ls.c.owner == owner)
+        with self._lease_engine().begin() as conn:
+            if self._writer.dialect.name != "postgresql":
+                conn.execute(delete)
+                return
+            released = delete.returning(ls.c.key).cte("released")
+            conn.execute(sa.select(sa.func.pg_notify(LEASE_CHANNEL, released.c.key)).select_from(released))
 
     def _listen_for_lease_releases(self, releases: LeaseReleases) -> None:
-        """One listener thread per process, started by the first caller that waits for
-        a lease; only PostgreSQL through psycopg 3 has the channel."""
+        """One listener thread per process, started by the first caller about to try a
+        lease; only PostgreSQL through psycopg 3 has the channel."""
         engine = self.engine
         if engine.dialect.name != "postgresql" or engine.dialect.driver != "psycopg":
             return
@@ -181,6 +192,7 @@ class CoordinationHooks(SQLBackend):
 
         listener = ReleaseListener(connect, LEASE_CHANNEL, releases)
         self.__dict__.setdefault("_zis_lease_listeners", []).append(listener)
+        releases.connecting.set()
         listener.start()
 
     def close(self) -> None:
