@@ -34,13 +34,14 @@ class FlightTimeout(TimeoutError):
 
 
 class _Flight(Generic[T]):
-    __slots__ = ("done", "error", "leader", "result")
+    __slots__ = ("done", "error", "leader", "result", "waiters")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.leader = threading.current_thread()
         self.result: T | None = None
         self.error: BaseException | None = None
+        self.waiters = 0
 
 
 class SingleFlight(Generic[T]):
@@ -67,9 +68,16 @@ class SingleFlight(Generic[T]):
                 lead = flight is None
                 if flight is None:
                     flight = self._flights[key] = _Flight()
+                else:
+                    flight.waiters += 1
             if lead:
                 return self._lead(key, flight, work), True
-            if self._wait(key, flight, deadline):
+            try:
+                settled = self._wait(key, flight, deadline)
+            finally:
+                with self._lock:
+                    flight.waiters -= 1
+            if settled:
                 error = flight.error
                 if error is None:
                     return flight.result, False  # type: ignore[return-value]
@@ -104,9 +112,11 @@ class SingleFlight(Generic[T]):
                         del self._flights[key]
                 return flight.done.is_set()
 
-    def __len__(self) -> int:
-        """Flights running now."""
-        return len(self._flights)
+    def waiting(self, key: str) -> int:
+        """How many callers wait for the running flight of ``key`` (0: none runs)."""
+        with self._lock:
+            flight = self._flights.get(key)
+            return 0 if flight is None else flight.waiters
 
 
 def copied(exc: Exception) -> Exception:
