@@ -295,14 +295,20 @@ class Lifecycle:
             started = time.monotonic()
             deadline = started + self._wait_limit()
             releases = self.storage.lease_releases()
+            tried = -math.inf
             while True:
-                released.clear()  # before the attempt: a release after it is never missed
-                taken_at = time.monotonic()
-                if self.storage.acquire_lease(key, owner, self.lease_ttl, utcnow()):
-                    try:
-                        return self._settle_locked(rec, force, Lease(key, owner), taken_at)
-                    finally:
-                        self.storage.release_lease(key, owner)
+                # An attempt is a write (on SQLite it queues on the file lock with the
+                # holder's own writes): made again only once a release was heard, or a
+                # while after the last one (a crashed holder's lease expires unheard).
+                # In between, a poll only reads the row.
+                if released.is_set() or time.monotonic() - tried >= _SAFETY_NET:
+                    released.clear()  # before the attempt: a release after it is never missed
+                    taken_at = tried = time.monotonic()
+                    if self.storage.acquire_lease(key, owner, self.lease_ttl, utcnow()):
+                        try:
+                            return self._settle_locked(rec, force, Lease(key, owner), taken_at)
+                        finally:
+                            self.storage.release_lease(key, owner)
                 released.wait(self._lease_pause(releases, time.monotonic() - started))
                 current = self.find(rec.integration, uuid=rec.uuid)
                 if current.version != rec.version:
