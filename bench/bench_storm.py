@@ -226,12 +226,12 @@ class Gunicorn:
         app_dir = workdir / "app"
         app_dir.mkdir()
         shutil.copy(ROOT / "bench" / "storm_app.py", app_dir / "zis_storm_app.py")
-        path = [str(code)] if code is not None else []
         self.env = {
             **os.environ,
             **env,
             "STORM_READY_DIR": str(self.ready),
-            "PYTHONPATH": os.pathsep.join([*path, str(app_dir)]),
+            "STORM_CODE": str(code or ""),
+            "PYTHONPATH": str(app_dir),
         }
         self.app_dir = app_dir
         self.log = workdir / "gunicorn.log"
@@ -327,6 +327,7 @@ class Answer:
     status: int = 0
     token: str = ""
     pid: int = 0
+    package: str = ""  # the checkout the worker imported the package from
     error: str = ""
 
 
@@ -349,6 +350,7 @@ def fire(port: int, bearer: str, clients: int) -> tuple[list[Answer], float]:
             answer.seconds = time.perf_counter() - started
             answer.status = resp.status
             answer.pid = int(resp.getheader("X-Worker-Pid") or 0)
+            answer.package = resp.getheader("X-Package") or ""
             if resp.status == 200:
                 answer.token = json.loads(body)["access_token"]
             else:
@@ -504,6 +506,15 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
 
 
+def _check_code(rounds: list[Round], code: Path | None) -> None:
+    """Every answer came from the package asked for (an editable install could answer
+    first and silently measure the wrong code)."""
+    expected = str(code or ROOT)
+    ran = {a.package for r in rounds for a in r.answers if a.package}
+    if ran != {expected}:
+        raise RuntimeError(f"the workers ran the package from {sorted(ran)}, not {expected}")
+
+
 def run(ctx: Context, *, code: Path | None = None) -> Section:
     shape = QUICK if ctx.quick else FULL
     urls = [f"sqlite:///{ctx.tmp / 'storm.sqlite3'}"]
@@ -517,6 +528,7 @@ def run(ctx: Context, *, code: Path | None = None) -> Section:
             for warm in [True] * shape.warm_rounds + [False] * shape.cold_rounds:
                 rounds += run_round(ctx, shape, setup, provider, warm=warm, code=code, overhead=overhead)
             setup.storage.close()
+    _check_code(rounds, code)
     return report(ctx, shape, rounds, code)
 
 
