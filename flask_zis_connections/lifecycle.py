@@ -6,9 +6,12 @@ refreshes only if it is still due.  While its provider call is in flight a keepe
 thread renews the lease, and the call's deadline never passes the moment the lease is
 known to be held until: a refresher whose renewals fail gives up before anyone else
 can take over, so a refresh token is never sent twice.  Its write is conditioned on
-both the row's ``version`` and the lease, in one atomic step.  Waiters poll the row:
-as soon as its version moves they use the winner's result.  A crashed refresher's
-lease simply expires after ``ZIS_REFRESH_LEASE_TTL`` seconds.
+both the row's ``version`` and the lease, in one atomic step.  In each process one
+caller per connection deals with storage while the others wait on an in-process event
+(:mod:`.singleflight`); when it lost the lease to another process it waits for the
+release (heard through the storage's channel, else polled) and uses the winner's
+result.  A crashed refresher's lease simply expires after ``ZIS_REFRESH_LEASE_TTL``
+seconds.
 
 A refresh that fails at the provider is recorded apart from the connection row
 (:class:`~flask_zis_connections.domain.RefreshBackoff`) and backs the connection off
@@ -21,6 +24,7 @@ failure handling are one protocol, read together or misread.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -56,7 +60,9 @@ from .errors import (
 from .lease import LeaseKeeper
 from .outbound import OutboundPolicy
 from .provider_client import REAUTH_ERRORS, ProviderClient
+from .singleflight import FlightTimeout, SingleFlight
 from .storage import Storage
+from .storage.releases import LeaseReleases
 from .token_answer import TokenRequestRejected, TokenResponse
 from .token_cache import TokenCache
 from .validation import METADATA_MAX_BYTES as METADATA_MAX_BYTES
@@ -64,11 +70,35 @@ from .validation import metadata_changes as metadata_changes
 
 log = logging.getLogger("flask_zis_connections")
 
+#: Polling for another process's lease holder, when its release cannot be heard: the
+#: first and the longest pause, in seconds.
 _POLL_START = 0.01
 _POLL_MAX = 0.2
+#: The pause between looks while releases are heard: a lease that expires (its holder
+#: crashed) is announced by nobody.
+_SAFETY_NET = 1.0
 _ZERO = timedelta(0)
 #: First back-off step in seconds (then 2, 4, ... up to ZIS_REFRESH_BACKOFF_MAX).
 BACKOFF_BASE = 1.0
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What the one caller that dealt with storage found, for every waiting caller to
+    answer from: the newest row it saw, the back-off that stopped it (or that its failed
+    provider call started) and that failure."""
+
+    record: ConnectionRecord
+    backoff: RefreshBackoff | None = None
+    failure: ProviderError | None = None
+    #: What the caller that stored a refresh tells others once every waiter has the
+    #: result and the lease is released: its cache invalidation (to other processes
+    #: too) and the ``connection_refreshed`` signal.  Nobody waits for those.
+    announce: Callable[[], None] | None = None
+
+
+def _waited_too_long() -> ProviderError:
+    return ProviderError("Timed out waiting for a concurrent refresh of this connection. Try again.")
 
 
 @dataclass
@@ -90,6 +120,8 @@ class Lifecycle:
     token_cache: TokenCache | None = field(default=None, repr=False)
     _leeway: timedelta = field(init=False, repr=False)
     _leeway_ms: float = field(init=False, repr=False)
+    #: One caller per connection deals with storage at a time; the others wait for it.
+    _flights: SingleFlight[_Outcome] = field(init=False, repr=False, default_factory=SingleFlight)
 
     def __post_init__(self) -> None:
         self._leeway = timedelta(seconds=self.leeway)
@@ -253,6 +285,12 @@ class Lifecycle:
         caller's behalf, which is what lets a burst of forced refreshes make a single
         provider call.  While the connection backs off after a failed refresh, nobody
         calls the provider: see :meth:`_backed_off`.
+
+        In one process only one caller per connection deals with storage at a time
+        (:meth:`_settle`, run as a :class:`~.singleflight.SingleFlight`); the others
+        wait for what it found and each decides from that what it needs
+        (:meth:`_answer`) - going round again only when that was not enough (a forced
+        refresh that arrived after the one just stored).
         """
         if rec.type != "oauth" and force:
             raise WrongConnectionType(
@@ -261,48 +299,123 @@ class Lifecycle:
         if not force and not self.is_due(rec):
             return rec  # also every credential connection: nothing of theirs expires
         self._raise_if_needs_reauth(rec)
-        backoff = self._active_backoff(rec)
-        if backoff is not None:
-            return self._backed_off(rec, backoff, force)
-        key = f"refresh:{rec.uuid}"
-        owner = uuidlib.uuid4().hex
-        deadline = time.monotonic() + self.lease_ttl + self.http_timeout + 5
-        pause = _POLL_START
+        deadline = time.monotonic() + self._wait_limit()
         while True:
-            taken_at = time.monotonic()
-            if self.storage.acquire_lease(key, owner, self.lease_ttl, utcnow()):
-                try:
-                    current = self.find(rec.integration, uuid=rec.uuid)
-                    self._raise_if_needs_reauth(current)
-                    if current.version != rec.version and not self._expired(current):
-                        return current  # written after this caller arrived: use it
-                    if not (force or self.is_due(current)):
-                        return current
-                    # A refresher that held the lease before us may have failed.
-                    stored_backoff = self.storage.get_refresh_backoff(current.uuid)
-                    if stored_backoff is not None and stored_backoff.retry_at > utcnow():
-                        return self._backed_off(current, stored_backoff, force)
-                    return self._refresh_locked(
-                        current,
-                        Lease(key, owner),
-                        taken_at,
-                        force=force,
-                        had_backoff=stored_backoff is not None,
-                    )
-                finally:
-                    self.storage.release_lease(key, owner)
-            time.sleep(pause)
-            pause = min(pause * 2, _POLL_MAX)
-            current = self.find(rec.integration, uuid=rec.uuid)
-            if current.version != rec.version:
-                self._raise_if_needs_reauth(current)
-                if not self._expired(current):
-                    return current  # the lease holder's result
-                rec = current  # written but already expired: take the lease and refresh
+            settle = functools.partial(self._settle, rec, force)
+            try:
+                outcome, led = self._flights.run(rec.uuid, settle, deadline - time.monotonic())
+            except FlightTimeout:
+                raise _waited_too_long() from None
+            if led and outcome.announce is not None:
+                outcome.announce()
+            answer = self._answer(rec, force, outcome, led=led)
+            if answer is not None:
+                return answer
+            if outcome.record.version > rec.version:
+                rec = outcome.record  # written, but not enough for this caller
             if time.monotonic() > deadline:
-                raise ProviderError(
-                    "Timed out waiting for a concurrent refresh of this connection. Try again."
-                )
+                raise _waited_too_long()
+
+    def _wait_limit(self) -> float:
+        """The longest a caller waits for a refresh: a holder's lease, its provider
+        call and some slack."""
+        return self.lease_ttl + self.http_timeout + 5
+
+    def _settle(self, rec: ConnectionRecord, force: bool) -> _Outcome:
+        """Bring the connection where ``rec``'s caller needs it, or find why not.
+
+        Run by one thread per connection and process at a time.  It takes the lease
+        and refreshes, or - when another process holds the lease - waits for that
+        holder to let go (woken by the storage's release channel, polling when there
+        is none or it is down) and reads what it left.
+        """
+        key = f"refresh:{rec.uuid}"
+        # Armed first, which also starts the storage's listener for other processes'
+        # releases: it connects while the back-off is read and the lease tried.
+        with self.storage.watch_lease(key) as released:
+            backoff = self._active_backoff(rec)
+            if backoff is not None:
+                return _Outcome(rec, backoff=backoff)
+            owner = uuidlib.uuid4().hex
+            started = time.monotonic()
+            deadline = started + self._wait_limit()
+            releases = self.storage.lease_releases()
+            tried = -math.inf
+            while True:
+                # An attempt is a write (on SQLite it queues on the file lock with the
+                # holder's own writes): made again only once a release was heard, or a
+                # while after the last one (a crashed holder's lease expires unheard).
+                # In between, a poll only reads the row.
+                if released.is_set() or time.monotonic() - tried >= _SAFETY_NET:
+                    released.clear()  # before the attempt: a release after it is never missed
+                    taken_at = tried = time.monotonic()
+                    if self.storage.acquire_lease(key, owner, self.lease_ttl, utcnow()):
+                        try:
+                            return self._settle_locked(rec, force, Lease(key, owner), taken_at)
+                        finally:
+                            self.storage.release_lease(key, owner)
+                released.wait(self._lease_pause(releases, time.monotonic() - started))
+                current = self.find(rec.integration, uuid=rec.uuid)
+                if current.version != rec.version:
+                    if current.needs_reauth or not self._expired(current):
+                        return _Outcome(current)  # the lease holder's result
+                    rec = current  # written but already expired: take the lease and refresh
+                if time.monotonic() > deadline:
+                    raise _waited_too_long()
+
+    @staticmethod
+    def _lease_pause(releases: LeaseReleases, waited: float) -> float:
+        """How long to wait for another process's lease holder before looking again.
+
+        Releases heard across processes wake the waiter, so the pause is only a safety
+        net (a crashed holder's lease expires unannounced).  A listener still
+        connecting wakes it when it is up (a release may have been missed until then).
+        Unheard, it is a poll, its pause a tenth of the wait so far: an answer that
+        comes late costs at most about 10%.
+        """
+        if releases.across_processes.is_set() or releases.connecting.is_set():
+            return _SAFETY_NET
+        return min(_POLL_MAX, max(_POLL_START, waited / 10))
+
+    def _settle_locked(self, rec: ConnectionRecord, force: bool, lease: Lease, taken_at: float) -> _Outcome:
+        """Holding the lease: re-read, and refresh only if that is still needed."""
+        current = self.find(rec.integration, uuid=rec.uuid)
+        if current.needs_reauth:
+            return _Outcome(current)
+        if current.version != rec.version and not self._expired(current):
+            return _Outcome(current)  # written after this caller arrived: use it
+        if not (force or self.is_due(current)):
+            return _Outcome(current)
+        # A refresher that held the lease before us may have failed.
+        stored_backoff = self.storage.get_refresh_backoff(current.uuid)
+        if stored_backoff is not None and stored_backoff.retry_at > utcnow():
+            return _Outcome(current, backoff=stored_backoff)
+        return self._refresh_locked(current, lease, taken_at, had_backoff=stored_backoff is not None)
+
+    def _answer(
+        self, rec: ConnectionRecord, force: bool, outcome: _Outcome, *, led: bool
+    ) -> ConnectionRecord | None:
+        """What one caller (``rec`` as it arrived, ``force``) gets from a flight's
+        outcome; None when that does not serve it and it must go round again.
+
+        The caller that led the flight gets a failed provider call's own error; the
+        others find the back-off it started, as they would have had they taken the
+        lease after it.
+        """
+        current = outcome.record if outcome.record.version >= rec.version else rec
+        self._raise_if_needs_reauth(current)
+        failure = outcome.failure
+        if failure is not None and led:
+            if not force and not self._expired(current):
+                return current  # still valid: the caller keeps working meanwhile
+            raise failure
+        if outcome.backoff is not None:
+            return self._backed_off(current, outcome.backoff, force)
+        if current.version != rec.version and not self._expired(current):
+            return current  # written after this caller arrived: its refresh too
+        if not (force or self.is_due(current)):
+            return current
+        return None
 
     def _active_backoff(self, rec: ConnectionRecord) -> RefreshBackoff | None:
         backoff = self.storage.get_refresh_backoff(rec.uuid)
@@ -346,14 +459,8 @@ class Lifecycle:
         )
 
     def _refresh_locked(
-        self,
-        current: ConnectionRecord,
-        lease: Lease,
-        taken_at: float,
-        *,
-        force: bool,
-        had_backoff: bool,
-    ) -> ConnectionRecord:
+        self, current: ConnectionRecord, lease: Lease, taken_at: float, *, had_backoff: bool
+    ) -> _Outcome:
         """Call the provider and store the result; the caller holds ``lease``."""
         if current.grant_type != "client_credentials" and current.refresh_token_enc is None:
             # Not marked needs_reauth: nothing was refused, the access token may still
@@ -378,11 +485,11 @@ class Lifecycle:
             refused = exc.error in REAUTH_ERRORS or exc.error in provider.client.quirks.reauth_errors
             self._send_failed(current, exc.error, needs_reauth=refused, backoff_started=not had_backoff)
             if refused:
-                return self._mark_needs_reauth(current, exc.error, lease)
-            return self._failed(current, exc, exc.error, force)
+                return _Outcome(self._mark_needs_reauth(current, exc.error, lease))
+            return self._failed(current, exc, exc.error)
         except ProviderError as exc:
             self._send_failed(current, "provider_error", needs_reauth=False, backoff_started=not had_backoff)
-            return self._failed(current, exc, "provider_error", force)
+            return self._failed(current, exc, "provider_error")
         updated = self.apply_token(current, resp, provider.client)
         stored = self.storage.update_connection(
             updated, expected_version=current.version, lease=lease, now=utcnow()
@@ -395,23 +502,25 @@ class Lifecycle:
                 current.uuid,
                 current.integration,
             )
-            return self.find(current.integration, uuid=current.uuid)
-        self.changed(stored.integration, stored.name)
+            return _Outcome(self.find(current.integration, uuid=current.uuid))
         if had_backoff:
             self.storage.clear_refresh_backoff(current.uuid)
-        signals.connection_refreshed.send(
-            self.app,
-            integration=stored.integration,
-            name=stored.name,
-            uuid=stored.uuid,
-            token_expiry=stored.token_expiry,
-        )
-        return stored
 
-    def _failed(
-        self, current: ConnectionRecord, exc: ProviderError, reason: str, force: bool
-    ) -> ConnectionRecord:
-        """Record the failure (starting or growing the back-off) and decide the answer."""
+        def announce() -> None:
+            self.changed(stored.integration, stored.name)
+            signals.connection_refreshed.send(
+                self.app,
+                integration=stored.integration,
+                name=stored.name,
+                uuid=stored.uuid,
+                token_expiry=stored.token_expiry,
+            )
+
+        return _Outcome(stored, announce=announce)
+
+    def _failed(self, current: ConnectionRecord, exc: ProviderError, reason: str) -> _Outcome:
+        """Record the failure (starting or growing the back-off); every caller decides
+        its answer from the outcome (:meth:`_answer`)."""
         backoff = self.storage.record_refresh_failure(
             current.uuid, reason, utcnow(), base=BACKOFF_BASE, cap=self.backoff_max
         )
@@ -425,10 +534,8 @@ class Lifecycle:
             exc.message,
             retry_after,
         )
-        if not force and not self._expired(current):
-            return current  # still valid: the caller keeps working meanwhile
         exc.retry_after = retry_after
-        raise exc
+        return _Outcome(current, backoff=backoff, failure=exc)
 
     def _mark_needs_reauth(self, current: ConnectionRecord, error: str, lease: Lease) -> ConnectionRecord:
         marked = self.storage.update_connection(

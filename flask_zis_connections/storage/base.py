@@ -19,7 +19,9 @@ from __future__ import annotations
 import functools
 import json
 import re
+import threading
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from types import MappingProxyType
@@ -45,6 +47,7 @@ from ..domain import (
 from ..errors import InvalidValue
 from .conflicts import client_conflict, stale_client
 from .hooks import StorageHooks
+from .releases import LeaseReleases
 from .times import at_ms, at_ms_or_none, to_ms
 
 if TYPE_CHECKING:
@@ -338,8 +341,41 @@ class Storage(StorageHooks):
         return self._renew_lease(key, owner, at_ms(now), at_ms(now + timedelta(seconds=ttl)))
 
     def release_lease(self, key: str, owner: str) -> None:
-        """Release it if ``owner`` still holds it (an expired, re-taken lease stays)."""
-        self._release_lease(key, owner)
+        """Release it if ``owner`` still holds it (an expired, re-taken lease stays),
+        and wake this process's :meth:`watch_lease` waiters of ``key``."""
+        try:
+            self._release_lease(key, owner)
+        finally:
+            self.lease_releases().released(key)
+
+    def watch_lease(self, key: str) -> AbstractContextManager[threading.Event]:
+        """An event set when the lease ``key`` is released while the block runs.
+
+        Enter it *before* trying the lease, then wait on the event for the holder to let
+        go: a release by this process always sets it; one by another process does only
+        while ``lease_releases().across_processes`` is set (the backend has a channel
+        between processes and hears it), so a waiter polls as well while it is not.
+        """
+        releases = self.lease_releases()
+        self._listen_for_lease_releases(releases)
+        return releases.watch(key)
+
+    def lease_releases(self) -> LeaseReleases:
+        """This storage's lease watchers in this process (made on first use)."""
+        releases = self.__dict__.get("_zis_lease_releases")
+        if releases is None:
+            # setdefault is atomic: two first callers end up with one registry.
+            releases = self.__dict__.setdefault("_zis_lease_releases", self._new_lease_releases())
+        return releases  # type: ignore[no-any-return]
+
+    def _new_lease_releases(self) -> LeaseReleases:
+        """A registry that hears only this process's releases; a backend whose leases
+        all live in this process, or that has a channel, says so."""
+        return LeaseReleases()
+
+    def _listen_for_lease_releases(self, releases: LeaseReleases) -> None:
+        """Start hearing other processes' lease releases into ``releases``, once per
+        process (no channel here: waiters poll)."""
 
     def lease_holder(self, key: str, now: datetime) -> str | None:
         """The current unexpired holder, or None."""

@@ -46,6 +46,7 @@ from .conflicts import (
     stale_client,
     token_conflict,
 )
+from .releases import LeaseReleases
 from .times import at_ms
 
 
@@ -347,6 +348,10 @@ class MemoryStorage(Storage):
     def _lease_holder(self, key: str, now: datetime) -> str | None:
         with self._lock:
             return self._holder(key, now)
+
+    def _new_lease_releases(self) -> LeaseReleases:
+        # Every holder of a lease in a dict is in this process: no release is missed.
+        return LeaseReleases(one_process=True)
 
     # -- refresh back-off ----------------------------------------------------------
     def _record_refresh_failure(

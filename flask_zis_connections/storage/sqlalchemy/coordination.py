@@ -9,20 +9,30 @@ the committed row); on SQLite writers queue on the file lock (:mod:`.sqlite`).
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from ...domain import PendingFlow, RefreshBackoff, VerificationCode
 from ..conflicts import code_conflict, flow_conflict
+from ..releases import LeaseReleases, ReleaseListener
 from ..times import to_ms
 from . import queries as q
 from .engine import SQLBackend
 from .rows import backoff_from_row, code_from_row, code_row, flow_from_row, flow_row
 from .schema import flows, refresh_backoff, refresh_leases, verification_codes
+
+#: The PostgreSQL channel a released lease's key travels on to other processes.
+LEASE_CHANNEL: Final = "zis_lease_released"
+#: Guards the once-per-process start of a storage's lease listener.
+_LISTENER_START = threading.Lock()
 
 
 class CoordinationHooks(SQLBackend):
@@ -93,29 +103,53 @@ class CoordinationHooks(SQLBackend):
         return code_from_row(row)
 
     # -- refresh lease -----------------------------------------------------------
-    def _acquire_lease(self, key: str, owner: str, now: datetime, expires_at: datetime) -> bool:
-        """Take over an expired row, else insert; the primary key refuses a second.
+    def _lease_engine(self) -> Engine:
+        """Where the lease's single statements run: on PostgreSQL in autocommit (one
+        statement is a transaction of its own: one round trip, not ``BEGIN``, the
+        statement and ``COMMIT``); on SQLite in a ``BEGIN IMMEDIATE`` transaction like
+        every write (:mod:`.sqlite`)."""
+        return self._reader if self._writer.dialect.name == "postgresql" else self._writer
 
-        The ``INSERT`` runs in a savepoint so that losing the race (an
-        ``IntegrityError``) does not abort the surrounding PostgreSQL transaction.
+    def _acquire_lease(self, key: str, owner: str, now: datetime, expires_at: datetime) -> bool:
+        """Insert the row, or take it over when it has expired, in one statement.
+
+        ``INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE expires_at <= now`` on
+        PostgreSQL and SQLite: a lost race changes no row - no error, no savepoint, no
+        ``duplicate key`` line in the server's log.  On PostgreSQL a concurrent insert
+        of the same key waits for the other transaction and then re-checks the
+        ``WHERE`` clause against the committed row, so exactly one caller wins.
         """
-        expires_ms = to_ms(expires_at)
-        params = {"b_key": key, "b_owner": owner, "b_now": to_ms(now), "b_expires_at": expires_ms}
+        ls = refresh_leases
+        expires_ms, now_ms = to_ms(expires_at), to_ms(now)
+        dialect = self._writer.dialect.name
+        if dialect in ("postgresql", "sqlite"):
+            ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(ls)
+            upsert = ins.values(key=key, owner=owner, expires_at=expires_ms).on_conflict_do_update(
+                index_elements=[ls.c.key],
+                set_={"owner": ins.excluded.owner, "expires_at": ins.excluded.expires_at},
+                where=ls.c.expires_at <= now_ms,
+            )
+            with self._lease_engine().begin() as conn:
+                if dialect == "sqlite":  # its row count is exact (RETURNING needs 3.35)
+                    return conn.execute(upsert).rowcount == 1
+                # psycopg reports no row count for this statement through SQLAlchemy
+                return conn.execute(upsert.returning(ls.c.owner)).first() is not None
+        # Any other database: take over an expired row, else insert; the primary key
+        # refuses a second, inside a savepoint so the transaction survives the refusal.
+        params = {"b_key": key, "b_owner": owner, "b_now": now_ms, "b_expires_at": expires_ms}
         with self._writer.begin() as conn:
             if conn.execute(q.TAKE_EXPIRED_LEASE, params).rowcount == 1:
                 return True
             try:
                 with conn.begin_nested():
-                    conn.execute(
-                        sa.insert(refresh_leases).values(key=key, owner=owner, expires_at=expires_ms)
-                    )
+                    conn.execute(sa.insert(ls).values(key=key, owner=owner, expires_at=expires_ms))
             except IntegrityError:
                 return False
         return True
 
     def _renew_lease(self, key: str, owner: str, now: datetime, expires_at: datetime) -> bool:
         ls = refresh_leases
-        with self._writer.begin() as conn:
+        with self._lease_engine().begin() as conn:
             renewed = conn.execute(
                 sa.update(ls)
                 .where(ls.c.key == key, ls.c.owner == owner, ls.c.expires_at > to_ms(now))
@@ -124,9 +158,47 @@ class CoordinationHooks(SQLBackend):
         return renewed == 1
 
     def _release_lease(self, key: str, owner: str) -> None:
+        """Delete the row.  On PostgreSQL the same statement ``NOTIFY``s the waiters of
+        other processes with the key (only when a row went), so they hear of it as
+        soon as it is committed and never before."""
         ls = refresh_leases
-        with self._writer.begin() as conn:
-            conn.execute(sa.delete(ls).where(ls.c.key == key, ls.c.owner == owner))
+        delete = sa.delete(ls).where(ls.c.key == key, ls.c.owner == owner)
+        with self._lease_engine().begin() as conn:
+            if self._writer.dialect.name != "postgresql":
+                conn.execute(delete)
+                return
+            released = delete.returning(ls.c.key).cte("released")
+            conn.execute(sa.select(sa.func.pg_notify(LEASE_CHANNEL, released.c.key)).select_from(released))
+
+    def _listen_for_lease_releases(self, releases: LeaseReleases) -> None:
+        """One listener thread per process, started by the first caller about to try a
+        lease; only PostgreSQL through psycopg 3 has the channel."""
+        engine = self.engine
+        if engine.dialect.name != "postgresql" or engine.dialect.driver != "psycopg":
+            return
+        pid = os.getpid()
+        if self.__dict__.get("_zis_lease_listener_pid") == pid:
+            return
+        with _LISTENER_START:
+            if self.__dict__.get("_zis_lease_listener_pid") == pid:
+                return
+            self.__dict__["_zis_lease_listener_pid"] = pid
+        import psycopg
+
+        cargs, cparams = engine.dialect.create_connect_args(engine.url)
+
+        def connect() -> psycopg.Connection[Any]:
+            return psycopg.connect(*cargs, **{**cparams, "autocommit": True})
+
+        listener = ReleaseListener(connect, LEASE_CHANNEL, releases)
+        self.__dict__.setdefault("_zis_lease_listeners", []).append(listener)
+        releases.connecting.set()
+        listener.start()
+
+    def close(self) -> None:
+        for listener in self.__dict__.get("_zis_lease_listeners", ()):
+            listener.stopped.set()
+        super().close()
 
     def _lease_holder(self, key: str, now: datetime) -> str | None:
         rows = self._read(q.LEASE_HOLDER, {"key": key, "now": to_ms(now)})

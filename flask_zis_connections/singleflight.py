@@ -1,0 +1,145 @@
+"""One thread per key does the work; the others in this process wait for its result.
+
+Two hundred requests of one process that find the same connection due need one
+refresh between them, and only one of them needs to talk to the database about it
+(take the lease, or wait for another process's holder to let go).  The others wait on
+an in-process event and share what it found, so a burst costs the database a handful of
+statements per process instead of a poll loop per request.
+
+The leader runs the work in its own thread (no helper thread whose life could diverge
+from the request's).  Whatever happens to it, its waiters are not stranded: an
+exception is handed to each of them as a copy of its own; an interruption that is not
+an ``Exception`` (``SystemExit``, ``KeyboardInterrupt``) makes one of them lead a new
+flight; and a leader thread that ends with no outcome at all (the process forked away
+from it) is noticed within a second and replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+#: How often a waiter checks that its leader's thread is still alive.
+_LEADER_CHECK = 1.0
+
+
+class FlightTimeout(TimeoutError):
+    """The flight a caller waited for did not end within its timeout."""
+
+
+class _Flight(Generic[T]):
+    __slots__ = ("done", "error", "leader", "result", "waiters")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.leader = threading.current_thread()
+        self.result: T | None = None
+        self.error: BaseException | None = None
+        self.waiters = 0
+
+
+class SingleFlight(Generic[T]):
+    """Per-key single flights of one process (one registry per app's token lifecycle)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._flights: dict[str, _Flight[T]] = {}
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork(ref))
+
+    def run(self, key: str, work: Callable[[], T], timeout: float) -> tuple[T, bool]:
+        """``work()``'s result, run by one caller per ``key`` at a time, and whether this
+        caller was the one that ran it.
+
+        A caller arriving while a flight of ``key`` is running waits for that flight's
+        outcome (at most ``timeout`` seconds: then :class:`FlightTimeout`) instead of running
+        ``work`` itself; one arriving after it ended starts a new flight.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                flight = self._flights.get(key)
+                lead = flight is None
+                if flight is None:
+                    flight = self._flights[key] = _Flight()
+                else:
+                    flight.waiters += 1
+            if lead:
+                return self._lead(key, flight, work), True
+            try:
+                settled = self._wait(key, flight, deadline)
+            finally:
+                with self._lock:
+                    flight.waiters -= 1
+            if settled:
+                error = flight.error
+                if error is None:
+                    return flight.result, False  # type: ignore[return-value]
+                if isinstance(error, Exception):
+                    raise copied(error) from error
+            # The leader was interrupted or is gone: lead (or join) a new flight.
+
+    def _lead(self, key: str, flight: _Flight[T], work: Callable[[], T]) -> T:
+        try:
+            flight.result = work()
+            return flight.result
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
+            flight.done.set()
+
+    def _wait(self, key: str, flight: _Flight[T], deadline: float) -> bool:
+        """True once ``flight`` has an outcome; False when its leader died without one."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise FlightTimeout("the concurrent call this one waited for did not finish in time")
+            if flight.done.wait(min(left, _LEADER_CHECK)):
+                return True
+            if not flight.leader.is_alive():
+                with self._lock:
+                    if self._flights.get(key) is flight:
+                        del self._flights[key]
+                return flight.done.is_set()
+
+    def waiting(self, key: str) -> int:
+        """How many callers wait for the running flight of ``key`` (0: none runs)."""
+        with self._lock:
+            flight = self._flights.get(key)
+            return 0 if flight is None else flight.waiters
+
+
+def copied(exc: Exception) -> Exception:
+    """A copy of ``exc`` for another thread to raise.
+
+    Raising one exception object in several threads at once would have them overwrite
+    each other's traceback on it.  The copy has the same type, arguments and attributes
+    (``retry_after``, ``integration``, ...) without running ``__init__`` again, whose
+    signature differs from ``args`` in most exception classes; one that cannot be copied
+    this way is handed on as it is.
+    """
+    cls = type(exc)
+    try:
+        clone = cls.__new__(cls, *exc.args)
+        clone.__dict__.update(exc.__dict__)
+    except Exception:
+        return exc
+    return clone
+
+
+def _after_fork(ref: weakref.ref[SingleFlight[Any]]) -> None:
+    """A forked child has none of its parent's threads: their flights are not its own."""
+    flights = ref()
+    if flights is not None:
+        flights._lock = threading.Lock()
+        flights._flights = {}

@@ -1,0 +1,480 @@
+"""A burst of callers for one due connection: one caller per process deals with storage.
+
+:class:`~flask_zis_connections.singleflight.SingleFlight` on its own (real threads), then
+the token lifecycle on every backend against the real in-process provider: one provider
+call *and one lease attempt* for a burst of threads, failures handed to every waiter,
+the lease taken without a database error, its release heard across processes
+(PostgreSQL ``NOTIFY``), and two OS processes sharing one refresh.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from flask_zis_connections import ProviderError, ReauthorizationRequired, get_token
+from flask_zis_connections.domain import utcnow
+from flask_zis_connections.errors import StorageUnavailable
+from flask_zis_connections.singleflight import FlightTimeout, SingleFlight, _Flight
+from flask_zis_connections.storage import SQLAlchemyStorage, Storage
+from flask_zis_connections.storage.sqlalchemy.coordination import LEASE_CHANNEL
+
+from . import lifecycle_worker
+from .flow_driver import auth_header, connect, register
+from .live_provider import LiveProvider
+
+JOIN_TIMEOUT = 30.0
+THREADS = 12
+
+
+def _burst(count: int, target: Callable[[int], Any]) -> tuple[list[Any], list[BaseException]]:
+    """``count`` threads released together; their results and errors."""
+    barrier = threading.Barrier(count)
+    results: list[Any] = [None] * count
+    errors: list[BaseException] = []
+
+    def work(index: int) -> None:
+        barrier.wait(timeout=JOIN_TIMEOUT)
+        try:
+            results[index] = target(index)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(JOIN_TIMEOUT)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    return results, errors
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + JOIN_TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+# -- SingleFlight ----------------------------------------------------------------------------------
+def test_one_caller_runs_the_work_and_every_waiter_gets_its_result() -> None:
+    flights: SingleFlight[object] = SingleFlight()
+    release = threading.Event()
+    runs: list[int] = []
+    result = object()
+
+    def work() -> object:
+        runs.append(1)
+        _wait_for(lambda: flights.waiting("k") == THREADS - 1, "every waiter")
+        release.wait(JOIN_TIMEOUT)
+        return result
+
+    def call(_: int) -> tuple[object, bool]:
+        return flights.run("k", work, JOIN_TIMEOUT)
+
+    threading.Timer(0.05, release.set).start()
+    answers, errors = _burst(THREADS, call)
+    assert errors == []
+    assert runs == [1]
+    assert all(got is result for got, _ in answers)
+    assert sorted(led for _, led in answers) == [False] * (THREADS - 1) + [True]
+    assert flights.waiting("k") == 0
+    # The flight is over: the next caller runs the work again.
+    assert flights.run("k", lambda: "again", JOIN_TIMEOUT) == ("again", True)
+
+
+def test_other_keys_fly_apart() -> None:
+    flights: SingleFlight[str] = SingleFlight()
+    inside = threading.Barrier(2)
+
+    def work(key: str) -> str:
+        inside.wait(JOIN_TIMEOUT)  # both run at once, or this never returns
+        return key
+
+    answers, errors = _burst(2, lambda i: flights.run(f"k{i}", lambda: work(f"k{i}"), JOIN_TIMEOUT))
+    assert errors == [] and answers == [("k0", True), ("k1", True)]
+
+
+def test_a_waiter_gets_a_copy_of_the_leaders_error() -> None:
+    flights: SingleFlight[None] = SingleFlight()
+    raised: list[BaseException] = []
+
+    def work() -> None:
+        _wait_for(lambda: flights.waiting("k") == THREADS - 1, "every waiter")
+        exc = ProviderError("The provider is down. Try again.", retry_after=7)
+        raised.append(exc)
+        raise exc
+
+    _, errors = _burst(THREADS, lambda _: flights.run("k", work, JOIN_TIMEOUT))
+    assert len(raised) == 1 and len(errors) == THREADS
+    for error in errors:
+        assert type(error) is ProviderError
+        assert error.message == "The provider is down. Try again." and error.retry_after == 7
+    # Each thread raised its own object (a shared one would collect every thread's
+    # traceback); the waiters' copies name the leader's error as their cause.
+    assert len({id(e) for e in errors}) == THREADS
+    copies = [e for e in errors if e is not raised[0]]
+    assert len(copies) == THREADS - 1 and all(e.__cause__ is raised[0] for e in copies)
+
+
+def test_an_interrupted_leader_hands_the_work_to_a_waiter() -> None:
+    """``SystemExit`` and its kin end the leader's thread, not its waiters' requests."""
+
+    class Interrupted(BaseException):
+        pass
+
+    flights: SingleFlight[str] = SingleFlight()
+    runs: list[str] = []
+
+    def work() -> str:
+        runs.append(threading.current_thread().name)
+        waiters = THREADS - len(runs)  # the interrupted leader's thread is gone
+        _wait_for(lambda: flights.waiting("k") == waiters, "every waiter")
+        if len(runs) == 1:
+            raise Interrupted
+        return "done"
+
+    answers, errors = _burst(THREADS, lambda _: flights.run("k", work, JOIN_TIMEOUT))
+    assert [type(e) for e in errors] == [Interrupted]
+    assert len(runs) == 2 and runs[0] != runs[1]
+    assert sorted(a for a in answers if a is not None) == [("done", False)] * (THREADS - 2) + [("done", True)]
+
+
+def test_a_leader_gone_without_an_outcome_is_replaced() -> None:
+    """A flight whose leader thread ended without finishing (what a fork leaves in the
+    child) strands nobody: a waiter notices within a second and runs the work."""
+    flights: SingleFlight[str] = SingleFlight()
+    orphan: list[_Flight[str]] = []
+    gone = threading.Thread(target=lambda: orphan.append(_Flight()))
+    gone.start()
+    gone.join()
+    flights._flights["k"] = orphan[0]
+    started = time.monotonic()
+    assert flights.run("k", lambda: "mine", JOIN_TIMEOUT) == ("mine", True)
+    assert time.monotonic() - started < JOIN_TIMEOUT
+    assert not orphan[0].done.is_set()
+
+
+def test_a_waiter_gives_up_after_its_timeout() -> None:
+    flights: SingleFlight[None] = SingleFlight()
+    release = threading.Event()
+    leader = threading.Thread(
+        target=lambda: flights.run("k", lambda: release.wait(JOIN_TIMEOUT) and None, 60)
+    )
+    leader.start()
+    _wait_for(lambda: "k" in flights._flights, "the leader")
+    try:
+        with pytest.raises(FlightTimeout):
+            flights.run("k", lambda: None, 0.05)
+    finally:
+        release.set()
+        leader.join(JOIN_TIMEOUT)
+
+
+# -- the token lifecycle on every backend --------------------------------------------------------
+class Spied:
+    """The storage's lease attempts and releases, with the thread that made each."""
+
+    def __init__(self, storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.attempts: list[tuple[str, bool]] = []
+        real_acquire = storage.acquire_lease
+
+        def acquire(*args: Any, **kwargs: Any) -> bool:
+            got = real_acquire(*args, **kwargs)
+            self.attempts.append((threading.current_thread().name, got))
+            return got
+
+        monkeypatch.setattr(storage, "acquire_lease", acquire)
+
+
+@pytest.fixture
+def storm(
+    make_app: Callable[..., Flask], provider_factory: Callable[..., LiveProvider]
+) -> Callable[..., tuple[Flask, LiveProvider, dict[str, Any]]]:
+    """An app with an expired connection ``main`` at a slow provider."""
+
+    def build(**config: Any) -> tuple[Flask, LiveProvider, dict[str, Any]]:
+        provider = provider_factory(SLOW_SLEEP=0.5)
+        app = make_app(**config)
+        register(app, provider)
+        conn = connect(app, provider, auth_header(app), allow_offline_access=True)
+        storage: Storage = app.extensions["zis_connections"].storage
+        rec = storage.get_connection("acme", name="main")
+        assert rec is not None
+        expired = storage.update_connection(
+            rec.replace(token_expiry=utcnow() - timedelta(minutes=5)), expected_version=rec.version
+        )
+        assert expired is not None
+        return app, provider, conn
+
+    return build
+
+
+def _get_token(app: Flask) -> Callable[[int], str]:
+    def call(_: int) -> str:
+        with app.app_context():
+            return get_token("acme", "main")
+
+    return call
+
+
+def test_a_burst_makes_one_provider_call_and_one_lease_attempt(
+    storm: Callable[..., tuple[Flask, LiveProvider, dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, provider, conn = storm()
+    spied = Spied(app.extensions["zis_connections"].storage, monkeypatch)
+    provider.state.inject_token_fault("slow")
+    tokens, errors = _burst(THREADS, _get_token(app))
+    assert errors == []
+    assert provider.state.refresh_call_count == 1
+    assert len(set(tokens)) == 1 and tokens[0] != conn["access_token"]
+    assert [got for _, got in spied.attempts] == [True], spied.attempts
+
+
+def test_forced_refreshes_arriving_after_a_stored_one_refresh_again(
+    storm: Callable[..., tuple[Flask, LiveProvider, dict[str, Any]]],
+) -> None:
+    """A forced caller that read the row after the flight stored its refresh is not
+    served by that flight: it goes round again and gets a refresh of its own."""
+    app, provider, _ = storm()
+    life = app.extensions["zis_connections"].lifecycle
+    storage: Storage = app.extensions["zis_connections"].storage
+    provider.state.inject_token_fault("slow")
+    first = life.ensure_fresh(storage.get_connection("acme", name="main"), force=False)
+    later = storage.get_connection("acme", name="main")
+    assert later is not None and later.version == first.version
+    again = life.ensure_fresh(later, force=True)
+    assert again.version == first.version + 1
+    assert provider.state.refresh_call_count == 2
+
+
+@pytest.mark.parametrize("fault", ["invalid_grant", "http500"])
+def test_every_waiter_gets_the_failure_of_the_refresh_it_waited_for(
+    storm: Callable[..., tuple[Flask, LiveProvider, dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+    fault: str,
+) -> None:
+    app, provider, _ = storm()
+    life = app.extensions["zis_connections"].lifecycle
+    storage: Storage = app.extensions["zis_connections"].storage
+    rec = storage.get_connection("acme", name="main")
+    assert rec is not None
+    real_acquire = storage.acquire_lease
+
+    def acquire(*args: Any, **kwargs: Any) -> bool:
+        # Every other thread waits for this flight before it goes on.
+        _wait_for(lambda: life._flights.waiting(rec.uuid) == THREADS - 1, "every waiter")
+        return real_acquire(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "acquire_lease", acquire)
+    provider.state.inject_token_fault(fault)
+    _, errors = _burst(THREADS, _get_token(app))
+    assert provider.state.refresh_call_count == 1  # one call, failed, for everyone
+    assert len(errors) == THREADS
+    if fault == "invalid_grant":
+        assert all(type(e) is ReauthorizationRequired for e in errors), errors
+        assert storage.get_connection("acme", name="main").needs_reauth  # type: ignore[union-attr]
+    else:
+        # The one that called the provider gets its error; the others the back-off it
+        # started - a 502 with Retry-After either way, and no second call.
+        assert all(type(e) is ProviderError and e.retry_after is not None for e in errors), errors
+        assert storage.get_refresh_backoff(rec.uuid) is not None
+    assert len({id(e) for e in errors}) == THREADS
+
+
+def test_a_storage_failure_in_the_leader_reaches_every_waiter(
+    storm: Callable[..., tuple[Flask, LiveProvider, dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, provider, conn = storm()
+    life = app.extensions["zis_connections"].lifecycle
+    storage: Storage = app.extensions["zis_connections"].storage
+    rec = storage.get_connection("acme", name="main")
+    assert rec is not None
+
+    def down(*args: Any, **kwargs: Any) -> bool:
+        _wait_for(lambda: life._flights.waiting(rec.uuid) == THREADS - 1, "every waiter")
+        raise StorageUnavailable("The connections database is unavailable (test). Check it.")
+
+    monkeypatch.setattr(storage, "acquire_lease", down)
+    _, errors = _burst(THREADS, _get_token(app))
+    assert len(errors) == THREADS and all(type(e) is StorageUnavailable for e in errors), errors
+    assert provider.state.refresh_call_count == 0
+    monkeypatch.undo()
+    # Nothing is left behind: the next caller refreshes.
+    assert _get_token(app)(0) != conn["access_token"]
+    assert provider.state.refresh_call_count == 1
+
+
+def test_a_lost_lease_race_logs_no_database_error(
+    storm: Callable[..., tuple[Flask, LiveProvider, dict[str, Any]]], backend: str
+) -> None:
+    """The lease is an upsert: a caller that loses gets False, and on PostgreSQL the
+    server logs no ``duplicate key`` error (the log is read when the test has it)."""
+    if backend == "memory":
+        pytest.skip("no database")
+    app, _, _ = storm()
+    storage: Storage = app.extensions["zis_connections"].storage
+    log = _server_log(storage) if backend == "postgres" else None
+    start = log.stat().st_size if log is not None else None
+    now = utcnow()
+    got, errors = _burst(THREADS, lambda i: storage.acquire_lease("refresh:race", f"owner{i}", 30, now))
+    assert errors == [] and sorted(got) == [False] * (THREADS - 1) + [True]
+    winner = f"owner{got.index(True)}"
+    assert storage.lease_holder("refresh:race", now) == winner
+    # Expired, it is taken over by exactly one of many.
+    later = now + timedelta(seconds=31)
+    got, errors = _burst(THREADS, lambda i: storage.acquire_lease("refresh:race", f"next{i}", 30, later))
+    assert errors == [] and sorted(got) == [False] * (THREADS - 1) + [True]
+    if log is not None and start is not None:
+        with open(log, "rb") as f:
+            f.seek(start)
+            assert b"duplicate key" not in f.read()
+
+
+def _server_log(storage: Storage) -> Path | None:
+    """The server's log where ``.ci/services.sh`` puts it (beside the data directory),
+    when this machine can read it; else None (the check is left out)."""
+    assert isinstance(storage, SQLAlchemyStorage)
+    with storage.engine.connect() as db:
+        data = db.exec_driver_sql("SHOW data_directory").scalar()
+    log = Path(str(data)).parent / "pg.log"
+    return log if log.is_file() and os.access(log, os.R_OK) else None
+
+
+# -- releases heard across processes ----------------------------------------------------------
+@pytest.mark.postgres
+def test_a_release_in_another_process_wakes_the_waiter(postgres_url: str) -> None:
+    """Two storages on one database stand for two processes: a release by one reaches
+    the other's watcher through ``LISTEN``/``NOTIFY``, and nothing else does."""
+    waiter, holder = SQLAlchemyStorage(postgres_url), SQLAlchemyStorage(postgres_url)
+    try:
+        waiter.create_tables()
+        now = utcnow()
+        assert holder.acquire_lease("refresh:x", "holder", 30, now)
+        with waiter.watch_lease("refresh:x") as released, waiter.watch_lease("refresh:other") as other:
+            assert waiter.lease_releases().across_processes.wait(JOIN_TIMEOUT), "the listener never listened"
+            released.clear()
+            other.clear()
+            holder.release_lease("refresh:x", "nobody")  # not its holder: nothing released
+            assert not released.wait(0.3)
+            holder.release_lease("refresh:x", "holder")
+            assert released.wait(JOIN_TIMEOUT)
+            assert not other.is_set()
+        assert waiter.lease_holder("refresh:x", now) is None
+    finally:
+        waiter.close()
+        holder.close()
+    assert LEASE_CHANNEL == "zis_lease_released"
+
+
+def test_without_a_channel_a_waiter_polls(tmp_path: Path) -> None:
+    """SQLite has no channel between processes: the registry says so, and a waiter of
+    another process's lease falls back to polling (the lifecycle's pause)."""
+    storage = SQLAlchemyStorage(f"sqlite:///{tmp_path / 'zis.sqlite3'}")
+    try:
+        with storage.watch_lease("refresh:x"):
+            assert not storage.lease_releases().across_processes.is_set()
+            assert not storage.lease_releases().connecting.is_set()
+    finally:
+        storage.close()
+
+
+# -- two processes ----------------------------------------------------------------------
+def _child(
+    database_uri: str, keys: list[str], threads: int, start: Any, results: Any
+) -> None:  # pragma: no cover - runs in a spawned process
+    """One process: ``threads`` get_token calls at once; reports the lease attempts."""
+    tokens: list[str] = []
+    errors: list[str] = []
+    attempts: list[tuple[str, bool]] = []
+    app: Flask | None = None
+    try:
+        app = lifecycle_worker.build_app(database_uri, keys)
+        storage: Storage = app.extensions["zis_connections"].storage
+        real_acquire = storage.acquire_lease
+
+        def acquire(*args: Any, **kwargs: Any) -> bool:
+            got = real_acquire(*args, **kwargs)
+            attempts.append((threading.current_thread().name, got))
+            return got
+
+        storage.acquire_lease = acquire  # type: ignore[method-assign]
+        # The release listener up before the burst, as in a process that has served
+        # before: its first connection is not what this test is about.
+        with storage.watch_lease("refresh:warm-up"):
+            storage.lease_releases().across_processes.wait(10)
+        barrier = threading.Barrier(threads)
+
+        def call() -> None:
+            assert app is not None
+            try:
+                barrier.wait(timeout=60)
+                with app.app_context():
+                    tokens.append(get_token("acme", "main"))
+            except Exception:
+                errors.append(traceback.format_exc())
+
+        workers = [threading.Thread(target=call) for _ in range(threads)]
+        start.wait(timeout=60)
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+    except Exception:
+        errors.append(traceback.format_exc())
+    finally:
+        if app is not None:
+            app.extensions["zis_connections"].storage.close()
+        results.put((os.getpid(), tokens, errors, attempts))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_two_processes_one_refresh_one_thread_each_on_the_lease(
+    storm: Callable[..., tuple[Flask, LiveProvider, dict[str, Any]]], database_uri: str, backend: str
+) -> None:
+    app, provider, conn = storm()
+    provider.state.inject_token_fault("slow")
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(2)
+    results: Any = ctx.Queue()
+    keys = list(app.config["ZIS_ENCRYPTION_KEYS"])
+    procs = [ctx.Process(target=_child, args=(database_uri, keys, 8, start, results)) for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    reports = []
+    try:
+        for _ in procs:
+            reports.append(results.get(timeout=120))
+    except queue.Empty:
+        pytest.fail(f"only {len(reports)} of 2 processes reported back")
+    finally:
+        for proc in procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        results.close()
+        results.join_thread()
+    assert [e for _, _, errs, _ in reports for e in errs] == []
+    tokens = [t for _, toks, _, _ in reports for t in toks]
+    assert len(tokens) == 16 and len(set(tokens)) == 1 and tokens[0] != conn["access_token"]
+    assert provider.state.refresh_call_count == 1
+    for _, _, _, attempts in reports:
+        # One thread per process ever touched the lease ...
+        assert len({thread for thread, _ in attempts}) == 1, attempts
+        if backend == "postgres":
+            # ... and, hearing the other's release, tried it once.
+            assert len(attempts) == 1, attempts
+    assert sum(got for _, _, _, attempts in reports for _, got in attempts) == 1
