@@ -134,9 +134,8 @@ def test_a_broken_connection_is_dropped_and_the_read_still_answers(app: Flask) -
     assert len(hot._idle) == 1 and hot._idle[0] is not broken
 
 
-def test_postgres_backend_killed_under_the_reader(app: Flask, backend: str) -> None:
-    if backend != "postgres":
-        pytest.skip("a server-side disconnect needs a server")
+@pytest.mark.parametrize("backend", ["postgres"])  # a server-side disconnect needs a server
+def test_postgres_backend_killed_under_the_reader(app: Flask) -> None:
     storage = _storage(app)
     assert storage.read_token("acme", "c6") is not None
     pid = _hot(app)._idle[0].info.backend_pid
