@@ -139,17 +139,22 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
 
 
 # -- load --------------------------------------------------------------------------------
+#: The names ``show_app.name_of`` gives, as a Lua format.
+_NAME_FORMAT = "conn-%07d"
+assert show_app.name_of(42) == _NAME_FORMAT % 42
 _LUA = """
 math.randomseed(%(seed)d)
 request = function()
-  return wrk.format(nil, string.format("%(path)s?name=conn-%%06d", math.random(0, %(last)d)))
+  return wrk.format(nil, string.format("%(path)s?name=%(name)s", math.random(0, %(last)d)))
 end
 """
 
 
 def wrk_load(port: int, path: str, token: str | None, size: int, seconds: float, tmp: Path) -> Load:
     script = tmp / f"names-{abs(hash(path))}.lua"
-    script.write_text(_LUA % {"seed": random.randrange(1 << 30), "path": path, "last": size - 1})
+    script.write_text(
+        _LUA % {"seed": random.randrange(1 << 30), "path": path, "last": size - 1, "name": _NAME_FORMAT}
+    )
     # wrk takes whole seconds.
     cmd = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s", "-s", str(script)]
     if token is not None:

@@ -7,13 +7,13 @@ factory, run in every worker) reads what ``prepare`` wrote from environment vari
 
     gunicorn -w 2 'bench.show_app:create_app()'
 
-* ``GET /api/services/zis/connections/acme?name=conn-000042`` - ours: bearer token,
+* ``GET /api/services/zis/connections/acme?name=conn-0000042`` - ours: bearer token,
   rate limit (on, at a limit the load does not reach), the connection read, due check,
   decrypt, JSON;
-* ``GET /bare?name=conn-000042`` - a plain Flask view returning ``jsonify`` of a dict
+* ``GET /bare?name=conn-0000042`` - a plain Flask view returning ``jsonify`` of a dict
   with the same fields and values as one of ours, computed once at start-up: what
   Flask costs for the same answer with none of the work;
-* ``GET /bare-read?name=conn-000042`` - the bare view after the storage read of that
+* ``GET /bare-read?name=conn-0000042`` - the bare view after the storage read of that
   connection (``storage.get_connection``): the floor for an endpoint that must read it.
 """
 
@@ -21,36 +21,26 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from flask import Flask, Response, jsonify, request
 
 # Run from a checkout without installing: the repository root holds the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import _fill
+from bench._fill import INTEGRATION, name_of
 from flask_zis_connections import ZISConnections
 from flask_zis_connections.api.serializers import connection_json
-from flask_zis_connections.crypto import Encryptor
 from flask_zis_connections.storage import SQLAlchemyStorage
-from flask_zis_connections.storage.sqlalchemy.schema import connections
-from flask_zis_connections.storage.times import to_ms
 
-INTEGRATION = "acme"
 #: High enough that no run reaches it (a 429 would void the numbers), low enough to be real:
 #: every request still takes the limiter's full path.
 BENCH_RATELIMIT = "50000000 per minute"
 ENV_DB = "ZIS_BENCH_SHOW_DB"
 ENV_KEY = "ZIS_BENCH_SHOW_KEY"
 ENV_EXTRA = "ZIS_BENCH_SHOW_CONFIG"  # "KEY=VALUE;KEY=VALUE" overrides (the profile's "before" run)
-_BATCH = 5_000
-
-
-def name_of(i: int) -> str:
-    return f"conn-{i:06d}"
 
 
 def config(db_url: str, key: str) -> dict[str, Any]:
@@ -107,55 +97,11 @@ def prepare(db_url: str, key: str, size: int) -> str:
     zis = ZISConnections(app)
     storage: SQLAlchemyStorage = app.extensions["zis_connections"].storage
     with app.app_context():
-        with storage.engine.begin() as conn:  # a reused PostgreSQL database starts over
-            conn.execute(sa.delete(connections).where(connections.c.integration == INTEGRATION))
-        existing = [c for c in zis.list_oauth_clients(INTEGRATION) if c.name == "acme"]
-        client = (
-            existing[0]
-            if existing
-            else zis.create_oauth_client(
-                INTEGRATION,
-                name="acme",
-                client_id="bench",
-                client_secret="bench-secret",
-                auth_url="https://provider.test/authorize",
-                token_url="https://provider.test/token",
-            )
-        )
-        _fill(storage.engine, Encryptor([key]), client.uuid, size)
+        # A reused PostgreSQL database starts over (the client takes its connections along).
+        for client in zis.list_oauth_clients(INTEGRATION):
+            zis.delete_oauth_client(INTEGRATION, client.uuid)
+    _fill.Table(app).grow_to(size)
+    with app.app_context():
         token = zis.issue_access_token(INTEGRATION)
     storage.close()
     return token
-
-
-def _fill(engine: sa.Engine, enc: Encryptor, client_uuid: str, size: int) -> None:
-    """``size`` fresh connections (30 days to expiry), one executemany per batch."""
-    now = datetime.now(UTC)
-    now_ms, expiry_ms = to_ms(now), to_ms(now + timedelta(days=30))
-    for start in range(0, size, _BATCH):
-        rows = [
-            {
-                "uuid": str(uuid.uuid4()),
-                "integration": INTEGRATION,
-                "name": name_of(i),
-                "oauth_client_uuid": client_uuid,
-                "access_token_enc": enc.encrypt(f"access-token-{i:06d}-{uuid.uuid4().hex}"),
-                "token_type": "bearer",
-                "refresh_token_enc": enc.encrypt(f"refresh-token-{uuid.uuid4().hex}"),
-                "token_response_enc": enc.encrypt(
-                    '{"access_token":"...","token_type":"bearer","expires_in":2592000}'
-                ),
-                "token_expiry": expiry_ms,
-                "permission_scope": "read write",
-                "oauth_url_subdomain": None,
-                "created_by": "bench",
-                "grant_type": "authorization_code",
-                "needs_reauth": False,
-                "version": 1,
-                "created_at": now_ms,
-                "updated_at": now_ms,
-            }
-            for i in range(start, min(size, start + _BATCH))
-        ]
-        with engine.begin() as conn:
-            conn.execute(sa.insert(connections), rows)
