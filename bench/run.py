@@ -207,10 +207,13 @@ def _git_commit() -> str:
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False
-        ).stdout.strip()
+        ).stdout
 
-    commit = git("rev-parse", "HEAD") or "unknown (not a git checkout)"
-    if git("status", "--porcelain", "--untracked-files=no"):
+    commit = git("rev-parse", "HEAD").strip() or "unknown (not a git checkout)"
+    # The report's own files change while it runs: only other changes make it uncommitted.
+    own = ("BENCHMARKS.md", "docs/bench/")
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    if any(not path.startswith(own) for path in changed):
         commit += " with uncommitted changes"
     return commit
 
