@@ -397,6 +397,33 @@ def test_show_still_refreshes_when_due(make_env: Callable[..., Env]) -> None:
     assert env.show().get_json() == due
 
 
+def test_a_due_connection_refreshes_from_the_kept_row_without_reading_it(
+    make_env: Callable[..., Env],
+) -> None:
+    """In a burst on an expired token nobody reads the whole row before the refresh:
+    the row kept with its answer is the row the narrow read shows."""
+    env = make_env()
+    cached = env.show().get_json()
+    expiry = env.record().token_expiry
+    assert expiry is not None
+    storage = env.storage
+    whole = storage.get_connection
+    reads: list[dict[str, Any]] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        reads.append(kwargs)
+        return whole(*args, **kwargs)
+
+    storage.get_connection = counted  # type: ignore[method-assign]
+    with time_machine.travel(expiry - timedelta(seconds=30)):
+        due = env.show().get_json()
+    assert env.provider.state.refresh_call_count == 1
+    assert due["access_token"] != cached["access_token"]
+    # Only the refresh's own re-read under the lease, by uuid: never the lookup by name.
+    assert reads and all(kw.get("name") is None for kw in reads)
+    assert env.show().get_json() == due
+
+
 def test_a_delete_drops_the_answer(make_env: Callable[..., Env]) -> None:
     env = make_env()
     uuid = env.show().get_json()["uuid"]

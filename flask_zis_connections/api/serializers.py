@@ -205,13 +205,13 @@ class AnswerCache:
                 self._entries.move_to_end(rec.uuid)
         return entry[1]
 
-    def current(self, integration: str, name: str, head: TokenRead) -> bytes | None:
-        """The answer made from the row a narrow read ``head`` shows, or None.
+    def current(self, integration: str, name: str, head: TokenRead) -> tuple[ConnectionRecord, bytes] | None:
+        """The row a narrow read ``head`` shows, and the answer made from it; or None.
 
         The uuid, version, access token ciphertext and ``updated_at`` name the row's
         state (every write moves the version; a uuid used again has new ciphertexts and
-        times), so a match is the answer :meth:`get` gives for the whole row - without
-        reading it.
+        times), so a match is the whole row :meth:`get` would be given, and its answer -
+        without reading either.
         """
         entry = self._entries.get(head.uuid)
         if entry is None or entry[2] != (
@@ -225,7 +225,7 @@ class AnswerCache:
         with self._lock:
             if head.uuid in self._entries:
                 self._entries.move_to_end(head.uuid)
-        return entry[1]
+        return entry[0], entry[1]
 
     def put(self, rec: ConnectionRecord, body: bytes) -> None:
         size = len(body)
