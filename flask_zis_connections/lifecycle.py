@@ -32,7 +32,7 @@ import time
 import uuid as uuidlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from flask import Flask
@@ -63,6 +63,7 @@ from .provider_client import REAUTH_ERRORS, ProviderClient
 from .singleflight import FlightTimeout, SingleFlight
 from .storage import Storage
 from .storage.releases import LeaseReleases
+from .storage.times import from_ms, to_ms
 from .token_answer import TokenRequestRejected, TokenResponse
 from .token_cache import TokenCache
 from .validation import METADATA_MAX_BYTES as METADATA_MAX_BYTES
@@ -77,7 +78,6 @@ _POLL_MAX = 0.2
 #: The pause between looks while releases are heard: a lease that expires (its holder
 #: crashed) is announced by nobody.
 _SAFETY_NET = 1.0
-_ZERO = timedelta(0)
 #: First back-off step in seconds (then 2, 4, ... up to ZIS_REFRESH_BACKOFF_MAX).
 BACKOFF_BASE = 1.0
 
@@ -118,13 +118,11 @@ class Lifecycle:
     observe_get_token: Callable[[float], None] | None = field(default=None, repr=False)
     #: The in-process cache of decrypted tokens (None: ``ZIS_TOKEN_CACHE_TTL`` is 0).
     token_cache: TokenCache | None = field(default=None, repr=False)
-    _leeway: timedelta = field(init=False, repr=False)
     _leeway_ms: float = field(init=False, repr=False)
     #: One caller per connection deals with storage at a time; the others wait for it.
     _flights: SingleFlight[_Outcome] = field(init=False, repr=False, default_factory=SingleFlight)
 
     def __post_init__(self) -> None:
-        self._leeway = timedelta(seconds=self.leeway)
         self._leeway_ms = self.leeway * 1000
 
     # -- reads -------------------------------------------------------------------
@@ -208,10 +206,7 @@ class Lifecycle:
     def due_ms(self, head: TokenRead) -> float | None:
         """:meth:`due_at` of a narrow read, in epoch milliseconds (None: never)."""
         expiry = head.token_expiry_ms
-        if expiry is None:
-            return None
-        lifetime = expiry - head.updated_at_ms
-        return expiry - (min(self._leeway_ms, lifetime / 2) if lifetime > 0 else 0)
+        return None if expiry is None else self._due_ms(expiry, head.updated_at_ms)
 
     def is_fresh(self, head: TokenRead) -> bool:
         """Whether a narrow read shows an OAuth token that is not due: usable as it is."""
@@ -225,8 +220,13 @@ class Lifecycle:
         expiry = rec.token_expiry
         if expiry is None:
             return None
-        lifetime = expiry - rec.updated_at
-        return expiry - (min(self._leeway, lifetime / 2) if lifetime > _ZERO else _ZERO)
+        return from_ms(self._due_ms(to_ms(expiry), to_ms(rec.updated_at)))
+
+    def _due_ms(self, expiry_ms: int, updated_ms: int) -> float:
+        """The one rule, on the milliseconds storage keeps: the leeway before expiry, but
+        never before half of the token's lifetime has passed (see :meth:`is_due`)."""
+        lifetime = expiry_ms - updated_ms
+        return expiry_ms - (min(self._leeway_ms, lifetime / 2) if lifetime > 0 else 0)
 
     # -- the token cache -------------------------------------------------------------
     def changed(self, integration: str, name: str | None) -> None:

@@ -1,12 +1,66 @@
-"""Small helpers shared by the API tests."""
+"""Small helpers shared by the tests."""
 
 from __future__ import annotations
 
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 from werkzeug.test import TestResponse
 
 PREFIX = "/api/services/zis"
+#: How long a test waits for a thread or a process it started.
+JOIN_TIMEOUT = 30.0
+
+
+def run_threads(count: int, target: Callable[[int], Any]) -> tuple[list[Any], list[BaseException]]:
+    """Start ``count`` threads at once (a barrier); return their results and errors."""
+    barrier = threading.Barrier(count)
+    results: list[Any] = [None] * count
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def work(index: int) -> None:
+        barrier.wait(timeout=JOIN_TIMEOUT)
+        try:
+            results[index] = target(index)
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(JOIN_TIMEOUT)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    return results, errors
+
+
+def gather_processes(procs: Sequence[BaseProcess], results: Any, timeout: float = 120) -> list[Any]:
+    """Start ``procs``, take one report from each off the ``results`` queue, then join
+    them (killing any that hangs) and close the queue."""
+    for proc in procs:
+        proc.start()
+    reports: list[Any] = []
+    try:
+        for _ in procs:
+            reports.append(results.get(timeout=timeout))
+    except queue.Empty:
+        import pytest
+
+        pytest.fail(f"only {len(reports)} of {len(procs)} processes reported back")
+    finally:
+        for proc in procs:
+            proc.join(JOIN_TIMEOUT)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        results.close()
+        results.join_thread()
+    return reports
 
 
 def assert_envelope(resp: TestResponse, status: int, code: str, detail_has: str = "") -> dict[str, Any]:

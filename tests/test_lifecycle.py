@@ -40,7 +40,7 @@ from flask_zis_connections.storage import SQLAlchemyStorage, Storage
 from flask_zis_connections.storage.sqlalchemy.schema import connections
 
 from .flow_driver import auth_header, connect, register, start, zis_of
-from .helpers import PREFIX, assert_envelope
+from .helpers import JOIN_TIMEOUT, PREFIX, assert_envelope, run_threads
 from .live_provider import DEFAULT_REDIRECT_URI, LiveProvider
 
 SERVICE_FIELDS = {
@@ -63,7 +63,6 @@ SERVICE_FIELDS = {
 }
 EXPIRY_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 #: Generous bound for joining worker threads; a hang fails the test instead of the run.
-JOIN_TIMEOUT = 30.0
 
 
 # -- fixtures and helpers ------------------------------------------------------------------
@@ -151,30 +150,6 @@ def expiry_of(env: Env, name: str = "main") -> datetime:
     expiry = env.record(name).token_expiry
     assert expiry is not None
     return expiry
-
-
-def run_threads(count: int, target: Callable[[int], Any]) -> tuple[list[Any], list[BaseException]]:
-    """Start ``count`` threads at once (a barrier); return their results and errors."""
-    barrier = threading.Barrier(count)
-    results: list[Any] = [None] * count
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def work(index: int) -> None:
-        barrier.wait(timeout=JOIN_TIMEOUT)
-        try:
-            results[index] = target(index)
-        except BaseException as exc:
-            with lock:
-                errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(JOIN_TIMEOUT)
-    assert not any(t.is_alive() for t in threads), "a caller hung"
-    return results, errors
 
 
 def dead_port_url() -> str:

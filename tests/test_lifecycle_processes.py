@@ -10,7 +10,6 @@ and every caller must get the token it issued.
 from __future__ import annotations
 
 import multiprocessing
-import queue
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -23,6 +22,7 @@ from flask_zis_connections.storage import Storage
 
 from . import lifecycle_worker
 from .flow_driver import auth_header, connect, register
+from .helpers import gather_processes
 from .live_provider import LiveProvider
 
 PROCESSES = 4
@@ -64,22 +64,7 @@ def test_processes_on_an_expired_token_make_one_refresh(
         results,
     )
     procs = [ctx.Process(target=lifecycle_worker.run, args=args) for _ in range(PROCESSES)]
-    for proc in procs:
-        proc.start()
-    reports = []
-    try:
-        for _ in procs:
-            reports.append(results.get(timeout=120))
-    except queue.Empty:
-        pytest.fail(f"only {len(reports)} of {PROCESSES} processes reported back")
-    finally:
-        for proc in procs:
-            proc.join(30)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-        results.close()
-        results.join_thread()
+    reports = gather_processes(procs, results)
 
     errors = [e for _, _, errs in reports for e in errs]
     assert errors == [], errors[0]

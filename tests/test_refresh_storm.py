@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import queue
 import threading
 import time
 import traceback
@@ -32,32 +31,10 @@ from flask_zis_connections.storage.sqlalchemy.coordination import LEASE_CHANNEL
 
 from . import lifecycle_worker
 from .flow_driver import auth_header, connect, register
+from .helpers import JOIN_TIMEOUT, gather_processes, run_threads
 from .live_provider import LiveProvider
 
-JOIN_TIMEOUT = 30.0
 THREADS = 12
-
-
-def _burst(count: int, target: Callable[[int], Any]) -> tuple[list[Any], list[BaseException]]:
-    """``count`` threads released together; their results and errors."""
-    barrier = threading.Barrier(count)
-    results: list[Any] = [None] * count
-    errors: list[BaseException] = []
-
-    def work(index: int) -> None:
-        barrier.wait(timeout=JOIN_TIMEOUT)
-        try:
-            results[index] = target(index)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(JOIN_TIMEOUT)
-    assert not any(t.is_alive() for t in threads), "a thread hung"
-    return results, errors
 
 
 def _wait_for(condition: Callable[[], bool], what: str) -> None:
@@ -84,7 +61,7 @@ def test_one_caller_runs_the_work_and_every_waiter_gets_its_result() -> None:
         return flights.run("k", work, JOIN_TIMEOUT)
 
     threading.Timer(0.05, release.set).start()
-    answers, errors = _burst(THREADS, call)
+    answers, errors = run_threads(THREADS, call)
     assert errors == []
     assert runs == [1]
     assert all(got is result for got, _ in answers)
@@ -102,7 +79,7 @@ def test_other_keys_fly_apart() -> None:
         inside.wait(JOIN_TIMEOUT)  # both run at once, or this never returns
         return key
 
-    answers, errors = _burst(2, lambda i: flights.run(f"k{i}", lambda: work(f"k{i}"), JOIN_TIMEOUT))
+    answers, errors = run_threads(2, lambda i: flights.run(f"k{i}", lambda: work(f"k{i}"), JOIN_TIMEOUT))
     assert errors == [] and answers == [("k0", True), ("k1", True)]
 
 
@@ -116,7 +93,7 @@ def test_a_waiter_gets_a_copy_of_the_leaders_error() -> None:
         raised.append(exc)
         raise exc
 
-    _, errors = _burst(THREADS, lambda _: flights.run("k", work, JOIN_TIMEOUT))
+    _, errors = run_threads(THREADS, lambda _: flights.run("k", work, JOIN_TIMEOUT))
     assert len(raised) == 1 and len(errors) == THREADS
     for error in errors:
         assert type(error) is ProviderError
@@ -145,7 +122,7 @@ def test_an_interrupted_leader_hands_the_work_to_a_waiter() -> None:
             raise Interrupted
         return "done"
 
-    answers, errors = _burst(THREADS, lambda _: flights.run("k", work, JOIN_TIMEOUT))
+    answers, errors = run_threads(THREADS, lambda _: flights.run("k", work, JOIN_TIMEOUT))
     assert [type(e) for e in errors] == [Interrupted]
     assert len(runs) == 2 and runs[0] != runs[1]
     assert sorted(a for a in answers if a is not None) == [("done", False)] * (THREADS - 2) + [("done", True)]
@@ -235,7 +212,7 @@ def test_a_burst_makes_one_provider_call_and_one_lease_attempt(
     app, provider, conn = storm()
     spied = Spied(app.extensions["zis_connections"].storage, monkeypatch)
     provider.state.inject_token_fault("slow")
-    tokens, errors = _burst(THREADS, _get_token(app))
+    tokens, errors = run_threads(THREADS, _get_token(app))
     assert errors == []
     assert provider.state.refresh_call_count == 1
     assert len(set(tokens)) == 1 and tokens[0] != conn["access_token"]
@@ -279,7 +256,7 @@ def test_every_waiter_gets_the_failure_of_the_refresh_it_waited_for(
 
     monkeypatch.setattr(storage, "acquire_lease", acquire)
     provider.state.inject_token_fault(fault)
-    _, errors = _burst(THREADS, _get_token(app))
+    _, errors = run_threads(THREADS, _get_token(app))
     assert provider.state.refresh_call_count == 1  # one call, failed, for everyone
     assert len(errors) == THREADS
     if fault == "invalid_grant":
@@ -307,7 +284,7 @@ def test_a_storage_failure_in_the_leader_reaches_every_waiter(
         raise StorageUnavailable("The connections database is unavailable (test). Check it.")
 
     monkeypatch.setattr(storage, "acquire_lease", down)
-    _, errors = _burst(THREADS, _get_token(app))
+    _, errors = run_threads(THREADS, _get_token(app))
     assert len(errors) == THREADS and all(type(e) is StorageUnavailable for e in errors), errors
     assert provider.state.refresh_call_count == 0
     monkeypatch.undo()
@@ -328,13 +305,13 @@ def test_a_lost_lease_race_logs_no_database_error(
     log = _server_log(storage) if backend == "postgres" else None
     start = log.stat().st_size if log is not None else None
     now = utcnow()
-    got, errors = _burst(THREADS, lambda i: storage.acquire_lease("refresh:race", f"owner{i}", 30, now))
+    got, errors = run_threads(THREADS, lambda i: storage.acquire_lease("refresh:race", f"owner{i}", 30, now))
     assert errors == [] and sorted(got) == [False] * (THREADS - 1) + [True]
     winner = f"owner{got.index(True)}"
     assert storage.lease_holder("refresh:race", now) == winner
     # Expired, it is taken over by exactly one of many.
     later = now + timedelta(seconds=31)
-    got, errors = _burst(THREADS, lambda i: storage.acquire_lease("refresh:race", f"next{i}", 30, later))
+    got, errors = run_threads(THREADS, lambda i: storage.acquire_lease("refresh:race", f"next{i}", 30, later))
     assert errors == [] and sorted(got) == [False] * (THREADS - 1) + [True]
     if log is not None and start is not None:
         with open(log, "rb") as f:
@@ -451,22 +428,7 @@ def test_two_processes_one_refresh_one_thread_each_on_the_lease(
     results: Any = ctx.Queue()
     keys = list(app.config["ZIS_ENCRYPTION_KEYS"])
     procs = [ctx.Process(target=_child, args=(database_uri, keys, 8, start, results)) for _ in range(2)]
-    for proc in procs:
-        proc.start()
-    reports = []
-    try:
-        for _ in procs:
-            reports.append(results.get(timeout=120))
-    except queue.Empty:
-        pytest.fail(f"only {len(reports)} of 2 processes reported back")
-    finally:
-        for proc in procs:
-            proc.join(30)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-        results.close()
-        results.join_thread()
+    reports = gather_processes(procs, results)
     assert [e for _, _, errs, _ in reports for e in errs] == []
     tokens = [t for _, toks, _, _ in reports for t in toks]
     assert len(tokens) == 16 and len(set(tokens)) == 1 and tokens[0] != conn["access_token"]

@@ -153,18 +153,25 @@ def event_json(event: Event) -> dict[str, Any]:
 _State = tuple[str, str, int, str, int]
 
 
+def _state_of(rec: ConnectionRecord) -> _State:
+    """What names a row's state: every write moves its version, and a uuid used again
+    comes with new ciphertexts and times (a narrow read shows the same five values)."""
+    return (rec.integration, rec.name, rec.version, rec.access_token_enc, to_ms(rec.updated_at))
+
+
 class AnswerCache:
     """Serialized show answers (the JSON bytes of :func:`connection_json`), per process.
 
     An answer depends on nothing but the stored row and the app's account id (no field
     is derived from the clock), so it is kept per connection uuid together with the
-    row it was made from, and served only while the row just read is *equal* to that
-    one - same version (every write moves it: a refresh, new metadata, a re-encryption),
-    same ciphertexts, same everything.  A changed row is a miss whose answer replaces
-    the old one, so each connection holds at most one entry; a uuid used again by a new
-    connection has new ciphertexts and can never match an old entry.  The caller still
-    reads the row and refreshes it when due: the cache only saves the decrypts and the
-    encoding.
+    row it was made from, and served only while the row just read is equal to it (whole,
+    :meth:`get`) or in the same state (the narrow read of ``get_token``, :meth:`current`,
+    :func:`_state_of`: every write moves the version - a refresh, new metadata, a
+    re-encryption - and a uuid used again by a new connection has new ciphertexts and
+    times).  A changed row is a miss whose answer
+    replaces the old one, so each connection holds at most one entry.  The caller still
+    reads the row and refreshes it when due: the cache saves the decrypts, the encoding
+    and, with the narrow read, the whole row's read.
 
     The bodies hold tokens: the cache is bounded in bytes (``max_bytes``; a body over an
     eighth of it is never kept, so one large answer cannot flush the rest), the least
@@ -196,7 +203,8 @@ class AnswerCache:
         return f"<AnswerCache {len(self._entries)} answers, {self.bytes}/{self.max_bytes} bytes>"
 
     def get(self, rec: ConnectionRecord) -> bytes | None:
-        """The answer made from a row equal to ``rec``, or None."""
+        """The answer made from a row equal to ``rec``, or None (the whole row at hand:
+        compared whole)."""
         entry = self._entries.get(rec.uuid)
         if entry is None or entry[0] != rec:
             return None
@@ -235,8 +243,7 @@ class AnswerCache:
             old = self._entries.pop(rec.uuid, None)
             if old is not None:
                 self.bytes -= len(old[1])
-            state = (rec.integration, rec.name, rec.version, rec.access_token_enc, to_ms(rec.updated_at))
-            self._entries[rec.uuid] = (rec, body, state)
+            self._entries[rec.uuid] = (rec, body, _state_of(rec))
             self.bytes += size
             while self.bytes > self.max_bytes:
                 _, (_, dropped, _) = self._entries.popitem(last=False)

@@ -22,8 +22,9 @@ def to_ms(moment: datetime) -> int:
     return (moment - _EPOCH) // _MS
 
 
-def from_ms(value: int) -> datetime:
-    """The aware UTC datetime of epoch milliseconds (integer arithmetic, no float)."""
+def from_ms(value: float) -> datetime:
+    """The aware UTC datetime of epoch milliseconds (exact for integers; a fraction is
+    kept to the microsecond)."""
     return _EPOCH + value * _MS
 
 
