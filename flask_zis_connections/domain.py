@@ -330,6 +330,15 @@ class RefreshBackoff:
     retry_at: datetime
 
 
+class RefreshState(NamedTuple):
+    """What a refresher reads once it holds the lease: the row, its back-off and its
+    OAuth client (None when there is none, or when it is gone)."""
+
+    record: ConnectionRecord
+    backoff: RefreshBackoff | None
+    client: OAuthClient | None
+
+
 ConnectionStatus = Literal["active", "expiring_soon", "refresh_failing", "needs_reauth", "no_expiry"]
 #: Every status :func:`connection_status` gives, in the order dashboards list them.
 CONNECTION_STATUSES: tuple[ConnectionStatus, ...] = (

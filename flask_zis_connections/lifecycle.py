@@ -331,11 +331,8 @@ class Lifecycle:
         """
         key = f"refresh:{rec.uuid}"
         # Armed first, which also starts the storage's listener for other processes'
-        # releases: it connects while the back-off is read and the lease tried.
+        # releases: it connects while the lease is tried.
         with self.storage.watch_lease(key) as released:
-            backoff = self._active_backoff(rec)
-            if backoff is not None:
-                return _Outcome(rec, backoff=backoff)
             owner = uuidlib.uuid4().hex
             started = time.monotonic()
             deadline = started + self._wait_limit()
@@ -349,11 +346,18 @@ class Lifecycle:
                 if released.is_set() or time.monotonic() - tried >= _SAFETY_NET:
                     released.clear()  # before the attempt: a release after it is never missed
                     taken_at = tried = time.monotonic()
-                    if self.storage.acquire_lease(key, owner, self.lease_ttl, utcnow()):
+                    # Refused while the connection backs off, in the same step: the
+                    # back-off is read only when the lease was not taken.
+                    if self.storage.acquire_lease(
+                        key, owner, self.lease_ttl, utcnow(), unless_backed_off=rec.uuid
+                    ):
                         try:
                             return self._settle_locked(rec, force, Lease(key, owner), taken_at)
                         finally:
                             self.storage.release_lease(key, owner)
+                    backoff = self._active_backoff(rec)
+                    if backoff is not None:
+                        return _Outcome(rec, backoff=backoff)
                 released.wait(self._lease_pause(releases, time.monotonic() - started))
                 current = self.find(rec.integration, uuid=rec.uuid)
                 if current.version != rec.version:
@@ -378,19 +382,26 @@ class Lifecycle:
         return min(_POLL_MAX, max(_POLL_START, waited / 10))
 
     def _settle_locked(self, rec: ConnectionRecord, force: bool, lease: Lease, taken_at: float) -> _Outcome:
-        """Holding the lease: re-read, and refresh only if that is still needed."""
-        current = self.find(rec.integration, uuid=rec.uuid)
+        """Holding the lease: re-read (the row, its back-off and its client in one
+        read), and refresh only if that is still needed."""
+        state = self.storage.read_refresh_state(rec.integration, rec.uuid)
+        if state is None:
+            raise ConnectionNotFound(rec.integration, uuid=rec.uuid)
+        current = state.record
         if current.needs_reauth:
             return _Outcome(current)
         if current.version != rec.version and not self._expired(current):
             return _Outcome(current)  # written after this caller arrived: use it
         if not (force or self.is_due(current)):
             return _Outcome(current)
-        # A refresher that held the lease before us may have failed.
-        stored_backoff = self.storage.get_refresh_backoff(current.uuid)
+        # A refresher that held the lease before us may have failed (after this
+        # caller's lease attempt read no back-off).
+        stored_backoff = state.backoff
         if stored_backoff is not None and stored_backoff.retry_at > utcnow():
             return _Outcome(current, backoff=stored_backoff)
-        return self._refresh_locked(current, lease, taken_at, had_backoff=stored_backoff is not None)
+        return self._refresh_locked(
+            current, lease, taken_at, had_backoff=stored_backoff is not None, client=state.client
+        )
 
     def _answer(
         self, rec: ConnectionRecord, force: bool, outcome: _Outcome, *, led: bool
@@ -459,9 +470,18 @@ class Lifecycle:
         )
 
     def _refresh_locked(
-        self, current: ConnectionRecord, lease: Lease, taken_at: float, *, had_backoff: bool
+        self,
+        current: ConnectionRecord,
+        lease: Lease,
+        taken_at: float,
+        *,
+        had_backoff: bool,
+        client: OAuthClient | None,
     ) -> _Outcome:
-        """Call the provider and store the result; the caller holds ``lease``."""
+        """Call the provider and store the result; the caller holds ``lease``.
+
+        ``client`` is the connection's OAuth client as read with it.
+        """
         if current.grant_type != "client_credentials" and current.refresh_token_enc is None:
             # Not marked needs_reauth: nothing was refused, the access token may still
             # work until it expires - but only a new flow can give a refresh token.
@@ -471,7 +491,7 @@ class Lifecycle:
                 "it has no refresh token, so it cannot be refreshed; start the flow with "
                 "allow_offline_access if the provider only issues one for offline access",
             )
-        provider = self._provider_for(current)
+        provider = self._provider_for(current, client)  # None: looked up again, then refused
         try:
             with LeaseKeeper(self.storage, lease, self.lease_ttl, taken_at) as keeper:
                 if current.grant_type == "client_credentials":

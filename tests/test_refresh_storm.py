@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from sqlalchemy import event as sa_event
 
 from flask_zis_connections import ProviderError, ReauthorizationRequired, get_token
 from flask_zis_connections.domain import utcnow
@@ -440,3 +441,47 @@ def test_two_processes_one_refresh_one_thread_each_on_the_lease(
             # ... and, hearing the other's release, tried it once.
             assert len(attempts) == 1, attempts
     assert sum(got for _, _, _, attempts in reports for _, got in attempts) == 1
+
+
+def _kind(statement: str) -> str:
+    """What one statement of a refresh is, by its table and verb."""
+    sql = " ".join(statement.split()).lower()
+    if sql.startswith("insert into zis_refresh_leases"):
+        return "lease"
+    if "left outer join zis_refresh_backoff" in sql:
+        return "state"
+    if sql.startswith("update zis_connections"):
+        return "write"
+    if "delete from zis_refresh_leases" in sql:
+        return "release"
+    return sql.split(" ", 1)[0]  # select, insert (the event), begin ...
+
+
+def test_a_refresh_is_four_statements(
+    storm: Callable[..., tuple[Flask, LiveProvider, dict[str, Any]]], backend: str
+) -> None:
+    """Every caller waiting for a refresh waits for the leader's round trips: the
+    lease (refused in the same statement while the connection backs off), one read of
+    the row with its back-off and client, the provider, the write (with the row it
+    leaves, on PostgreSQL), the release."""
+    if backend == "memory":
+        pytest.skip("no database")
+    app, provider, conn = storm(ZIS_TOKEN_CACHE_TTL=0)
+    storage = app.extensions["zis_connections"].storage
+    assert isinstance(storage, SQLAlchemyStorage)
+    kinds: list[str] = []
+
+    def seen(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        kinds.append(_kind(statement))
+
+    sa_event.listen(storage.engine, "before_cursor_execute", seen)
+    try:
+        token = _get_token(app)(0)
+    finally:
+        sa_event.remove(storage.engine, "before_cursor_execute", seen)
+    assert token != conn["access_token"] and provider.state.refresh_call_count == 1
+    kinds = [k for k in kinds if k != "begin"]  # SQLite's BEGIN IMMEDIATE before each write
+    start, end = kinds.index("lease"), kinds.index("release")
+    stored = ["write"] if backend == "postgres" else ["write", "select"]  # no RETURNING on SQLite
+    assert kinds[start : end + 1] == ["lease", "state", *stored, "release"], kinds
+    assert kinds[:start] == ["select"], kinds  # the caller's own row, read once

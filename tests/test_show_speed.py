@@ -407,20 +407,23 @@ def test_a_due_connection_refreshes_from_the_kept_row_without_reading_it(
     expiry = env.record().token_expiry
     assert expiry is not None
     storage = env.storage
-    whole = storage.get_connection
-    reads: list[dict[str, Any]] = []
+    reads: list[str] = []
 
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        reads.append(kwargs)
-        return whole(*args, **kwargs)
+    def counted(method: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            reads.append(method.__name__)
+            return method(*args, **kwargs)
 
-    storage.get_connection = counted  # type: ignore[method-assign]
+        return call
+
+    storage.get_connection = counted(storage.get_connection)  # type: ignore[method-assign]
+    storage.read_refresh_state = counted(storage.read_refresh_state)  # type: ignore[method-assign]
     with time_machine.travel(expiry - timedelta(seconds=30)):
         due = env.show().get_json()
     assert env.provider.state.refresh_call_count == 1
     assert due["access_token"] != cached["access_token"]
-    # Only the refresh's own re-read under the lease, by uuid: never the lookup by name.
-    assert reads and all(kw.get("name") is None for kw in reads)
+    # Only the refresh's own re-read under the lease: never the lookup by name.
+    assert reads == ["read_refresh_state"]
     assert env.show().get_json() == due
 
 

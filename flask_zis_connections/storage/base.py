@@ -39,6 +39,7 @@ from ..domain import (
     Page,
     PendingFlow,
     RefreshBackoff,
+    RefreshState,
     TokenRead,
     VerificationCode,
     connection_status,
@@ -158,6 +159,22 @@ class Storage(StorageHooks):
             rec.uuid,
             rec.version,
         )
+
+    def read_refresh_state(self, integration: str, uuid: str) -> RefreshState | None:
+        """The connection, its refresh back-off and its OAuth client, read together
+        by a refresher that holds the lease (one query where the backend can: it is on
+        the path of every caller waiting for the refresh); None when the connection
+        is gone."""
+        return self._read_refresh_state(integration, uuid)
+
+    def _read_refresh_state(self, integration: str, uuid: str) -> RefreshState | None:
+        record = self._get_connection_by_uuid(integration, uuid)
+        if record is None:
+            return None
+        client = None
+        if record.oauth_client_uuid is not None:
+            client = self._get_client_by_uuid(integration, record.oauth_client_uuid)
+        return RefreshState(record, self._get_refresh_backoff(uuid), client)
 
     def add_connection(self, record: ConnectionRecord) -> ConnectionRecord:
         """Insert a new connection of any type at version 1.
@@ -331,9 +348,29 @@ class Storage(StorageHooks):
         return self._list_api_tokens(integration)
 
     # -- refresh lease -----------------------------------------------------------
-    def acquire_lease(self, key: str, owner: str, ttl: float, now: datetime) -> bool:
-        """Take the lease ``key`` for ``ttl`` seconds if it is free or expired."""
-        return self._acquire_lease(key, owner, at_ms(now), at_ms(now + timedelta(seconds=ttl)))
+    def acquire_lease(
+        self, key: str, owner: str, ttl: float, now: datetime, *, unless_backed_off: str | None = None
+    ) -> bool:
+        """Take the lease ``key`` for ``ttl`` seconds if it is free or expired.
+
+        With ``unless_backed_off`` (a connection's uuid) it is not taken while that
+        connection's refresh back-off runs (``retry_at`` after ``now``): a refresher
+        learns both in one step - one statement where the backend can - instead of
+        reading the back-off before every attempt.  A False answer does not say which
+        of the two refused; the caller reads the back-off then.
+        """
+        now, expires_at = at_ms(now), at_ms(now + timedelta(seconds=ttl))
+        if unless_backed_off is None:
+            return self._acquire_lease(key, owner, now, expires_at)
+        return self._acquire_lease_unless_backed_off(key, owner, now, expires_at, unless_backed_off)
+
+    def _acquire_lease_unless_backed_off(
+        self, key: str, owner: str, now: datetime, expires_at: datetime, connection_uuid: str
+    ) -> bool:
+        backoff = self._get_refresh_backoff(connection_uuid)
+        if backoff is not None and backoff.retry_at > now:
+            return False
+        return self._acquire_lease(key, owner, now, expires_at)
 
     def renew_lease(self, key: str, owner: str, ttl: float, now: datetime) -> bool:
         """Extend the lease to ``now + ttl`` if ``owner`` still holds it unexpired;

@@ -37,8 +37,19 @@ _R = TypeVar("_R")
 #: Methods with a default body that a backend may override; guarded like the hooks.
 #: ``_connection_status_counts`` reads every connection by default (see ``Storage``);
 #: a backend that can count in one query overrides it.  ``_read_token`` cuts down the
-#: whole record by default; a backend with a narrower read overrides it.
-_OPTIONAL_HOOKS = frozenset({"create_tables", "healthcheck", "_connection_status_counts", "_read_token"})
+#: whole record by default; a backend with a narrower read overrides it.  The two
+#: refresher steps below compose other hooks by default; a backend that can do each in
+#: one statement overrides them.
+_OPTIONAL_HOOKS = frozenset(
+    {
+        "create_tables",
+        "healthcheck",
+        "_connection_status_counts",
+        "_read_token",
+        "_read_refresh_state",
+        "_acquire_lease_unless_backed_off",
+    }
+)
 
 
 class StorageHooks(abc.ABC):

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from ...domain import Lease
 from ..base import Storage
-from .builders import SEC, T0, make_client, make_record
+from .builders import SEC, T0, make_client, make_credential, make_record
 
 
 class LeaseContract:
@@ -70,6 +70,49 @@ class LeaseContract:
         fresh = record.replace(access_token_enc="enc:access:2")
         stored = storage.update_connection(fresh, expected_version=1, lease=held, now=T0 + 12 * SEC)
         assert stored is not None and stored.access_token_enc == "enc:access:2" and stored.version == 2
+
+    def test_lease_refused_while_its_connection_backs_off(self, storage: Storage) -> None:
+        key = "refresh:conn-1"
+        assert storage.acquire_lease(key, "worker-a", 30, T0, unless_backed_off="conn-1") is True
+        storage.release_lease(key, "worker-a")
+        backoff = storage.record_refresh_failure("conn-1", "provider_error", T0, base=4, cap=60)
+        assert backoff.retry_at == T0 + 4 * SEC
+        # Free lease, running back-off: refused, and nothing is held.
+        assert storage.acquire_lease(key, "worker-b", 30, T0 + SEC, unless_backed_off="conn-1") is False
+        assert storage.lease_holder(key, T0 + SEC) is None
+        # Without the condition, or for another connection's back-off, it is taken.
+        assert storage.acquire_lease(key, "worker-b", 1, T0 + SEC, unless_backed_off="conn-2") is True
+        assert storage.acquire_lease(key, "worker-c", 1, T0 + 3 * SEC) is True  # the 1 s lease lapsed
+        # Back-off over (retry_at reached) and lease lapsed: taken, and held by its taker.
+        assert storage.acquire_lease(key, "worker-d", 30, T0 + 4 * SEC, unless_backed_off="conn-1") is True
+        assert storage.lease_holder(key, T0 + 4 * SEC) == "worker-d"
+        # Held: refused with or without a back-off.
+        assert storage.acquire_lease(key, "worker-e", 30, T0 + 5 * SEC, unless_backed_off="conn-1") is False
+        assert storage.lease_holder(key, T0 + 5 * SEC) == "worker-d"
+        storage.clear_refresh_backoff("conn-1")
+        assert storage.acquire_lease(key, "worker-e", 30, T0 + 5 * SEC, unless_backed_off="conn-1") is False
+
+    def test_read_refresh_state(self, storage: Storage) -> None:
+        client = storage.add_client(make_client())
+        other = storage.add_client(make_client(name="other"))
+        record = storage.upsert_connection(make_record(client))
+        storage.upsert_connection(make_record(other, "theirs"))
+        state = storage.read_refresh_state("acme_crm", record.uuid)
+        assert state is not None
+        assert state.record == storage.get_connection("acme_crm", uuid=record.uuid)
+        assert state.backoff is None
+        assert state.client == storage.get_client("acme_crm", uuid=client.uuid)
+        backoff = storage.record_refresh_failure(record.uuid, "invalid_grant", T0, base=1, cap=60)
+        state = storage.read_refresh_state("acme_crm", record.uuid)
+        assert state is not None and state.backoff == backoff
+        assert state.client == storage.get_client("acme_crm", uuid=client.uuid)
+        # Another integration's uuid, an unknown one: nothing.
+        assert storage.read_refresh_state("other_crm", record.uuid) is None
+        assert storage.read_refresh_state("acme_crm", "no-such-uuid") is None
+        # A credential connection has no client.
+        cred = storage.add_connection(make_credential(name="key"))
+        state = storage.read_refresh_state(cred.integration, cred.uuid)
+        assert state is not None and state.record == cred and state.client is None and state.backoff is None
 
     def test_refresh_backoff_grows_exponentially_to_the_cap(self, storage: Storage) -> None:
         assert storage.get_refresh_backoff("conn-1") is None

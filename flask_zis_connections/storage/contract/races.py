@@ -33,6 +33,14 @@ class RaceContract:
         results = race(50, lambda i: storage.acquire_lease("refresh:x", f"worker-{i}", 30, T0))
         assert results.count(True) == 1
 
+    def test_race_acquire_lease_unless_backed_off(self, storage: Storage) -> None:
+        storage.acquire_lease("refresh:x", "crashed", 1, T0 - 60 * SEC)
+        results = race(
+            50, lambda i: storage.acquire_lease("refresh:x", f"w-{i}", 30, T0, unless_backed_off="x")
+        )
+        assert results.count(True) == 1
+        assert storage.lease_holder("refresh:x", T0) == f"w-{results.index(True)}"
+
     def test_race_compare_and_swap(self, storage: Storage) -> None:
         client = storage.add_client(make_client())
         record = storage.upsert_connection(make_record(client))

@@ -17,7 +17,6 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from ...domain import PendingFlow, RefreshBackoff, VerificationCode
@@ -103,13 +102,6 @@ class CoordinationHooks(SQLBackend):
         return code_from_row(row)
 
     # -- refresh lease -----------------------------------------------------------
-    def _lease_engine(self) -> Engine:
-        """Where the lease's single statements run: on PostgreSQL in autocommit (one
-        statement is a transaction of its own: one round trip, not ``BEGIN``, the
-        statement and ``COMMIT``); on SQLite in a ``BEGIN IMMEDIATE`` transaction like
-        every write (:mod:`.sqlite`)."""
-        return self._reader if self._writer.dialect.name == "postgresql" else self._writer
-
     def _acquire_lease(self, key: str, owner: str, now: datetime, expires_at: datetime) -> bool:
         """Insert the row, or take it over when it has expired, in one statement.
 
@@ -119,37 +111,70 @@ class CoordinationHooks(SQLBackend):
         of the same key waits for the other transaction and then re-checks the
         ``WHERE`` clause against the committed row, so exactly one caller wins.
         """
-        ls = refresh_leases
-        expires_ms, now_ms = to_ms(expires_at), to_ms(now)
-        dialect = self._writer.dialect.name
-        if dialect in ("postgresql", "sqlite"):
-            ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(ls)
-            upsert = ins.values(key=key, owner=owner, expires_at=expires_ms).on_conflict_do_update(
-                index_elements=[ls.c.key],
-                set_={"owner": ins.excluded.owner, "expires_at": ins.excluded.expires_at},
-                where=ls.c.expires_at <= now_ms,
-            )
-            with self._lease_engine().begin() as conn:
-                if dialect == "sqlite":  # its row count is exact (RETURNING needs 3.35)
-                    return conn.execute(upsert).rowcount == 1
-                # psycopg reports no row count for this statement through SQLAlchemy
-                return conn.execute(upsert.returning(ls.c.owner)).first() is not None
+        taken = self._upsert_lease(key, owner, now, expires_at, None)
+        if taken is not None:
+            return taken
         # Any other database: take over an expired row, else insert; the primary key
         # refuses a second, inside a savepoint so the transaction survives the refusal.
-        params = {"b_key": key, "b_owner": owner, "b_now": now_ms, "b_expires_at": expires_ms}
+        expires_ms = to_ms(expires_at)
+        params = {"b_key": key, "b_owner": owner, "b_now": to_ms(now), "b_expires_at": expires_ms}
         with self._writer.begin() as conn:
             if conn.execute(q.TAKE_EXPIRED_LEASE, params).rowcount == 1:
                 return True
             try:
                 with conn.begin_nested():
-                    conn.execute(sa.insert(ls).values(key=key, owner=owner, expires_at=expires_ms))
+                    conn.execute(
+                        sa.insert(refresh_leases).values(key=key, owner=owner, expires_at=expires_ms)
+                    )
             except IntegrityError:
                 return False
         return True
 
+    def _acquire_lease_unless_backed_off(
+        self, key: str, owner: str, now: datetime, expires_at: datetime, connection_uuid: str
+    ) -> bool:
+        """The same upsert, its row selected only while the connection has no running
+        back-off: one round trip where a refresher used to read the back-off first."""
+        taken = self._upsert_lease(key, owner, now, expires_at, connection_uuid)
+        if taken is not None:
+            return taken
+        return super()._acquire_lease_unless_backed_off(key, owner, now, expires_at, connection_uuid)
+
+    def _upsert_lease(
+        self, key: str, owner: str, now: datetime, expires_at: datetime, backoff_of: str | None
+    ) -> bool | None:
+        """Whether the lease upsert took the lease; None on a database without one."""
+        dialect = self._writer.dialect.name
+        if dialect not in ("postgresql", "sqlite"):
+            return None
+        ls = refresh_leases
+        expires_ms, now_ms = to_ms(expires_at), to_ms(now)
+        ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(ls)
+        if backoff_of is None:
+            ins = ins.values(key=key, owner=owner, expires_at=expires_ms)
+        else:
+            b = refresh_backoff
+            backed_off = sa.exists().where(b.c.connection_uuid == backoff_of, b.c.retry_at > now_ms)
+            row = sa.select(
+                sa.literal(key, ls.c.key.type),
+                sa.literal(owner, ls.c.owner.type),
+                sa.literal(expires_ms, ls.c.expires_at.type),
+            ).where(~backed_off)
+            ins = ins.from_select(["key", "owner", "expires_at"], row)
+        upsert = ins.on_conflict_do_update(
+            index_elements=[ls.c.key],
+            set_={"owner": ins.excluded.owner, "expires_at": ins.excluded.expires_at},
+            where=ls.c.expires_at <= now_ms,
+        )
+        with self._one_statement().begin() as conn:
+            if dialect == "sqlite":  # its row count is exact (RETURNING needs 3.35)
+                return conn.execute(upsert).rowcount == 1
+            # psycopg reports no row count for this statement through SQLAlchemy
+            return conn.execute(upsert.returning(ls.c.owner)).first() is not None
+
     def _renew_lease(self, key: str, owner: str, now: datetime, expires_at: datetime) -> bool:
         ls = refresh_leases
-        with self._lease_engine().begin() as conn:
+        with self._one_statement().begin() as conn:
             renewed = conn.execute(
                 sa.update(ls)
                 .where(ls.c.key == key, ls.c.owner == owner, ls.c.expires_at > to_ms(now))
@@ -163,7 +188,7 @@ class CoordinationHooks(SQLBackend):
         soon as it is committed and never before."""
         ls = refresh_leases
         delete = sa.delete(ls).where(ls.c.key == key, ls.c.owner == owner)
-        with self._lease_engine().begin() as conn:
+        with self._one_statement().begin() as conn:
             if self._writer.dialect.name != "postgresql":
                 conn.execute(delete)
                 return

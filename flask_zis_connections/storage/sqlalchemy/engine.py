@@ -60,6 +60,13 @@ class SQLBackend(Storage):
         #: ``get_token``'s read on connections of its own (None: through the engine).
         self._hot = HotReader.for_engine(engine)
 
+    def _one_statement(self) -> Engine:
+        """Where a write that is a single statement runs: on PostgreSQL in autocommit
+        (the statement is a transaction of its own: one round trip, not ``BEGIN``, the
+        statement and ``COMMIT``); on SQLite in a ``BEGIN IMMEDIATE`` transaction like
+        every write (:mod:`.sqlite`)."""
+        return self._reader if self._writer.dialect.name == "postgresql" else self._writer
+
     def __repr__(self) -> str:
         return f"<SQLAlchemyStorage {self.engine.url.render_as_string(hide_password=True)}>"
 

@@ -148,6 +148,21 @@ TAKE_EXPIRED_LEASE: Final = (
 BACKOFF: Final = sa.select(*columns(refresh_backoff, BACKOFF_FIELDS)).where(
     refresh_backoff.c.connection_uuid == _bp("uuid")
 )
+#: A refresher's read once it holds the lease: the connection, then its back-off's
+#: columns, then its client's (each all NULL when there is none).
+REFRESH_STATE: Final = (
+    sa.select(
+        *columns(_c, CONNECTION_FIELDS),
+        *columns(refresh_backoff, BACKOFF_FIELDS),
+        *columns(_k, CLIENT_FIELDS),
+    )
+    .select_from(
+        _c.outerjoin(refresh_backoff, refresh_backoff.c.connection_uuid == _c.c.uuid).outerjoin(
+            _k, sa.and_(_k.c.uuid == _c.c.oauth_client_uuid, _k.c.integration == _c.c.integration)
+        )
+    )
+    .where(_c.c.integration == _bp("integration"), _c.c.uuid == _bp("uuid"))
+)
 
 # -- the event log -----------------------------------------------------------------------
 _e = events

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from ...domain import ApiToken, ConnectionRecord, Lease, OAuthClient, TokenRead
+from ...domain import ApiToken, ConnectionRecord, Lease, OAuthClient, RefreshState, TokenRead
 from ...errors import Conflict, OAuthClientNotFound
 from ..conflicts import (
     client_conflict,
@@ -29,9 +29,14 @@ from ..times import to_ms
 from . import queries as q
 from .engine import SQLBackend
 from .rows import (
+    BACKOFF_FIELDS,
+    CLIENT_FIELDS,
+    CONNECTION_FIELDS,
+    backoff_from_row,
     client_from_row,
     client_row,
     client_update,
+    columns,
     connection_from_row,
     connection_row,
     token_from_row,
@@ -39,6 +44,10 @@ from .rows import (
     token_update,
 )
 from .schema import api_tokens, connections, oauth_clients, refresh_backoff, refresh_leases
+
+_CONNECTION_COLUMNS = len(CONNECTION_FIELDS)
+_BACKOFF_COLUMNS = len(BACKOFF_FIELDS)
+assert CLIENT_FIELDS[0] == "uuid" and BACKOFF_FIELDS[0] == "connection_uuid"  # never NULL in a row
 
 
 class RecordHooks(SQLBackend):
@@ -130,6 +139,17 @@ class RecordHooks(SQLBackend):
         row: Sequence[Any] = rows[0]
         return TokenRead(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6])
 
+    def _read_refresh_state(self, integration: str, uuid: str) -> RefreshState | None:
+        rows = self._read(q.REFRESH_STATE, {"integration": integration, "uuid": uuid})
+        if not rows:
+            return None
+        row: Sequence[Any] = rows[0]
+        backoff_at, client_at = _CONNECTION_COLUMNS, _CONNECTION_COLUMNS + _BACKOFF_COLUMNS
+        # The outer joins' key columns are NULL exactly when there is no such row.
+        backoff = None if row[backoff_at] is None else backoff_from_row(row[backoff_at:client_at])
+        client = None if row[client_at] is None else client_from_row(row[client_at:])
+        return RefreshState(connection_from_row(row[:backoff_at]), backoff, client)
+
     def _add_connection(self, record: ConnectionRecord) -> ConnectionRecord:
         try:
             with self._writer.begin() as conn:
@@ -201,15 +221,20 @@ class RecordHooks(SQLBackend):
                     ls.c.key == lease.key, ls.c.owner == lease.owner, ls.c.expires_at > to_ms(now)
                 )
             )
+        update = (
+            sa.update(c)
+            .where(*where)
+            .values(**token_update(record), needs_reauth=record.needs_reauth, version=expected_version + 1)
+        )
         try:
+            if self._writer.dialect.name == "postgresql":
+                # The write and the row it leaves in one autocommit statement: on a
+                # refresh's path this is the round trip every waiting caller waits for.
+                with self._one_statement().begin() as conn:
+                    stored = conn.execute(update.returning(*columns(c, CONNECTION_FIELDS))).first()
+                return None if stored is None else connection_from_row(stored)
             with self._writer.begin() as conn:
-                changed = conn.execute(
-                    sa.update(c)
-                    .where(*where)
-                    .values(
-                        **token_update(record), needs_reauth=record.needs_reauth, version=expected_version + 1
-                    )
-                ).rowcount
+                changed = conn.execute(update).rowcount
                 if changed != 1:
                     return None
                 row = conn.execute(
