@@ -125,6 +125,7 @@ def bearer_token(request: Request) -> str | None:
 
 def authenticate(
     request: Request,
+    token: str | None,
     integration: str,
     storage: Storage,
     loader: AdminSessionLoader | None,
@@ -138,9 +139,9 @@ def authenticate(
     ``state_changing`` defaults to "the method is not GET/HEAD/OPTIONS"; a GET that
     changes state passes ``True`` so session callers face the same CSRF check.
     ``trusted_origins`` is only called for a session caller that changes state (a
-    bearer token needs no origin).  ``tokens``: the app's cache of valid tokens.
+    bearer token needs no origin).  ``token``: the request's bearer token
+    (:func:`bearer_token`); ``tokens``: the app's cache of valid tokens.
     """
-    token = bearer_token(request)
     if token is not None:
         # Looked up by its hash: the database compares digests, never the token itself.
         token_hash = hash_secret(token)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Request, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
@@ -44,32 +44,36 @@ def _routing_errors_under_prefix() -> Response | None:
     return None
 
 
-@bp.before_request
-def _limit_body() -> None:
-    request.max_content_length = state().settings.max_body_bytes
+def limit_request(req: Request) -> None:
+    """The body limit of every request, then the rate limits of the endpoints that take
+    no credentials: per client address, and for the token proxy - which cannot tell
+    its callers apart - also globally.  Run first by the blueprint's one
+    ``before_request`` hook (:func:`.openapi.before_request`)."""
+    st = state()
+    req.max_content_length = st.settings.max_body_bytes
+    endpoint = req.endpoint
+    if endpoint not in _UNAUTHENTICATED_ENDPOINTS or st.limits is None:
+        return
+    st.limits.hit_address()
+    if endpoint == "zis.token_proxy":
+        st.limits.hit_token_proxy()
 
 
-@bp.before_request
-def _limit_unauthenticated() -> None:
-    """The endpoints that take no credentials are limited per client address, and
-    the token proxy - which cannot tell its callers apart - also globally."""
-    if request.endpoint not in _UNAUTHENTICATED_ENDPOINTS:
-        return
-    limits = state().limits
-    if limits is None:
-        return
-    limits.hit_address()
-    if request.endpoint == "zis.token_proxy":
-        limits.hit_token_proxy()
+#: Every answer - error pages included - may carry a token, or sit at a URL that holds a
+#: code or state: never cache it, never leak the URL as a Referer, and never frame it
+#: (nothing here is meant to be framed: RFC 6749 §10.13, RFC 9700 §4.16).
+_PRIVATE_HEADERS: tuple[tuple[str, str], ...] = (
+    ("Cache-Control", "no-store"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Frame-Options", "DENY"),
+    ("Content-Security-Policy", "frame-ancestors 'none'"),
+)
 
 
 @bp.after_request
 def _private(resp: WerkzeugResponse) -> WerkzeugResponse:
-    """Every answer - error pages included - may carry a token, or sit at a URL that
-    holds a code or state: never cache it, never leak the URL as a Referer."""
-    resp.headers["Cache-Control"] = "no-store"
-    resp.headers["Referrer-Policy"] = "no-referrer"
-    # Nothing here is meant to be framed (RFC 6749 §10.13, RFC 9700 §4.16).
-    resp.headers["X-Frame-Options"] = "DENY"
-    resp.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+    """Give every answer :data:`_PRIVATE_HEADERS`."""
+    headers = resp.headers
+    for name, value in _PRIVATE_HEADERS:
+        headers[name] = value
     return resp

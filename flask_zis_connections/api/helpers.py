@@ -27,12 +27,14 @@ def auth(integration: str, *, state_changing: bool | None = None) -> Caller:
     """
     st = state()
     limits = st.limits
+    req = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
     try:
-        token = bearer_token(request)
+        token = bearer_token(req)
         if limits is not None:
             limits.test_address(integration, token)
         caller = authenticate(
-            request,
+            req,
+            token,
             integration,
             st.storage,
             st.ext.admin_loader,

@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from flask import Response, jsonify, request
+from flask import Request, Response, jsonify, request
 from jsonschema import Draft202012Validator, ValidationError
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
@@ -48,7 +48,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from .. import errors as e
 from .._state import state
-from .blueprint import bp
+from .blueprint import bp, limit_request
 from .helpers import auth
 from .openapi_doc import JSON, document
 
@@ -225,7 +225,15 @@ _PATH_PARAM: Final = re.compile(r"\{([^}]+)\}")
 
 
 @bp.before_request
-def _validate() -> None:
+def before_request() -> None:
+    """The blueprint's one hook before a view (Flask dispatches each hook on every
+    request): its limits (:func:`.blueprint.limit_request`), then :func:`_validate`."""
+    req = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
+    limit_request(req)
+    _validate(req)
+
+
+def _validate(req: Request) -> None:
     """Check the request against its operation before the view runs.
 
     A request that fails is answered in the order a caller can act on: who may ask
@@ -234,11 +242,11 @@ def _validate() -> None:
     charged to the address limit as any failed authentication is), then whether the
     endpoint is available on this host at all, then what is wrong with the request.
     """
-    op = operation_for(request.endpoint, request.method, request.view_args)
+    op = operation_for(req.endpoint, req.method, req.view_args)
     if op is None:
         return
     try:
-        check_request(op)
+        check_request(op, req)
     except (e.InvalidRequest, e.InvalidValue, RequestEntityTooLarge):
         if op.secured:
             auth(str((request.view_args or {}).get("integration", "")))
@@ -257,16 +265,22 @@ def _token_endpoint_configured() -> None:
 _AVAILABLE: Final[Mapping[str, Callable[[], None]]] = {"token_proxy": _token_endpoint_configured}
 
 
-def check_request(op: _Operation) -> None:
-    """Path and query parameters, then the body: the first failure raises."""
-    view_args = request.view_args or {}
+def check_request(op: _Operation, req: Request | None = None) -> None:
+    """Path and query parameters, then the body: the first failure raises.
+
+    ``req``: the request itself (default: Flask's ``request``).
+    """
+    if req is None:
+        req = request._get_current_object()  # type: ignore[attr-defined]
+    view_args = req.view_args or {}
+    args = req.args
     for param in op.parameters:
         if param.location == "path":
             value = view_args.get(param.name)
             if param.accepts is None or not param.accepts(value):
                 _check_value(param.validator, param.name, value)
             continue
-        raw = request.args.get(param.name)
+        raw = args.get(param.name)
         if raw is None:
             if param.required:
                 raise e.InvalidRequest(f"{param.name} is required.")
