@@ -145,16 +145,14 @@ def test_a_leader_gone_without_an_outcome_is_replaced() -> None:
 
 
 def test_a_waiter_gives_up_after_its_timeout() -> None:
-    flights: SingleFlight[None] = SingleFlight()
+    flights: SingleFlight[bool] = SingleFlight()
     release = threading.Event()
-    leader = threading.Thread(
-        target=lambda: flights.run("k", lambda: release.wait(JOIN_TIMEOUT) and None, 60)
-    )
+    leader = threading.Thread(target=lambda: flights.run("k", lambda: release.wait(JOIN_TIMEOUT), 60))
     leader.start()
     _wait_for(lambda: "k" in flights._flights, "the leader")
     try:
         with pytest.raises(FlightTimeout):
-            flights.run("k", lambda: None, 0.05)
+            flights.run("k", lambda: True, 0.05)
     finally:
         release.set()
         leader.join(JOIN_TIMEOUT)
