@@ -248,6 +248,8 @@ def delete_client(st: AppState, integration: str, uuid: str) -> OAuthClient:
     if not st.storage.delete_client(integration, client.uuid):
         raise OAuthClientNotFound(integration, uuid)
     st.lifecycle.changed(integration, None)  # its connections are gone with it
+    if st.answers is not None:
+        st.answers.drop_client(integration, client.uuid)
     events.record("client.deleted", integration, oauth_client_uuid=client.uuid, name=client.name)
     return client
 

@@ -437,6 +437,19 @@ def test_a_delete_drops_the_answer(make_env: Callable[..., Env]) -> None:
     assert_envelope(env.show(), 404, "1302")
 
 
+def test_deleting_the_oauth_client_drops_its_connections_answers(make_env: Callable[..., Env]) -> None:
+    env = make_env()
+    uuid = env.show().get_json()["uuid"]
+    client_uuid = env.record().oauth_client_uuid
+    assert uuid in env.answers and client_uuid is not None
+    gone = env.app.test_client().delete(
+        f"{PREFIX}/connections/oauth/clients/acme/{client_uuid}", headers=env.headers
+    )
+    assert gone.status_code == 200, gone.get_json()
+    assert uuid not in env.answers and len(env.answers) == 0 and env.answers.bytes == 0
+    assert_envelope(env.show(), 404, "1302")
+
+
 def test_a_delete_through_the_python_api_drops_the_answer(make_env: Callable[..., Env]) -> None:
     env = make_env()
     uuid = env.show().get_json()["uuid"]

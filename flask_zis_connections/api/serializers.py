@@ -256,6 +256,17 @@ class AnswerCache:
             if old is not None:
                 self.bytes -= len(old[1])
 
+    def drop_client(self, integration: str, client_uuid: str) -> None:
+        """Forget the answers of every connection made with one OAuth client (it was
+        deleted, and its connections with it)."""
+        with self._lock:
+            for uuid in [
+                uuid
+                for uuid, (rec, _, _) in self._entries.items()
+                if rec.integration == integration and rec.oauth_client_uuid == client_uuid
+            ]:
+                self.bytes -= len(self._entries.pop(uuid)[1])
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
