@@ -250,7 +250,7 @@ def test_every_waiter_gets_the_failure_of_the_refresh_it_waited_for(
 
     def acquire(*args: Any, **kwargs: Any) -> bool:
         # Every other thread waits for this flight before it goes on.
-        _wait_for(lambda: life._flights.waiting(rec.uuid) == THREADS - 1, "every waiter")
+        _wait_for(lambda: life._refresher.flights.waiting(rec.uuid) == THREADS - 1, "every waiter")
         return real_acquire(*args, **kwargs)
 
     monkeypatch.setattr(storage, "acquire_lease", acquire)
@@ -279,7 +279,7 @@ def test_a_storage_failure_in_the_leader_reaches_every_waiter(
     assert rec is not None
 
     def down(*args: Any, **kwargs: Any) -> bool:
-        _wait_for(lambda: life._flights.waiting(rec.uuid) == THREADS - 1, "every waiter")
+        _wait_for(lambda: life._refresher.flights.waiting(rec.uuid) == THREADS - 1, "every waiter")
         raise StorageUnavailable("The connections database is unavailable (test). Check it.")
 
     monkeypatch.setattr(storage, "acquire_lease", down)
