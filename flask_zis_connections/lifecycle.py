@@ -139,10 +139,10 @@ class Lifecycle:
             token = secret_of(rec, self.encryptor)
         else:
             now = utcnow()
-            if self.is_due(rec, now):
+            due_at = self.due_at(rec)  # what is_due() compares, worked out once
+            if due_at is not None and due_at <= now:
                 return self.encryptor.decrypt(self.ensure_fresh(rec, force=False).access_token_enc)
             token = self.encryptor.decrypt(rec.access_token_enc)  # refreshed meanwhile
-            due_at = self.due_at(rec)
             seconds = None if due_at is None else (due_at - now).total_seconds()
         if cache is not None and not rec.needs_reauth:
             cache.put(integration, name, token, seconds, generation)

@@ -16,12 +16,12 @@ from it) is noticed within a second and replaced.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import weakref
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
+
+from .forks import reset_in_child
 
 T = TypeVar("T")
 
@@ -50,8 +50,7 @@ class SingleFlight(Generic[T]):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight[T]] = {}
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _after_fork(ref))
+        reset_in_child(self, SingleFlight._after_fork)
 
     def run(self, key: str, work: Callable[[], T], timeout: float) -> tuple[T, bool]:
         """``work()``'s result, run by one caller per ``key`` at a time, and whether this
@@ -112,6 +111,11 @@ class SingleFlight(Generic[T]):
                         del self._flights[key]
                 return flight.done.is_set()
 
+    def _after_fork(self) -> None:
+        """A forked child has none of its parent's threads: their flights are not its own."""
+        self._lock = threading.Lock()
+        self._flights = {}
+
     def waiting(self, key: str) -> int:
         """How many callers wait for the running flight of ``key`` (0: none runs)."""
         with self._lock:
@@ -135,11 +139,3 @@ def copied(exc: Exception) -> Exception:
     except Exception:
         return exc
     return clone
-
-
-def _after_fork(ref: weakref.ref[SingleFlight[Any]]) -> None:
-    """A forked child has none of its parent's threads: their flights are not its own."""
-    flights = ref()
-    if flights is not None:
-        flights._lock = threading.Lock()
-        flights._flights = {}

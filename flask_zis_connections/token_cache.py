@@ -38,6 +38,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from .forks import reset_in_child
+
 if TYPE_CHECKING:
     from .config import Settings
     from .storage import Storage
@@ -111,8 +113,7 @@ class TokenCache:
         self.channel = channel
         self._listener_pid: int | None = None
         self._closed = False
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _after_fork(ref))
+        reset_in_child(self, TokenCache._after_fork)
 
     @classmethod
     def for_settings(cls, settings: Settings, storage: Storage) -> TokenCache | None:
@@ -220,14 +221,11 @@ class TokenCache:
             self._listener_pid = pid
         channel.start_listener(self)
 
-
-def _after_fork(ref: weakref.ref[TokenCache]) -> None:
-    """A forked child starts empty, and starts its own listener on first use."""
-    cache = ref()
-    if cache is not None:
-        cache._lock = threading.Lock()
-        cache._entries = OrderedDict()
-        cache.generation += 1
+    def _after_fork(self) -> None:
+        """A forked child starts empty, and starts its own listener on first use."""
+        self._lock = threading.Lock()
+        self._entries = OrderedDict()
+        self.generation += 1
 
 
 def payload(integration: str, name: str | None) -> str:

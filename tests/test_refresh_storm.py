@@ -235,6 +235,11 @@ def test_forced_refreshes_arriving_after_a_stored_one_refresh_again(
     assert provider.state.refresh_call_count == 2
 
 
+def _until_every_other_thread_waits(life: Any, uuid: str) -> None:
+    """Hold the leader until the other threads all wait for its flight."""
+    _wait_for(lambda: life._refresher.flights.waiting(uuid) == THREADS - 1, "every waiter")
+
+
 @pytest.mark.parametrize("fault", ["invalid_grant", "http500"])
 def test_every_waiter_gets_the_failure_of_the_refresh_it_waited_for(
     storm: Callable[..., tuple[Flask, LiveProvider, dict[str, Any]]],
@@ -249,8 +254,7 @@ def test_every_waiter_gets_the_failure_of_the_refresh_it_waited_for(
     real_acquire = storage.acquire_lease
 
     def acquire(*args: Any, **kwargs: Any) -> bool:
-        # Every other thread waits for this flight before it goes on.
-        _wait_for(lambda: life._refresher.flights.waiting(rec.uuid) == THREADS - 1, "every waiter")
+        _until_every_other_thread_waits(life, rec.uuid)
         return real_acquire(*args, **kwargs)
 
     monkeypatch.setattr(storage, "acquire_lease", acquire)
@@ -279,7 +283,7 @@ def test_a_storage_failure_in_the_leader_reaches_every_waiter(
     assert rec is not None
 
     def down(*args: Any, **kwargs: Any) -> bool:
-        _wait_for(lambda: life._refresher.flights.waiting(rec.uuid) == THREADS - 1, "every waiter")
+        _until_every_other_thread_waits(life, rec.uuid)
         raise StorageUnavailable("The connections database is unavailable (test). Check it.")
 
     monkeypatch.setattr(storage, "acquire_lease", down)

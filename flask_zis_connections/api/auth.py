@@ -14,10 +14,8 @@ entry at once, one in another process is seen within that many seconds.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +24,7 @@ from flask import Request
 from ..crypto import hash_secret
 from ..domain import ApiToken
 from ..errors import Forbidden, Unauthorized
+from ..forks import reset_in_child
 from ..storage import Storage
 from ..validation import integration_name, origin_of
 
@@ -61,8 +60,7 @@ class ApiTokenCache:
         self.generation = 0
         self._entries: dict[str, tuple[ApiToken, float]] = {}
         self._lock = threading.Lock()
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _renew_after_fork(ref))
+        reset_in_child(self, ApiTokenCache._after_fork)
 
     @classmethod
     def for_ttl(cls, ttl: float) -> ApiTokenCache | None:
@@ -105,12 +103,9 @@ class ApiTokenCache:
             self.generation += 1
             self._entries.clear()
 
-
-def _renew_after_fork(ref: weakref.ref[ApiTokenCache]) -> None:
-    """A forked worker starts with a fresh lock (the parent's may have been held)."""
-    cache = ref()
-    if cache is not None:
-        cache._lock = threading.Lock()
+    def _after_fork(self) -> None:
+        """A forked worker starts with a fresh lock (the parent's may have been held)."""
+        self._lock = threading.Lock()
 
 
 def bearer_token(request: Request) -> str | None:

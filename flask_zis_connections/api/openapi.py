@@ -249,7 +249,7 @@ def _validate(req: Request) -> None:
         check_request(op, req)
     except (e.InvalidRequest, e.InvalidValue, RequestEntityTooLarge):
         if op.secured:
-            auth(str((request.view_args or {}).get("integration", "")))
+            auth(str((req.view_args or {}).get("integration", "")))
         available = _AVAILABLE.get(op.operation_id)
         if available is not None:
             available()
@@ -265,13 +265,8 @@ def _token_endpoint_configured() -> None:
 _AVAILABLE: Final[Mapping[str, Callable[[], None]]] = {"token_proxy": _token_endpoint_configured}
 
 
-def check_request(op: _Operation, req: Request | None = None) -> None:
-    """Path and query parameters, then the body: the first failure raises.
-
-    ``req``: the request itself (default: Flask's ``request``).
-    """
-    if req is None:
-        req = request._get_current_object()  # type: ignore[attr-defined]
+def check_request(op: _Operation, req: Request) -> None:
+    """Path and query parameters, then the body: the first failure raises."""
     view_args = req.view_args or {}
     args = req.args
     for param in op.parameters:

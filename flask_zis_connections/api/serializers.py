@@ -4,9 +4,7 @@ of the one shape that is asked for far more often than it changes, a shown conne
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -22,6 +20,7 @@ from ..domain import (
     ProviderQuirks,
     TokenRead,
 )
+from ..forks import reset_in_child
 from ..storage.times import to_ms
 
 
@@ -185,8 +184,7 @@ class AnswerCache:
         #: uuid -> (the row, its answer, the row's state as a narrow read shows it)
         self._entries: OrderedDict[str, tuple[ConnectionRecord, bytes, _State]] = OrderedDict()
         self._lock = threading.Lock()
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _renew_after_fork(ref))
+        reset_in_child(self, AnswerCache._after_fork)
 
     @classmethod
     def for_bytes(cls, max_bytes: int) -> AnswerCache | None:
@@ -278,9 +276,6 @@ class AnswerCache:
         if isinstance(uuid, str):
             self.drop(uuid)
 
-
-def _renew_after_fork(ref: weakref.ref[AnswerCache]) -> None:
-    """A forked worker starts with a fresh lock (the parent's may have been held)."""
-    cache = ref()
-    if cache is not None:
-        cache._lock = threading.Lock()
+    def _after_fork(self) -> None:
+        """A forked worker starts with a fresh lock (the parent's may have been held)."""
+        self._lock = threading.Lock()

@@ -14,12 +14,13 @@ A leaf module: the storage base class and every backend import it.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from ..forks import reset_in_child
 
 log = logging.getLogger("flask_zis_connections")
 
@@ -47,8 +48,7 @@ class LeaseReleases:
         #: when it is up (or gives up), so they need not poll meanwhile.
         self.connecting = threading.Event()
         self._one_process = one_process
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _after_fork(ref))
+        reset_in_child(self, LeaseReleases._after_fork)
 
     @contextmanager
     def watch(self, key: str) -> Iterator[threading.Event]:
@@ -71,23 +71,20 @@ class LeaseReleases:
             for event in self._watchers.get(key, ()):
                 event.set()
 
+    def _after_fork(self) -> None:
+        """A forked child has none of its parent's waiting threads, nor its listener."""
+        self._lock = threading.Lock()
+        self._watchers = {}
+        if not self._one_process:
+            self.across_processes.clear()
+        self.connecting.clear()
+
     def released_all(self) -> None:
         """Wake every waiter: releases may have been missed (a channel reconnected)."""
         with self._lock:
             for waiting in self._watchers.values():
                 for event in waiting:
                     event.set()
-
-
-def _after_fork(ref: weakref.ref[LeaseReleases]) -> None:
-    """A forked child has none of its parent's waiting threads, nor its listener."""
-    releases = ref()
-    if releases is not None:
-        releases._lock = threading.Lock()
-        releases._watchers = {}
-        if not releases._one_process:
-            releases.across_processes.clear()
-        releases.connecting.clear()
 
 
 class ReleaseListener(threading.Thread):

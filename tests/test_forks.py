@@ -1,0 +1,92 @@
+"""A forked worker (gunicorn ``--preload``) starts each in-process registry afresh.
+
+The parent holds every registry's lock while it forks - as another of its threads
+might at that moment - and the child must still be able to take it and find nothing of
+its parent's in flight.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from flask_zis_connections.api.auth import ApiTokenCache
+from flask_zis_connections.api.serializers import AnswerCache
+from flask_zis_connections.forks import reset_in_child
+from flask_zis_connections.singleflight import SingleFlight
+from flask_zis_connections.storage.releases import LeaseReleases
+from flask_zis_connections.token_cache import TokenCache
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+
+
+def _in_child(check: Callable[[], bool]) -> bool:
+    """``check()`` in a forked child, which leaves without any cleanup."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        ok = False
+        try:
+            ok = check()
+        finally:
+            os.write(write, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    answer = os.read(read, 1)
+    os.close(read)
+    return answer == b"1" and status == 0
+
+
+def _registries() -> list[tuple[str, Any, Callable[[Any], bool]]]:
+    """Each registry, and what its child must find besides a free lock."""
+    flights: SingleFlight[int] = SingleFlight()
+    flights._flights["k"] = object()  # type: ignore[assignment]  # a flight of a parent thread
+    releases = LeaseReleases()
+    releases._watchers["k"] = set()
+    releases.across_processes.set()
+    cache = TokenCache(ttl=60, size=10)
+    cache.put("acme", "main", "token", None, cache.generation)
+    answers = AnswerCache(1024)
+    return [
+        ("single flights", flights, lambda f: f._flights == {}),
+        ("lease watchers", releases, lambda r: r._watchers == {} and not r.across_processes.is_set()),
+        ("token cache", cache, lambda c: c.get("acme", "main") is None),
+        ("answer cache", answers, lambda a: True),
+        ("bearer tokens", ApiTokenCache(5), lambda t: True),
+    ]
+
+
+@pytest.mark.parametrize("index", range(5), ids=["flights", "releases", "tokens", "answers", "bearer"])
+def test_a_forked_child_starts_each_registry_afresh(index: int) -> None:
+    _, registry, fresh = _registries()[index]
+    with registry._lock:  # held by "another thread" of the parent while it forks
+
+        def check() -> bool:
+            taken = registry._lock.acquire(timeout=2)
+            if taken:
+                registry._lock.release()
+            return taken and fresh(registry)
+
+        assert _in_child(check)
+    assert registry._lock.acquire(timeout=2)  # the parent's own lock is untouched
+    registry._lock.release()
+
+
+def test_the_hook_keeps_nothing_alive() -> None:
+    class Owner:
+        pass
+
+    owner = Owner()
+    seen: list[int] = []
+    reset_in_child(owner, lambda o: seen.append(1))
+    ref = weakref.ref(owner)
+    del owner
+    gc.collect()
+    assert ref() is None
+    assert _in_child(lambda: seen == [])  # the dropped owner's reset did not run
