@@ -52,6 +52,7 @@ from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, R
 from . import config as cfg
 from .crypto import hash_secret
 from .errors import ConfigurationError, StorageUnavailable, TooManyRequests
+from .forks import reset_in_child
 
 log = logging.getLogger("flask_zis_connections")
 
@@ -112,6 +113,7 @@ class LocalWindows:
         self._windows: dict[Limit, dict[_Ids, deque[float]]] = {}
         self._lock = threading.Lock()
         self._next_sweep = clock() + SWEEP_INTERVAL
+        reset_in_child(self, LocalWindows._after_fork)
 
     def hit(self, limit: Limit, ids: _Ids) -> bool:
         now = self._clock()
@@ -125,9 +127,7 @@ class LocalWindows:
             if window is None:
                 window = keyed[ids] = deque()
             else:
-                start = now - limit.seconds
-                while window and window[0] < start:
-                    window.popleft()
+                _drop_older(window, now - limit.seconds)
             if len(window) >= limit.amount:
                 return False
             window.append(now)
@@ -143,8 +143,7 @@ class LocalWindows:
             if not window:
                 return limit.seconds, limit.amount
             start = now - limit.seconds
-            while window and window[0] < start:
-                window.popleft()
+            _drop_older(window, start)
             if not window:
                 return limit.seconds, limit.amount
             return window[0] - start, limit.amount - len(window)
@@ -157,10 +156,20 @@ class LocalWindows:
             for ids in [ids for ids, window in keyed.items() if not window or window[-1] < start]:
                 del keyed[ids]
 
+    def _after_fork(self) -> None:
+        """A forked worker starts with a fresh lock (the parent's may have been held)."""
+        self._lock = threading.Lock()
+
     def __len__(self) -> int:
         """How many keys are held (for tests of the sweep)."""
         with self._lock:
             return sum(len(keyed) for keyed in self._windows.values())
+
+
+def _drop_older(window: deque[float], start: float) -> None:
+    """Drop the timestamps before ``start`` (the oldest are on the left)."""
+    while window and window[0] < start:
+        window.popleft()
 
 
 class SharedWindows:

@@ -18,6 +18,7 @@ import pytest
 from flask_zis_connections.api.auth import ApiTokenCache
 from flask_zis_connections.api.serializers import AnswerCache
 from flask_zis_connections.forks import reset_in_child
+from flask_zis_connections.ratelimit import LocalWindows
 from flask_zis_connections.singleflight import SingleFlight
 from flask_zis_connections.storage.releases import LeaseReleases
 from flask_zis_connections.token_cache import TokenCache
@@ -59,10 +60,13 @@ def _registries() -> list[tuple[str, Any, Callable[[Any], bool]]]:
         ("token cache", cache, lambda c: c.get("acme", "main") is None),
         ("answer cache", answers, lambda a: True),
         ("bearer tokens", ApiTokenCache(5), lambda t: True),
+        ("rate-limit windows", LocalWindows(), lambda w: True),
     ]
 
 
-@pytest.mark.parametrize("index", range(5), ids=["flights", "releases", "tokens", "answers", "bearer"])
+@pytest.mark.parametrize(
+    "index", range(6), ids=["flights", "releases", "tokens", "answers", "bearer", "ratelimit"]
+)
 def test_a_forked_child_starts_each_registry_afresh(index: int) -> None:
     _, registry, fresh = _registries()[index]
     with registry._lock:  # held by "another thread" of the parent while it forks

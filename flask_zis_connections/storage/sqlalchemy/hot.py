@@ -25,7 +25,6 @@ end the parent's sessions), as SQLAlchemy's pool does.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -34,6 +33,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from ...forks import reset_in_child
 from .schema import connections
 
 #: The columns of :class:`~flask_zis_connections.domain.TokenRead`, in its order.
@@ -75,11 +75,11 @@ class HotReader:
         self._idle: list[Any] = []
         self._open = 0
         self._lock = threading.Lock()
-        self._pid = os.getpid()
         #: Connections inherited over a fork: kept referenced, never used or closed.
         self._inherited: list[Any] = []
         # A storage dropped without close() still closes its connections cleanly.
         self._finalizer = weakref.finalize(self, _close_all, self._idle)
+        reset_in_child(self, HotReader._after_fork)
 
     @classmethod
     def for_engine(cls, engine: Engine) -> HotReader | None:
@@ -98,8 +98,6 @@ class HotReader:
     def fetch(self, integration: str, name: str) -> Sequence[Any] | None:
         """The matching rows (one, or none), or ``None``: no connection to spare, or
         the driver failed - read through the engine."""
-        if self._pid != os.getpid():
-            self._after_fork()
         try:
             conn = self._idle.pop()
         except IndexError:
@@ -141,13 +139,14 @@ class HotReader:
             conn.close()
 
     def _after_fork(self) -> None:
-        with self._lock:
-            self._finalizer.detach()  # the parent's connections are the parent's to close
-            self._inherited.extend(self._idle)
-            self._idle = []
-            self._finalizer = weakref.finalize(self, _close_all, self._idle)
-            self._open = 0
-            self._pid = os.getpid()
+        """In a forked child (one thread, before anything else runs): start with no
+        connection; the parent's are the parent's to close, so keep them unused."""
+        self._lock = threading.Lock()  # the parent's may have been held
+        self._finalizer.detach()
+        self._inherited.extend(self._idle)
+        self._idle = []
+        self._finalizer = weakref.finalize(self, _close_all, self._idle)
+        self._open = 0
 
 
 def _close_all(idle: list[Any]) -> int:
