@@ -8,9 +8,9 @@ What the blinker signals of :mod:`.signals` already announce - a connection crea
 refreshed, failing to refresh, deleted - is recorded by receivers connected here, so
 the code that sends them needs no second call.
 
-Who did it is :func:`current_actor`: a context variable the HTTP API sets once per
-request when it has authenticated the caller (``api-token:<id>`` or the admin's id)
-and the CLI sets to ``cli``; anything else is ``system`` - a refresh the host's own
+Who did it is :func:`current_actor`: the request's caller, which the HTTP API names
+once per request when it has authenticated it (``api-token:<id>`` or the admin's id),
+else a context variable the CLI sets to ``cli``; anything else is ``system`` - a refresh the host's own
 ``get_token`` caused, a scheduler calling Python.  A connection made by the OAuth
 callback names whoever started its flow: the browser coming back is nobody's session.
 
@@ -29,7 +29,7 @@ import re
 from contextvars import ContextVar, Token
 from typing import Any, Final
 
-from flask import Flask, g, request_tearing_down
+from flask import Flask, g, has_app_context
 
 from . import signals
 from ._state import state
@@ -64,13 +64,14 @@ _MAX_LIST: Final = 64
 _NOT_CHANGES: Final = frozenset({"uuid", "integration", "version", "created_at", "updated_at", "created_by"})
 
 _actor: ContextVar[str | None] = ContextVar("zis_event_actor", default=None)
-#: Where a request keeps the token that puts the actor back when it ends.
+#: Where a request keeps its caller (in ``g``, which ends with the request's context).
 _REQUEST_KEY: Final = "_zis_event_actor"
 
 
 def set_actor(actor: str) -> Token[str | None]:
-    """Make ``actor`` the one named by events recorded from here on in this context;
-    pass the token to :func:`reset_actor` when that work is done."""
+    """Make ``actor`` the one named by events recorded from here on in this context
+    (outside a request that named its caller); pass the token to :func:`reset_actor`
+    when that work is done."""
     return _actor.set(actor)
 
 
@@ -84,22 +85,19 @@ def reset_actor(token: Token[str | None]) -> None:
 
 def act_for_request(actor: str) -> None:
     """Name ``actor`` in the events of the current request (the HTTP API calls it once
-    it knows the caller); the request's end puts back what was there before, so a
-    worker thread serving the next request - or host code after a test client's
-    request - never inherits it."""
-    g.setdefault(_REQUEST_KEY, set_actor(actor))
-
-
-def _forget_request_actor(sender: Flask, **_: Any) -> None:
-    token = g.pop(_REQUEST_KEY, None)
-    if token is not None:
-        reset_actor(token)
+    it knows the caller; the first name given stays).  It is kept in ``g``, so it ends
+    with the request's context: a worker thread serving the next request - or host
+    code after a test client's request - never inherits it, and a request that records
+    nothing pays for no context variable and no teardown."""
+    g.setdefault(_REQUEST_KEY, actor)
 
 
 def current_actor(fallback: str | None = None) -> str:
-    """Who is acting: the actor set for this context, else ``fallback`` (who started the
-    flow, who created the row), else :data:`SYSTEM`."""
-    return _actor.get() or fallback or SYSTEM
+    """Who is acting: the current request's caller, else the actor set for this
+    context, else ``fallback`` (who started the flow, who created the row), else
+    :data:`SYSTEM`."""
+    named = g.get(_REQUEST_KEY) if has_app_context() else None
+    return named or _actor.get() or fallback or SYSTEM
 
 
 def record(
@@ -231,7 +229,6 @@ def _on_deleted(
     )
 
 
-request_tearing_down.connect(_forget_request_actor)
 signals.connection_created.connect(_on_created)
 signals.connection_refreshed.connect(_on_refreshed)
 signals.connection_refresh_failed.connect(_on_refresh_failed)

@@ -109,7 +109,10 @@ class ApiTokenCache:
 
 
 def bearer_token(request: Request) -> str | None:
-    header = request.headers.get("Authorization")
+    """The request's bearer token, None without an ``Authorization`` header.  Read
+    from the WSGI environ (where ``request.headers`` looks it up too), without
+    building the header view."""
+    header: str | None = request.environ.get("HTTP_AUTHORIZATION")
     if header is None:
         return None
     scheme, _, token = header.partition(" ")
