@@ -36,6 +36,7 @@ from redis.client import PubSub
 from redis.connection import parse_url
 from redis.retry import Retry
 
+from .forks import reset_in_child
 from .token_cache import CHANNEL, Listener, payload
 
 if TYPE_CHECKING:
@@ -71,9 +72,11 @@ class RedisChannel:
             scheme = url.partition("://")[0]
             self.where = f"{scheme}://{parts.get('host', 'localhost')}:{parts.get('port', 6379)}"
         self._publisher: redis.Redis | None = None
-        self._publisher_pid = 0
         self._down = False  # a warning was logged for the current outage
         self._listeners: list[RedisListener] = []
+        #: A parent's publisher after a fork: kept referenced, never used or closed.
+        self._inherited: list[redis.Redis] = []
+        reset_in_child(self, RedisChannel._after_fork)
 
     def __repr__(self) -> str:
         return f"<RedisChannel {self.channel!r} at {self.where}>"
@@ -96,12 +99,9 @@ class RedisChannel:
     # -- publishing ---------------------------------------------------------------
     def publish(self, integration: str, name: str | None) -> None:
         """Send one invalidation; never raises (the write it follows already happened)."""
-        pid = os.getpid()
         client = self._publisher
-        if client is None or self._publisher_pid != pid:
-            # Never the parent's client after a fork: its sockets are the parent's.
+        if client is None:
             client = self._publisher = self.client()
-            self._publisher_pid = pid
         try:
             client.publish(self.channel, payload(integration, name))
         except Exception as exc:
@@ -123,9 +123,7 @@ class RedisChannel:
     # -- listening ----------------------------------------------------------------
     def start_listener(self, cache: TokenCache) -> None:
         """Start this process's subscriber (called on the cache's first ``put`` here)."""
-        pid = os.getpid()
-        # A forked child inherits the parent's list, not its threads: keep only ours.
-        self._listeners = [t for t in self._listeners if t.pid == pid and t.is_alive()]
+        self._listeners = [t for t in self._listeners if t.is_alive()]
         listener = RedisListener(self, cache)
         self._listeners.append(listener)
         listener.start()
@@ -133,7 +131,7 @@ class RedisChannel:
     @property
     def listeners(self) -> list[RedisListener]:
         """This process's listener threads (one per cache, in practice one)."""
-        return [t for t in self._listeners if t.pid == os.getpid()]
+        return list(self._listeners)
 
     def close(self) -> None:
         """Stop and join this process's listeners; drop the publisher's connections."""
@@ -144,8 +142,16 @@ class RedisChannel:
             if listener.is_alive() and listener is not threading.current_thread():
                 listener.join(JOIN_TIMEOUT)
         client, self._publisher = self._publisher, None
-        if client is not None and self._publisher_pid == os.getpid():
+        if client is not None:
             client.close()
+
+    def _after_fork(self) -> None:
+        """A forked child publishes on a client of its own (the parent's sockets are the
+        parent's: left open and unused) and has none of its parent's listener threads."""
+        if self._publisher is not None:
+            self._inherited.append(self._publisher)
+        self._publisher = None
+        self._listeners = []
 
 
 class RedisListener(Listener):

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 import weakref
@@ -111,7 +110,8 @@ class TokenCache:
         self._entries: OrderedDict[_Key, tuple[str, float, float]] = OrderedDict()
         self._lock = threading.Lock()
         self.channel = channel
-        self._listener_pid: int | None = None
+        #: This process's listener was started (a forked child starts its own).
+        self._listening = False
         self._closed = False
         reset_in_child(self, TokenCache._after_fork)
 
@@ -210,22 +210,21 @@ class TokenCache:
 
     def _ensure_listener(self) -> None:
         channel = self.channel
-        if channel is None or self._closed:
-            return
-        pid = os.getpid()
-        if self._listener_pid == pid:
+        if channel is None or self._closed or self._listening:
             return
         with self._lock:
-            if self._listener_pid == pid:
+            if self._listening:
                 return
-            self._listener_pid = pid
+            self._listening = True
         channel.start_listener(self)
 
     def _after_fork(self) -> None:
-        """A forked child starts empty, and starts its own listener on first use."""
+        """A forked child starts empty, and starts its own listener on first use (the
+        parent's thread did not come along)."""
         self._lock = threading.Lock()
         self._entries = OrderedDict()
         self.generation += 1
+        self._listening = False
 
 
 def payload(integration: str, name: str | None) -> str:

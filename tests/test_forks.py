@@ -17,10 +17,12 @@ import pytest
 
 from flask_zis_connections.api.auth import ApiTokenCache
 from flask_zis_connections.api.serializers import AnswerCache
+from flask_zis_connections.cache_channel import RedisChannel
 from flask_zis_connections.forks import reset_in_child
 from flask_zis_connections.ratelimit import LocalWindows
 from flask_zis_connections.singleflight import SingleFlight
-from flask_zis_connections.storage.releases import LeaseReleases
+from flask_zis_connections.storage import SQLAlchemyStorage
+from flask_zis_connections.storage.releases import LeaseReleases, ReleaseListener
 from flask_zis_connections.token_cache import TokenCache
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -45,7 +47,8 @@ def _in_child(check: Callable[[], bool]) -> bool:
 
 
 def _registries() -> list[tuple[str, Any, Callable[[Any], bool]]]:
-    """Each registry, and what its child must find besides a free lock."""
+    """Each registry, and what its child must find besides a free lock (``_lock``, or
+    the storage's ``_start_lock`` that starts its listener threads)."""
     flights: SingleFlight[int] = SingleFlight()
     flights._flights["k"] = object()  # type: ignore[assignment]  # a flight of a parent thread
     releases = LeaseReleases()
@@ -53,33 +56,55 @@ def _registries() -> list[tuple[str, Any, Callable[[Any], bool]]]:
     releases.across_processes.set()
     cache = TokenCache(ttl=60, size=10)
     cache.put("acme", "main", "token", None, cache.generation)
+    cache._listening = True  # the parent's listener thread, which the child has not
     answers = AnswerCache(1024)
+    storage = SQLAlchemyStorage("sqlite://")
+    storage._listeners.append(ReleaseListener(lambda: None, "channel", LeaseReleases()))
+    storage._lease_listening = True
     return [
         ("single flights", flights, lambda f: f._flights == {}),
         ("lease watchers", releases, lambda r: r._watchers == {} and not r.across_processes.is_set()),
-        ("token cache", cache, lambda c: c.get("acme", "main") is None),
+        ("token cache", cache, lambda c: c.get("acme", "main") is None and not c._listening),
         ("answer cache", answers, lambda a: True),
         ("bearer tokens", ApiTokenCache(5), lambda t: True),
         ("rate-limit windows", LocalWindows(), lambda w: True),
+        ("storage listeners", storage, lambda s: s._listeners == [] and not s._lease_listening),
     ]
 
 
 @pytest.mark.parametrize(
-    "index", range(6), ids=["flights", "releases", "tokens", "answers", "bearer", "ratelimit"]
+    "index", range(7), ids=["flights", "releases", "tokens", "answers", "bearer", "ratelimit", "storage"]
 )
 def test_a_forked_child_starts_each_registry_afresh(index: int) -> None:
     _, registry, fresh = _registries()[index]
-    with registry._lock:  # held by "another thread" of the parent while it forks
+    name = "_start_lock" if isinstance(registry, SQLAlchemyStorage) else "_lock"
+    with getattr(registry, name):  # held by "another thread" of the parent while it forks
 
         def check() -> bool:
-            taken = registry._lock.acquire(timeout=2)
+            lock = getattr(registry, name)
+            taken = lock.acquire(timeout=2)
             if taken:
-                registry._lock.release()
-            return taken and fresh(registry)
+                lock.release()
+            return bool(taken and fresh(registry))
 
         assert _in_child(check)
-    assert registry._lock.acquire(timeout=2)  # the parent's own lock is untouched
-    registry._lock.release()
+    lock = getattr(registry, name)
+    assert lock.acquire(timeout=2)  # the parent's own lock is untouched
+    lock.release()
+
+
+def test_a_forked_child_publishes_on_a_redis_client_of_its_own() -> None:
+    """The parent's publisher (its sockets) is not the child's to write on or close; the
+    parent's listener threads did not come along."""
+    channel = RedisChannel("redis://127.0.0.1:1/0")
+    parents = channel._publisher = channel.client()
+    channel._listeners.append(object())  # type: ignore[arg-type]  # a thread of the parent
+
+    def check() -> bool:
+        return channel._publisher is None and channel.listeners == [] and channel._inherited == [parents]
+
+    assert _in_child(check)
+    assert channel._publisher is parents and channel._inherited == []
 
 
 def test_the_hook_keeps_nothing_alive() -> None:

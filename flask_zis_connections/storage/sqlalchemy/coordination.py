@@ -9,8 +9,6 @@ the committed row); on SQLite writers queue on the file lock (:mod:`.sqlite`).
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -30,8 +28,6 @@ from .schema import flows, refresh_backoff, refresh_leases, verification_codes
 
 #: The PostgreSQL channel a released lease's key travels on to other processes.
 LEASE_CHANNEL: Final = "zis_lease_released"
-#: Guards the once-per-process start of a storage's lease listener.
-_LISTENER_START = threading.Lock()
 
 
 class CoordinationHooks(SQLBackend):
@@ -198,32 +194,19 @@ class CoordinationHooks(SQLBackend):
     def _listen_for_lease_releases(self, releases: LeaseReleases) -> None:
         """One listener thread per process, started by the first caller about to try a
         lease; only PostgreSQL through psycopg 3 has the channel."""
-        engine = self.engine
-        if engine.dialect.name != "postgresql" or engine.dialect.driver != "psycopg":
+        if self._lease_listening:
             return
-        pid = os.getpid()
-        if self.__dict__.get("_zis_lease_listener_pid") == pid:
+        connect = self._listen_connector()
+        if connect is None:
             return
-        with _LISTENER_START:
-            if self.__dict__.get("_zis_lease_listener_pid") == pid:
+        with self._start_lock:
+            if self._lease_listening:
                 return
-            self.__dict__["_zis_lease_listener_pid"] = pid
-        import psycopg
-
-        cargs, cparams = engine.dialect.create_connect_args(engine.url)
-
-        def connect() -> psycopg.Connection[Any]:
-            return psycopg.connect(*cargs, **{**cparams, "autocommit": True})
-
+            self._lease_listening = True
         listener = ReleaseListener(connect, LEASE_CHANNEL, releases)
-        self.__dict__.setdefault("_zis_lease_listeners", []).append(listener)
+        self._listeners.append(listener)
         releases.connecting.set()
         listener.start()
-
-    def close(self) -> None:
-        for listener in self.__dict__.get("_zis_lease_listeners", ()):
-            listener.stopped.set()
-        super().close()
 
     def _lease_holder(self, key: str, now: datetime) -> str | None:
         rows = self._read(q.LEASE_HOLDER, {"key": key, "now": to_ms(now)})

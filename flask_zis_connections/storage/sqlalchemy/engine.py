@@ -9,8 +9,9 @@ databases in driver-level autocommit, so a lookup costs one round trip.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, Row
@@ -18,10 +19,17 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 
 from ... import token_cache
 from ...errors import StorageUnavailable
+from ...forks import reset_in_child
 from ..base import Storage
 from .hot import HotReader
 from .schema import metadata
 from .sqlite import sqlite_reader_and_writer
+
+
+class _Stoppable(Protocol):
+    """A listener thread: set ``stopped`` and it ends."""
+
+    stopped: threading.Event
 
 
 class SQLBackend(Storage):
@@ -49,7 +57,12 @@ class SQLBackend(Storage):
             assert url is not None
             engine = sa.create_engine(url, **{"hide_parameters": True, **(engine_options or {})})
         self.engine: Engine = engine
-        self._listeners: list[token_cache.ChangeListener] = []
+        #: This process's listener threads (token cache changes, lease releases): a
+        #: forked child has none of them and starts its own.
+        self._listeners: list[_Stoppable] = []
+        self._lease_listening = False
+        self._start_lock = threading.Lock()
+        reset_in_child(self, SQLBackend._after_fork)
         self._reader: Engine
         self._writer: Engine
         if engine.dialect.name == "sqlite":
@@ -119,18 +132,35 @@ class SQLBackend(Storage):
             )
 
     def start_change_listener(self, cache: token_cache.TokenCache) -> None:
-        if self.engine.dialect.name != "postgresql" or self.engine.dialect.driver != "psycopg":
+        connect = self._listen_connector()
+        if connect is None:
             return
+        listener = token_cache.ChangeListener(connect, cache)
+        self._listeners.append(listener)
+        listener.start()
+
+    def _listen_connector(self) -> Callable[[], Any] | None:
+        """How a ``LISTEN`` thread opens its own autocommit connection, opened as the
+        engine opens its own; None where there is no ``LISTEN`` (only PostgreSQL through
+        psycopg 3 has one here)."""
+        dialect = self.engine.dialect
+        if dialect.name != "postgresql" or dialect.driver != "psycopg":
+            return None
         import psycopg
 
-        cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
+        cargs, cparams = dialect.create_connect_args(self.engine.url)
 
         def connect() -> psycopg.Connection[Any]:
             return psycopg.connect(*cargs, **{**cparams, "autocommit": True})
 
-        listener = token_cache.ChangeListener(connect, cache)
-        self._listeners.append(listener)
-        listener.start()
+        return connect
+
+    def _after_fork(self) -> None:
+        """A forked child: the parent's listener threads did not come along (nothing to
+        stop), and the lock that starts them may have been held."""
+        self._listeners = []
+        self._lease_listening = False
+        self._start_lock = threading.Lock()
 
     def _read(self, stmt: sa.Select[Any], params: Mapping[str, Any]) -> Sequence[Row[Any]]:
         """Run a read, retrying once on a connection the server dropped.
