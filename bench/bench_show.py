@@ -344,6 +344,9 @@ def run(ctx: Context) -> Section:
             invalid.append(f"{db_name} {model}: {bad:,} of {total:,} answers were not 200")
         medians[(db_name, model)] = rps
         ours, bare, floor = rps["ours"], rps["bare"], rps["bare+read"]
+        unsound = _unsound(rps)
+        if unsound:
+            invalid.append(f"{db_name} {model}: {unsound}")
         rows.append(
             [
                 db_name,
@@ -378,7 +381,8 @@ def run(ctx: Context) -> Section:
         # The goal is judged on SQLite (PostgreSQL's numbers are context: its server
         # shares the 2 cores with gunicorn and wrk); a run with any non-200 counts as 0.
         if db_name == "SQLite":
-            goals.append(Goal(f"show ours/bare, {model}", 0.0 if bad else ours / bare, TARGET, ">="))
+            judged = 0.0 if bad or unsound else ours / bare
+            goals.append(Goal(f"show ours/bare, {model}", judged, TARGET, ">="))
 
     profile_calls = 300 if ctx.quick else 3_000
     sqlite_url = databases["SQLite"]
@@ -447,7 +451,12 @@ def run(ctx: Context) -> Section:
             "",
         ]
     if invalid:
-        md += ["**Invalid run** (a 429 or 500 is cheaper than an answer): " + "; ".join(invalid), ""]
+        md += [
+            "**Invalid rows**, judged as 0 (a 429 or 500 is cheaper than an answer; a side that "
+            "does more work cannot outrun the bare view unless the server did not serve the bare "
+            "view at its own speed): " + "; ".join(invalid),
+            "",
+        ]
     md += [
         "Where a request's time goes (share of the test client's time under `cProfile`, "
         "`app.test_client()` loop on SQLite; the rest is Flask, werkzeug and the test client): "
@@ -457,6 +466,23 @@ def run(ctx: Context) -> Section:
         table(["stage", "caches off", "caches on"], prof_rows),
     ]
     return Section("Show connection under gunicorn", "\n".join(md), [plot] if plot else [], goals)
+
+
+def _unsound(rps: dict[str, float]) -> str | None:
+    """Why a row's figures cannot be right, or None.
+
+    Both other sides do all the bare view does and more (its JSON, plus a read, plus
+    the extension's work), so neither can be faster than it on the same gunicorn.
+    When one is, the server did not serve the bare view at its own speed in that run -
+    gunicorn's gthread worker, on this 2-core machine, now and then serves even the
+    bare view at a third of its usual rate - and the ratio measures that, not the
+    extension.
+    """
+    bare = rps["bare"]
+    faster = [side for side in ("ours", "bare+read") if rps[side] > bare]
+    if not faster:
+        return None
+    return " and ".join(faster) + f" outran the bare view ({bare:,.0f} req/s)"
 
 
 def _plot(medians: dict[tuple[str, str], dict[str, float]], out_dir: Path) -> Path | None:

@@ -121,3 +121,18 @@ def test_a_missing_module_is_reported_and_a_failing_one_does_not_stop_the_run(
     assert "| boom | the benchmark failed (see its section) |" in text
     assert "RuntimeError: the server went away" in text
     assert "| fine | ratio | 0.5x | <= 1x | met |" in text
+
+
+def test_a_show_row_whose_bare_view_was_outrun_is_not_judged() -> None:
+    """A side doing more than the bare view cannot be faster than it on the same server;
+    when the figures say so (gunicorn's gthread worker now and then serves even the bare
+    view at a third of its rate on this machine), the row is invalid, not "met"."""
+    from bench.bench_show import _unsound
+
+    # A sound row of a full run, and the gthread row of one where the bare view stalled.
+    assert _unsound({"ours": 4753.0, "bare": 6746.0, "bare+read": 3606.0}) is None
+    stalled = _unsound({"ours": 4140.0, "bare": 1856.0, "bare+read": 3515.0})
+    assert stalled == "ours and bare+read outran the bare view (1,856 req/s)"
+    assert _unsound({"ours": 1077.0, "bare": 1795.0, "bare+read": 2165.0}) == (
+        "bare+read outran the bare view (1,795 req/s)"
+    )
