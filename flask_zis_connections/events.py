@@ -10,9 +10,10 @@ the code that sends them needs no second call.
 
 Who did it is :func:`current_actor`: the request's caller, which the HTTP API names
 once per request when it has authenticated it (``api-token:<id>`` or the admin's id),
-else a context variable the CLI sets to ``cli``; anything else is ``system`` - a refresh the host's own
-``get_token`` caused, a scheduler calling Python.  A connection made by the OAuth
-callback names whoever started its flow: the browser coming back is nobody's session.
+else a context variable the CLI sets to ``cli``; anything else is ``system`` - a
+refresh the host's own ``get_token`` caused, a scheduler calling Python.  A connection
+made by the OAuth callback names whoever started its flow: the browser coming back is
+nobody's session.
 
 ``detail`` is a short JSON object of plain values: a failure's OAuth error code,
 whether a revocation worked, the *names* of the fields an edit changed.  Strings that
