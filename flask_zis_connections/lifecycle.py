@@ -111,6 +111,10 @@ class Lifecycle:
             if token is not None:
                 return token
             generation = cache.generation  # before the read: a write meanwhile wins
+        # A refresh of it under way in this process: its result, without a read.
+        running = self._refresher.joined(integration, name)
+        if running is not None:
+            return self.encryptor.decrypt(running.access_token_enc)
         # A few columns, epoch milliseconds, no record built: enough while the token is
         # fresh.  A due token or a credential connection takes the whole record.
         head = self.storage.read_token(integration, name)
@@ -222,12 +226,15 @@ class Lifecycle:
         )
 
     # -- refresh -----------------------------------------------------------------
-
-    # -- refresh -----------------------------------------------------------------
     def ensure_fresh(self, rec: ConnectionRecord, *, force: bool) -> ConnectionRecord:
         """Refresh ``rec`` if due (or ``force``), once across all callers: see
         :meth:`.refresh.Refresher.ensure_fresh`."""
         return self._refresher.ensure_fresh(rec, force=force)
+
+    def joined_refresh(self, integration: str, name: str) -> ConnectionRecord | None:
+        """The fresh row a refresh of this connection running in this process leaves,
+        waited for; None when there is none to join (read the row as usual)."""
+        return self._refresher.joined(integration, name)
 
     def provider_for(self, rec: ConnectionRecord, client: OAuthClient | None = None) -> ProviderClient:
         if client is None:

@@ -71,18 +71,40 @@ class SingleFlight(Generic[T]):
                     flight.waiters += 1
             if lead:
                 return self._lead(key, flight, work), True
-            try:
-                settled = self._wait(key, flight, deadline)
-            finally:
-                with self._lock:
-                    flight.waiters -= 1
+            settled, result = self._await(key, flight, deadline)
             if settled:
-                error = flight.error
-                if error is None:
-                    return flight.result, False  # type: ignore[return-value]
-                if isinstance(error, Exception):
-                    raise copied(error) from error
+                return result, False  # type: ignore[return-value]
             # The leader was interrupted or is gone: lead (or join) a new flight.
+
+    def join(self, key: str, timeout: float) -> T | None:
+        """The outcome of the flight of ``key`` running now, waited for (at most
+        ``timeout`` seconds: then :class:`FlightTimeout`); None when none runs, or when
+        its leader ended without an outcome.  A failed flight's error is raised, as to
+        every waiter."""
+        with self._lock:
+            flight = self._flights.get(key)
+            if flight is None:
+                return None
+            flight.waiters += 1
+        settled, result = self._await(key, flight, time.monotonic() + timeout)
+        return result if settled else None
+
+    def _await(self, key: str, flight: _Flight[T], deadline: float) -> tuple[bool, T | None]:
+        """Wait for ``flight`` as one of its counted waiters: (True, its result), or
+        (False, None) when its leader was interrupted or is gone; its error is raised."""
+        try:
+            settled = self._wait(key, flight, deadline)
+        finally:
+            with self._lock:
+                flight.waiters -= 1
+        if not settled:
+            return False, None
+        error = flight.error
+        if error is None:
+            return True, flight.result
+        if isinstance(error, Exception):
+            raise copied(error) from error
+        return False, None
 
     def _lead(self, key: str, flight: _Flight[T], work: Callable[[], T]) -> T:
         try:

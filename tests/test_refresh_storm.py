@@ -32,7 +32,7 @@ from flask_zis_connections.storage.sqlalchemy.coordination import LEASE_CHANNEL
 
 from . import lifecycle_worker
 from .flow_driver import auth_header, connect, register
-from .helpers import JOIN_TIMEOUT, gather_processes, run_threads
+from .helpers import JOIN_TIMEOUT, PREFIX, gather_processes, run_threads
 from .live_provider import LiveProvider
 
 THREADS = 12
@@ -158,6 +158,52 @@ def test_a_waiter_gives_up_after_its_timeout() -> None:
         leader.join(JOIN_TIMEOUT)
 
 
+def test_join_waits_for_a_running_flight_and_finds_none_otherwise() -> None:
+    flights: SingleFlight[str] = SingleFlight()
+    assert flights.join("k", JOIN_TIMEOUT) is None  # nothing runs: nothing waited for
+    release = threading.Event()
+    leader = threading.Thread(
+        target=lambda: flights.run("k", lambda: release.wait(JOIN_TIMEOUT) and "done", 60)
+    )
+    leader.start()
+    _wait_for(lambda: "k" in flights._flights, "the leader")
+    joined: list[str | None] = []
+    joiner = threading.Thread(target=lambda: joined.append(flights.join("k", JOIN_TIMEOUT)))
+    joiner.start()
+    _wait_for(lambda: flights.waiting("k") == 1, "the joiner")  # counted as a waiter
+    assert joined == []
+    release.set()
+    leader.join(JOIN_TIMEOUT)
+    joiner.join(JOIN_TIMEOUT)
+    assert joined == ["done"]
+    assert flights.join("k", JOIN_TIMEOUT) is None  # over: the next caller reads for itself
+
+
+def test_a_joiner_gets_a_copy_of_the_leaders_error() -> None:
+    flights: SingleFlight[None] = SingleFlight()
+
+    def work() -> None:
+        _wait_for(lambda: flights.waiting("k") == 1, "the joiner")
+        raise ProviderError("The provider is down. Try again.", retry_after=7)
+
+    led: list[BaseException] = []
+
+    def lead() -> None:
+        try:
+            flights.run("k", work, 60)
+        except ProviderError as exc:
+            led.append(exc)
+
+    leader = threading.Thread(target=lead)
+    leader.start()
+    _wait_for(lambda: "k" in flights._flights, "the leader")
+    with pytest.raises(ProviderError) as caught:
+        flights.join("k", JOIN_TIMEOUT)
+    leader.join(JOIN_TIMEOUT)
+    assert caught.value.retry_after == 7
+    assert len(led) == 1 and caught.value is not led[0]  # a copy of its own
+
+
 # -- the token lifecycle on every backend --------------------------------------------------------
 class Spied:
     """The storage's lease attempts and releases, with the thread that made each."""
@@ -216,6 +262,57 @@ def test_a_burst_makes_one_provider_call_and_one_lease_attempt(
     assert provider.state.refresh_call_count == 1
     assert len(set(tokens)) == 1 and tokens[0] != conn["access_token"]
     assert [got for _, got in spied.attempts] == [True], spied.attempts
+
+
+class Reads:
+    """The storage reads of a connection's row each thread made (narrow or whole)."""
+
+    def __init__(self, storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.by_thread: dict[str, int] = {}
+        for method in ("read_token", "get_connection"):
+            real = getattr(storage, method)
+
+            def counted(*args: Any, _real: Callable[..., Any] = real, **kwargs: Any) -> Any:
+                name = threading.current_thread().name
+                self.by_thread[name] = self.by_thread.get(name, 0) + 1
+                return _real(*args, **kwargs)
+
+            monkeypatch.setattr(storage, method, counted)
+
+
+def test_callers_arriving_during_the_refresh_join_it_without_reading(
+    storm: Callable[..., tuple[Flask, LiveProvider, dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a burst most callers arrive while the refresh is under way: they wait for it
+    by the connection's name and read nothing - through ``get_token`` and through the
+    HTTP API's show alike - and get the token it stored."""
+    app, provider, conn = storm()
+    storage: Storage = app.extensions["zis_connections"].storage
+    life = app.extensions["zis_connections"].lifecycle
+    provider.state.inject_token_fault("slow")  # the provider answers after 0.5 s
+    leader = threading.Thread(target=_get_token(app), args=(0,), name="leader")
+    leader.start()
+    _wait_for(lambda: ("acme", "main") in life._refresher._running, "the refresh to start")
+    reads = Reads(storage, monkeypatch)
+    bearer = auth_header(app)
+
+    def show(i: int) -> str:
+        resp = app.test_client().get(f"{PREFIX}/connections/acme?name=main", headers=bearer)
+        assert resp.status_code == 200, resp.get_json()
+        return str(resp.get_json()["access_token"])
+
+    got, errors = run_threads(THREADS, lambda i: _get_token(app)(i) if i % 2 else show(i))
+    leader.join(JOIN_TIMEOUT)
+    assert errors == []
+    assert provider.state.refresh_call_count == 1
+    assert len(set(got)) == 1 and got[0] != conn["access_token"]
+    joiners = {name: n for name, n in reads.by_thread.items() if name != "leader"}
+    assert joiners == {}, joiners
+    # Once the refresh is over there is nothing to join: the next caller reads.
+    assert life._refresher._running == {}
+    with app.app_context():
+        assert get_token("acme", "main") == got[0]
+    assert reads.by_thread.get(threading.current_thread().name) == 1
 
 
 def test_forced_refreshes_arriving_after_a_stored_one_refresh_again(

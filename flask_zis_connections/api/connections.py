@@ -33,6 +33,11 @@ def show(integration: str) -> Response:
     auth(integration)
     st = state()
     name = request.args.get("name")
+    if name is not None and "uuid" not in request.args:
+        # Its refresh under way in this process: the row it leaves, without a read.
+        running = st.lifecycle.joined_refresh(integration, name)
+        if running is not None:
+            return _answer(running)
     if st.answers is not None and name is not None and "uuid" not in request.args:
         # A row unchanged since its last answer: a narrow read decides.  Fresh, the
         # answer goes out as it is (nothing decrypted or encoded); due, the refresh
