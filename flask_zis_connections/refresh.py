@@ -115,7 +115,10 @@ class Refresher:
         its reads, and the refresh itself the GIL they would hold meanwhile.  A joiner
         gets the row the refresh stored, as a caller that read it just then would have.
         """
-        uuid = self._running.get((integration, name))
+        running = self._running
+        if not running:  # the usual case: no tuple built, no lookup
+            return None
+        uuid = running.get((integration, name))
         if uuid is None:
             return None
         try:

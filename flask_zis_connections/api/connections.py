@@ -38,19 +38,17 @@ def show(integration: str) -> Response:
         running = st.lifecycle.joined_refresh(integration, name)
         if running is not None:
             return _answer(running)
-    if st.answers is not None and name is not None and "uuid" not in request.args:
-        # A row unchanged since its last answer: a narrow read decides.  Fresh, the
-        # answer goes out as it is (nothing decrypted or encoded); due, the refresh
-        # starts from the row kept with it - in a burst on an expired token, nobody
-        # waiting for the one refresh reads the whole row first.  Anything else takes
-        # the whole row.
-        head = st.storage.read_token(integration, v.connection_name(name))
-        kept = None if head is None else st.answers.current(integration, name, head)
-        if head is not None and kept is not None:
-            rec, body = kept
-            if st.lifecycle.is_fresh(head):
-                return _json(body)
-            return _answer(st.lifecycle.ensure_fresh(rec, force=False))
+        if st.answers is not None:
+            # A row unchanged since its last answer: a narrow read decides.  Fresh, the
+            # answer goes out as it is (nothing decrypted or encoded); due, the refresh
+            # starts from the row kept with it.  Anything else takes the whole row.
+            head = st.storage.read_token(integration, v.connection_name(name))
+            kept = None if head is None else st.answers.current(integration, name, head)
+            if head is not None and kept is not None:
+                rec, body = kept
+                if st.lifecycle.is_fresh(head):
+                    return _json(body)
+                return _answer(st.lifecycle.ensure_fresh(rec, force=False))
     rec = lookup(integration, oauth_only=True)
     return _answer(st.lifecycle.ensure_fresh(rec, force=False))
 
