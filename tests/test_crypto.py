@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, InvalidToken
 from flask import Flask
 
 from flask_zis_connections import ZISConnections
@@ -96,3 +96,98 @@ def test_secret_key_fallbacks_still_decrypt(make_app: Callable[..., Flask]) -> N
     assert Encryptor.from_config(None, "new-secret", []).encrypt("v") != token
     with pytest.raises(DecryptionError):
         Encryptor.from_config(None, "new-secret", []).decrypt(token)
+
+
+def _signed_token(key: bytes, plaintext_padded: bytes, iv: bytes = b"\x01" * 16) -> str:
+    """A Fernet token whose tag is valid, built by hand so its padding can be wrong."""
+    import base64
+    import hashlib
+    import hmac
+
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    raw = base64.urlsafe_b64decode(key)
+    encryptor = Cipher(algorithms.AES(raw[16:]), modes.CBC(iv)).encryptor()
+    body = b"\x80" + (1).to_bytes(8, "big") + iv + encryptor.update(plaintext_padded) + encryptor.finalize()
+    return base64.urlsafe_b64encode(body + hmac.digest(raw[:16], body, hashlib.sha256)).decode()
+
+
+@pytest.mark.parametrize("length", [0, 1, 15, 16, 17, 31, 32, 33, 200, 4096])
+def test_decrypt_reads_what_the_library_writes(length: int) -> None:
+    key = Fernet.generate_key()
+    plaintext = "é" * (length // 2) + "x" * (length % 2)
+    assert Encryptor([key]).decrypt(Fernet(key).encrypt(plaintext.encode()).decode()) == plaintext
+
+
+def test_decrypt_accepts_exactly_what_fernet_accepts() -> None:
+    """Every one-byte change, truncation and extension of a token fails, as it does in Fernet.
+
+    Stored ciphertext is ASCII, so a token with other characters is refused before Fernet
+    would see it (Fernet itself skips them as base64 noise).
+    """
+    key = Fernet.generate_key()
+    fernet, ours = Fernet(key), Encryptor([key])
+    token = fernet.encrypt(b"a token of some length").decode()
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_="
+    variants = [token[:cut] for cut in range(len(token))] + [token + "AAAA", token + "=", "", "é" + token]
+    variants += [
+        token[:i] + c + token[i + 1 :] for i in range(len(token)) for c in ("A", "_", "!") if token[i] != c
+    ]
+    variants += [
+        "".join(alphabet[(alphabet.index(ch) + 1) % 64] if i == 5 else ch for i, ch in enumerate(token))
+    ]
+    for variant in variants:
+        try:
+            expected: str | None = fernet.decrypt(variant.encode("ascii")).decode()
+        except Exception:
+            expected = None
+        try:
+            got: str | None = ours.decrypt(variant)
+        except DecryptionError:
+            got = None
+        assert got == expected, variant
+
+
+@pytest.mark.parametrize(
+    "padded",
+    [
+        b"0123456789abcde\x00",
+        b"0123456789abcde\x11",
+        b"0123456789abc\x03\x02\x03",
+        b"x" * 16 + b"\x10" * 15 + b"\x11",
+    ],
+)
+def test_authentic_token_with_bad_padding_fails_closed(padded: bytes) -> None:
+    key = Fernet.generate_key()
+    token = _signed_token(key, padded)
+    with pytest.raises(InvalidToken):
+        Fernet(key).decrypt(token)
+    with pytest.raises(DecryptionError):
+        Encryptor([key]).decrypt(token)
+
+
+def test_decrypt_tries_every_configured_key_from_many_threads_at_once() -> None:
+    import threading
+
+    keys = [Fernet.generate_key() for _ in range(3)]
+    ours = Encryptor(keys)
+    tokens = {
+        f"value-{i}" * (i + 1): Fernet(k).encrypt(f"value-{i}".encode() * (i + 1)).decode()
+        for i, k in enumerate(keys)
+    }
+    failures: list[str] = []
+
+    def read() -> None:
+        for _ in range(2000):
+            for plaintext, token in tokens.items():
+                if ours.decrypt(token) != plaintext:
+                    failures.append(plaintext)
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    with pytest.raises(DecryptionError):
+        Encryptor(keys[1:]).decrypt(tokens["value-0"])
