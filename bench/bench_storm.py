@@ -5,8 +5,8 @@ HTTP API from ``bench/storm_app.py``; a real token endpoint on a loopback socket
 every refresh after a fixed delay (0.5 s; quick: 0.2 s).  The benchmark makes the
 connection (tables, OAuth client, imported tokens, an API token), expires it, boots
 gunicorn, and fires every client at once (one HTTP connection each, all driven by one
-thread through a selector, as wrk drives its connections) at ``GET {prefix}/connections/acme?name=main`` - "show", which
-refreshes when due.  It measures:
+thread through a selector, as wrk drives its connections) at
+``GET {prefix}/connections/acme?name=main`` - "show", which refreshes when due.  It measures:
 
 * each request's latency, client side, from connecting to the last byte; p50/p99
   against the provider's delay, the floor no refresh can beat (plus a CDF plot);

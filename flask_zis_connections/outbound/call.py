@@ -2,9 +2,10 @@
 
 Everything :meth:`GuardedAdapter.send` needs to remember while a single request runs
 lives in one :class:`OutboundCall`, created per call and never shared, so concurrent
-calls never see each other's sockets, addresses or deadlines.  The watchdog thread is
-what makes the total deadline hold against a server that drips bytes: per-read socket
-timeouts restart with every byte, shutting the sockets down does not.
+calls never see each other's sockets, addresses or deadlines.  The watchdog (a timer on
+the process's one timer thread, :mod:`..timers`) is what makes the total deadline hold
+against a server that drips bytes: per-read socket timeouts restart with every byte,
+shutting the sockets down does not.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util.timeout import Timeout
 from urllib3.util.wait import wait_for_write
 
+from ..timers import TIMERS, Timer
 from .errors import DeadlineExceeded
 from .policy import OutboundPolicy
 
 __all__ = ["OutboundCall", "SockAddr"]
 
-#: How often a watchdog re-reads a caller-supplied deadline (it may move earlier).
+#: How often the watchdog re-reads a caller-supplied deadline (it may move earlier).
 _POLL_SECONDS = 0.05
 
 SockAddr = tuple[Any, ...]
@@ -49,7 +51,7 @@ class OutboundCall:
         self._done = threading.Event()
         self._watched: list[socket.socket] = []
         self._pools: list[HTTPConnectionPool] = []
-        self._watchdog: threading.Thread | None = None
+        self._watchdog: Timer | None = None
 
     # -- deadline
 
@@ -68,18 +70,23 @@ class OutboundCall:
         return self._expired or self.remaining() <= 0
 
     def start(self) -> None:
-        self._watchdog = threading.Thread(target=self._watch, name="zis-outbound-deadline", daemon=True)
-        self._watchdog.start()
+        """Arm the watchdog: it shuts the call's sockets down when the deadline passes."""
+        self._watch()
 
     def _watch(self) -> None:
-        while True:
-            remaining = self.remaining()
-            if remaining <= 0:
-                self._expire()
-                return
-            wait = remaining if self._deadline is None else min(remaining, _POLL_SECONDS)
-            if self._done.wait(wait):
-                return
+        """On the timer thread (first from :meth:`start`): expire the call, or look
+        again at the deadline or - when the caller's may move - within
+        ``_POLL_SECONDS``."""
+        if self._done.is_set():
+            return
+        remaining = self.remaining()
+        if remaining <= 0:
+            self._expire()
+            return
+        wait = remaining if self._deadline is None else min(remaining, _POLL_SECONDS)
+        with self._lock:
+            if not self._done.is_set():
+                self._watchdog = TIMERS.call_later(wait, self._watch)
 
     def _expire(self) -> None:
         with self._lock:
@@ -178,11 +185,15 @@ class OutboundCall:
             self._pools.append(pool)
 
     def finish(self) -> None:
-        """Stop the watchdog, close this call's pools and socket duplicates."""
-        self._done.set()
-        if self._watchdog is not None:
-            self._watchdog.join()
+        """Stop the watchdog, close this call's pools and socket duplicates.
+
+        A watchdog running meanwhile may still shut down a duplicate closed here: a
+        closed socket object refuses that (``OSError``, ignored), it never reaches a
+        descriptor number reused since."""
         with self._lock:
+            self._done.set()
+            if self._watchdog is not None:
+                self._watchdog.cancel()
             pools, self._pools = self._pools, []
             watched, self._watched = self._watched, []
         for pool in pools:

@@ -1,0 +1,117 @@
+"""One timer thread per process for short callbacks at set instants.
+
+An outbound call's deadline watch and a refresh lease's renewals each used to start a
+thread.  ``Thread.start`` returns only once the new thread has run, and under load that
+means waiting for the GIL behind every other busy thread of the process: in a refresh
+storm two such starts sat between taking the lease and calling the provider, 2-17 ms
+each, while every other request of the burst waited on that call.  One long-lived
+thread now serves them all; scheduling a callback is a heap push and a notify.
+
+Callbacks share that thread, so they must be quick and must not block: set a flag,
+shut a socket down, start a thread for anything slow.  One that raises is logged and
+does not stop the others.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from .forks import reset_in_child
+
+log = logging.getLogger("flask_zis_connections")
+
+
+class Timer:
+    """A scheduled callback; :meth:`cancel` keeps it from running (if it has not yet)."""
+
+    __slots__ = ("cancelled", "fn", "when")
+
+    def __init__(self, when: float, fn: Callable[[], None]) -> None:
+        self.when = when
+        self.fn = fn
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Timers:
+    """Callbacks at monotonic instants, run in order by one daemon thread.
+
+    The thread starts with the first callback scheduled and lives as long as the
+    process.  Cancelled timers stay in the heap until they come due or until they are
+    more than half of it (then it is rebuilt), so cancelling is O(1) and a burst of
+    short calls leaves no lasting garbage.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, Timer]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+        reset_in_child(self, Timers._after_fork)
+
+    def call_at(self, when: float, fn: Callable[[], None]) -> Timer:
+        """Run ``fn()`` on the timer thread at ``when`` (``time.monotonic()``), or soon
+        after: at once when that has passed."""
+        timer = Timer(when, fn)
+        with self._cond:
+            heapq.heappush(self._heap, (when, next(self._order), timer))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="zis-timers", daemon=True)
+                self._thread.start()
+            elif self._heap[0][2] is timer:
+                self._cond.notify()  # earlier than what the thread sleeps towards
+        return timer
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> Timer:
+        return self.call_at(time.monotonic() + delay, fn)
+
+    def pending(self) -> int:
+        """Timers not cancelled and not yet run (for tests and diagnostics)."""
+        with self._cond:
+            return sum(1 for _, _, timer in self._heap if not timer.cancelled)
+
+    def _next_due(self) -> Timer:
+        """Wait for the earliest live timer to come due and take it off the heap."""
+        with self._cond:
+            while True:
+                heap = self._heap
+                while heap and heap[0][2].cancelled:
+                    heapq.heappop(heap)
+                if not heap:
+                    self._cond.wait()
+                    continue
+                delay = heap[0][0] - time.monotonic()
+                if delay > 0:
+                    if len(heap) > 64 and sum(t.cancelled for _, _, t in heap) * 2 > len(heap):
+                        self._heap = [entry for entry in heap if not entry[2].cancelled]
+                        heapq.heapify(self._heap)
+                    self._cond.wait(delay)
+                    continue
+                return heapq.heappop(heap)[2]
+
+    def _run(self) -> None:
+        while True:
+            timer = self._next_due()
+            if timer.cancelled:
+                continue
+            try:
+                timer.fn()
+            except Exception:
+                log.exception("A timer callback of flask-zis-connections failed.")
+
+    def _after_fork(self) -> None:
+        """A forked child has no timer thread, and its parent's timers are not its own."""
+        self._cond = threading.Condition(threading.Lock())
+        self._heap = []
+        self._thread = None
+
+
+#: The process's timers.
+TIMERS = Timers()
