@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import threading
 import time
 import uuid as uuidlib
 from collections.abc import Callable
@@ -39,7 +38,6 @@ from typing import TYPE_CHECKING
 from . import events, signals
 from .domain import ConnectionRecord, Lease, OAuthClient, RefreshBackoff, utcnow
 from .errors import ConnectionNotFound, ProviderError, ReauthorizationRequired, WrongConnectionType
-from .forks import reset_in_child
 from .lease import LeaseKeeper
 from .provider_client import REAUTH_ERRORS
 from .singleflight import FlightTimeout, SingleFlight
@@ -98,10 +96,6 @@ class Refresher:
         self.life = life
         #: One caller per connection deals with storage at a time; the others wait for it.
         self.flights: SingleFlight[_Outcome] = SingleFlight()
-        #: (integration, name) -> uuid of each connection whose flight is settling now.
-        self._running: dict[tuple[str, str], str] = {}
-        self._running_lock = threading.Lock()
-        reset_in_child(self, Refresher._after_fork)
 
     def joined(self, integration: str, name: str) -> ConnectionRecord | None:
         """What a refresh of this connection running in this process leaves, for a
@@ -115,10 +109,7 @@ class Refresher:
         its reads, and the refresh itself the GIL they would hold meanwhile.  A joiner
         gets the row the refresh stored, as a caller that read it just then would have.
         """
-        running = self._running
-        if not running:  # the usual case: no tuple built, no lookup
-            return None
-        uuid = running.get((integration, name))
+        uuid = self.flights.key_for((integration, name))
         if uuid is None:
             return None
         try:
@@ -128,11 +119,6 @@ class Refresher:
         if outcome is None or outcome.record.uuid != uuid:
             return None
         return self._answer(outcome.record, False, outcome, led=False)
-
-    def _after_fork(self) -> None:
-        """A forked child runs none of its parent's flights."""
-        self._running = {}
-        self._running_lock = threading.Lock()
 
     def ensure_fresh(self, rec: ConnectionRecord, *, force: bool) -> ConnectionRecord:
         """Refresh ``rec`` if due (or ``force``), once across all callers.
@@ -158,9 +144,12 @@ class Refresher:
         self._raise_if_needs_reauth(rec)
         deadline = time.monotonic() + self._wait_limit()
         while True:
-            settle = functools.partial(self._settle_named, rec, force)
+            settle = functools.partial(self._settle, rec, force)
             try:
-                outcome, led = self.flights.run(rec.uuid, settle, deadline - time.monotonic())
+                # Found by the connection's name meanwhile (:meth:`joined`).
+                outcome, led = self.flights.run(
+                    rec.uuid, settle, deadline - time.monotonic(), alias=(rec.integration, rec.name)
+                )
             except FlightTimeout:
                 raise _waited_too_long() from None
             if led and outcome.announce is not None:
@@ -177,18 +166,6 @@ class Refresher:
         """The longest a caller waits for a refresh: a holder's lease, its provider
         call and some slack."""
         return self.life.lease_ttl + self.life.http_timeout + 5
-
-    def _settle_named(self, rec: ConnectionRecord, force: bool) -> _Outcome:
-        """:meth:`_settle`, findable by the connection's name meanwhile (:meth:`joined`)."""
-        named = (rec.integration, rec.name)
-        with self._running_lock:
-            self._running[named] = rec.uuid
-        try:
-            return self._settle(rec, force)
-        finally:
-            with self._running_lock:
-                if self._running.get(named) == rec.uuid:
-                    del self._running[named]
 
     def _settle(self, rec: ConnectionRecord, force: bool) -> _Outcome:
         """Bring the connection where ``rec``'s caller needs it, or find why not.

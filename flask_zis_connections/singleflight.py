@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 from .forks import reset_in_child
@@ -34,9 +34,10 @@ class FlightTimeout(TimeoutError):
 
 
 class _Flight(Generic[T]):
-    __slots__ = ("done", "error", "leader", "result", "waiters")
+    __slots__ = ("alias", "done", "error", "leader", "result", "waiters")
 
-    def __init__(self) -> None:
+    def __init__(self, alias: Hashable | None) -> None:
+        self.alias = alias
         self.done = threading.Event()
         self.leader = threading.current_thread()
         self.result: T | None = None
@@ -50,15 +51,21 @@ class SingleFlight(Generic[T]):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight[T]] = {}
+        #: alias -> key of each running flight that was given one.
+        self._aliases: dict[Hashable, str] = {}
         reset_in_child(self, SingleFlight._after_fork)
 
-    def run(self, key: str, work: Callable[[], T], timeout: float) -> tuple[T, bool]:
+    def run(
+        self, key: str, work: Callable[[], T], timeout: float, *, alias: Hashable | None = None
+    ) -> tuple[T, bool]:
         """``work()``'s result, run by one caller per ``key`` at a time, and whether this
         caller was the one that ran it.
 
         A caller arriving while a flight of ``key`` is running waits for that flight's
         outcome (at most ``timeout`` seconds: then :class:`FlightTimeout`) instead of running
-        ``work`` itself; one arriving after it ended starts a new flight.
+        ``work`` itself; one arriving after it ended starts a new flight.  ``alias``: another
+        name the flight is found by while it runs (:meth:`key_for`), for callers that
+        know the work by that name before they know its key.
         """
         deadline = time.monotonic() + timeout
         while True:
@@ -66,7 +73,9 @@ class SingleFlight(Generic[T]):
                 flight = self._flights.get(key)
                 lead = flight is None
                 if flight is None:
-                    flight = self._flights[key] = _Flight()
+                    flight = self._flights[key] = _Flight(alias)
+                    if alias is not None:
+                        self._aliases[alias] = key
                 else:
                     flight.waiters += 1
             if lead:
@@ -75,6 +84,11 @@ class SingleFlight(Generic[T]):
             if settled:
                 return result, False  # type: ignore[return-value]
             # The leader was interrupted or is gone: lead (or join) a new flight.
+
+    def key_for(self, alias: Hashable) -> str | None:
+        """The key of the flight running under ``alias`` now; None when none does."""
+        aliases = self._aliases
+        return aliases.get(alias) if aliases else None  # usually empty: no lookup
 
     def join(self, key: str, timeout: float) -> T | None:
         """The outcome of the flight of ``key`` running now, waited for (at most
@@ -114,10 +128,16 @@ class SingleFlight(Generic[T]):
             flight.error = exc
             raise
         finally:
-            with self._lock:
-                if self._flights.get(key) is flight:
-                    del self._flights[key]
+            self._drop(key, flight)
             flight.done.set()
+
+    def _drop(self, key: str, flight: _Flight[T]) -> None:
+        """Forget ``flight`` (and its alias), unless a newer flight of ``key`` replaced it."""
+        with self._lock:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+                if flight.alias is not None and self._aliases.get(flight.alias) == key:
+                    del self._aliases[flight.alias]
 
     def _wait(self, key: str, flight: _Flight[T], deadline: float) -> bool:
         """True once ``flight`` has an outcome; False when its leader died without one."""
@@ -128,15 +148,14 @@ class SingleFlight(Generic[T]):
             if flight.done.wait(min(left, _LEADER_CHECK)):
                 return True
             if not flight.leader.is_alive():
-                with self._lock:
-                    if self._flights.get(key) is flight:
-                        del self._flights[key]
+                self._drop(key, flight)
                 return flight.done.is_set()
 
     def _after_fork(self) -> None:
         """A forked child has none of its parent's threads: their flights are not its own."""
         self._lock = threading.Lock()
         self._flights = {}
+        self._aliases = {}
 
     def waiting(self, key: str) -> int:
         """How many callers wait for the running flight of ``key`` (0: none runs)."""

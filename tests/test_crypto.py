@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from flask import Flask
 
 from flask_zis_connections import ZISConnections
@@ -100,12 +105,6 @@ def test_secret_key_fallbacks_still_decrypt(make_app: Callable[..., Flask]) -> N
 
 def _signed_token(key: bytes, plaintext_padded: bytes, iv: bytes = b"\x01" * 16) -> str:
     """A Fernet token whose tag is valid, built by hand so its padding can be wrong."""
-    import base64
-    import hashlib
-    import hmac
-
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
     raw = base64.urlsafe_b64decode(key)
     encryptor = Cipher(algorithms.AES(raw[16:]), modes.CBC(iv)).encryptor()
     body = b"\x80" + (1).to_bytes(8, "big") + iv + encryptor.update(plaintext_padded) + encryptor.finalize()
@@ -167,8 +166,6 @@ def test_authentic_token_with_bad_padding_fails_closed(padded: bytes) -> None:
 
 
 def test_decrypt_tries_every_configured_key_from_many_threads_at_once() -> None:
-    import threading
-
     keys = [Fernet.generate_key() for _ in range(3)]
     ours = Encryptor(keys)
     tokens = {

@@ -134,7 +134,7 @@ def test_a_leader_gone_without_an_outcome_is_replaced() -> None:
     child) strands nobody: a waiter notices within a second and runs the work."""
     flights: SingleFlight[str] = SingleFlight()
     orphan: list[_Flight[str]] = []
-    gone = threading.Thread(target=lambda: orphan.append(_Flight()))
+    gone = threading.Thread(target=lambda: orphan.append(_Flight(None)))
     gone.start()
     gone.join()
     flights._flights["k"] = orphan[0]
@@ -177,6 +177,36 @@ def test_join_waits_for_a_running_flight_and_finds_none_otherwise() -> None:
     joiner.join(JOIN_TIMEOUT)
     assert joined == ["done"]
     assert flights.join("k", JOIN_TIMEOUT) is None  # over: the next caller reads for itself
+
+
+def test_a_flight_is_found_by_its_alias_only_while_it_runs() -> None:
+    flights: SingleFlight[str] = SingleFlight()
+    assert flights.key_for(("acme", "main")) is None
+    release = threading.Event()
+    leader = threading.Thread(
+        target=lambda: flights.run(
+            "uuid-1", lambda: release.wait(JOIN_TIMEOUT) and "done", 60, alias=("acme", "main")
+        )
+    )
+    leader.start()
+    _wait_for(lambda: "uuid-1" in flights._flights, "the leader")
+    assert flights.key_for(("acme", "main")) == "uuid-1"
+    assert flights.key_for(("acme", "other")) is None
+    release.set()
+    leader.join(JOIN_TIMEOUT)
+    assert flights.key_for(("acme", "main")) is None and flights._aliases == {}
+
+
+def test_a_dead_leaders_flight_loses_its_alias_too() -> None:
+    flights: SingleFlight[str] = SingleFlight()
+    gone = threading.Thread(target=lambda: None)
+    gone.start()
+    gone.join()
+    orphan: _Flight[str] = _Flight(("acme", "main"))
+    orphan.leader = gone  # a leader that ended without an outcome (the process forked away)
+    flights._flights["uuid-1"], flights._aliases[("acme", "main")] = orphan, "uuid-1"
+    assert flights.join("uuid-1", JOIN_TIMEOUT) is None
+    assert flights.key_for(("acme", "main")) is None and "uuid-1" not in flights._flights
 
 
 def test_a_joiner_gets_a_copy_of_the_leaders_error() -> None:
@@ -292,7 +322,8 @@ def test_callers_arriving_during_the_refresh_join_it_without_reading(
     provider.state.inject_token_fault("slow")  # the provider answers after 0.5 s
     leader = threading.Thread(target=_get_token(app), args=(0,), name="leader")
     leader.start()
-    _wait_for(lambda: ("acme", "main") in life._refresher._running, "the refresh to start")
+    flights = life._refresher.flights
+    _wait_for(lambda: flights.key_for(("acme", "main")) is not None, "the refresh to start")
     reads = Reads(storage, monkeypatch)
     bearer = auth_header(app)
 
@@ -309,7 +340,7 @@ def test_callers_arriving_during_the_refresh_join_it_without_reading(
     joiners = {name: n for name, n in reads.by_thread.items() if name != "leader"}
     assert joiners == {}, joiners
     # Once the refresh is over there is nothing to join: the next caller reads.
-    assert life._refresher._running == {}
+    assert flights.key_for(("acme", "main")) is None
     with app.app_context():
         assert get_token("acme", "main") == got[0]
     assert reads.by_thread.get(threading.current_thread().name) == 1

@@ -48,7 +48,7 @@ class OutboundCall:
         self._deadline = deadline
         self._lock = threading.Lock()
         self._expired = False
-        self._done = threading.Event()
+        self._finished = False  # set by finish(), under the lock
         self._watched: list[socket.socket] = []
         self._pools: list[HTTPConnectionPool] = []
         self._watchdog: Timer | None = None
@@ -77,7 +77,7 @@ class OutboundCall:
         """On the timer thread (first from :meth:`start`): expire the call, or look
         again at the deadline or - when the caller's may move - within
         ``_POLL_SECONDS``."""
-        if self._done.is_set():
+        if self._finished:
             return
         remaining = self.remaining()
         if remaining <= 0:
@@ -85,7 +85,7 @@ class OutboundCall:
             return
         wait = remaining if self._deadline is None else min(remaining, _POLL_SECONDS)
         with self._lock:
-            if not self._done.is_set():
+            if not self._finished:
                 self._watchdog = TIMERS.call_later(wait, self._watch)
 
     def _expire(self) -> None:
@@ -191,7 +191,7 @@ class OutboundCall:
         closed socket object refuses that (``OSError``, ignored), it never reaches a
         descriptor number reused since."""
         with self._lock:
-            self._done.set()
+            self._finished = True
             if self._watchdog is not None:
                 self._watchdog.cancel()
             pools, self._pools = self._pools, []
