@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+import time
 import uuid as uuidlib
 from collections.abc import Callable
 from datetime import timedelta
@@ -25,7 +26,7 @@ from flask_zis_connections.api.auth import ApiTokenCache
 from flask_zis_connections.api.serializers import AnswerCache
 from flask_zis_connections.crypto import hash_secret
 from flask_zis_connections.domain import ApiToken, ConnectionRecord
-from flask_zis_connections.errors import ConfigurationError
+from flask_zis_connections.errors import ConfigurationError, StorageUnavailable
 from flask_zis_connections.ratelimit import SWEEP_INTERVAL, Limit, LocalWindows
 from flask_zis_connections.storage import Storage
 
@@ -249,6 +250,85 @@ def test_a_lookup_in_flight_during_a_revocation_is_not_kept() -> None:
     storage: Any = _RevokingStorage(cache, token)
     assert cache.lookup(storage, "h1") == token  # this request was admitted before it ...
     assert len(cache) == 0  # ... but the next one reads again
+
+
+class _GatedStorage:
+    """A storage whose token lookups are counted and held until ``gate`` opens."""
+
+    def __init__(self, answer: ApiToken | Exception | None) -> None:
+        self.answer = answer
+        self.gate = threading.Event()
+        self.calls = 0
+
+    def get_api_token(self, token_hash: str) -> ApiToken | None:
+        self.calls += 1
+        assert self.gate.wait(10)
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def _lookups_at_once(cache: ApiTokenCache, storage: Any, callers: int) -> list[Any]:
+    """``callers`` threads look ``h1`` up together; what each got (or raised)."""
+    got: list[Any] = [None] * callers
+
+    def one(i: int) -> None:
+        try:
+            got[i] = cache.lookup(storage, "h1")
+        except Exception as exc:
+            got[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(callers)]
+    for t in threads:
+        t.start()
+    flights = cache._lookups._flights
+    deadline = time.monotonic() + 10
+    # Every caller but the one reading waits on its flight before the read may end.
+    while not (flights and next(iter(flights.values())).waiters == callers - 1):
+        assert time.monotonic() < deadline, "the callers did not meet on one lookup"
+        time.sleep(0.001)
+    storage.gate.set()
+    for t in threads:
+        t.join(10)
+    return got
+
+
+def test_a_burst_that_misses_the_cache_reads_the_token_once() -> None:
+    cache = ApiTokenCache(60)
+    token = ApiToken(id="t1", token_hash="h1", integration="acme")
+    storage = _GatedStorage(token)
+    assert _lookups_at_once(cache, storage, 12) == [token] * 12
+    assert storage.calls == 1 and cache.get("h1") == token
+
+
+def test_callers_sharing_a_failed_lookup_each_get_the_error() -> None:
+    cache = ApiTokenCache(60)
+    storage = _GatedStorage(StorageUnavailable("The database is unreachable."))
+    got = _lookups_at_once(cache, storage, 6)
+    assert storage.calls == 1 and len(cache) == 0
+    assert all(isinstance(g, StorageUnavailable) for g in got)
+    assert len({id(g) for g in got}) == 6  # each its own copy, with its own traceback
+
+
+def test_a_caller_arriving_after_a_revocation_reads_again() -> None:
+    """A lookup in flight when a token is revoked here answers only the callers that
+    arrived before the revocation; a later one reads the token itself."""
+    cache = ApiTokenCache(60)
+    token = ApiToken(id="t1", token_hash="h1", integration="acme")
+    first = _GatedStorage(token)
+    early = threading.Thread(target=cache.lookup, args=(first, "h1"))
+    early.start()
+    deadline = time.monotonic() + 10
+    while first.calls == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    cache.clear()
+    later = _GatedStorage(None)  # revoked: the storage no longer finds it
+    later.gate.set()
+    assert cache.lookup(later, "h1") is None and later.calls == 1
+    first.gate.set()
+    early.join(10)
+    assert len(cache) == 0  # the earlier lookup, begun before the revocation, is not kept
 
 
 def test_the_token_cache_is_bounded_and_expires() -> None:

@@ -25,11 +25,15 @@ from ..crypto import hash_secret
 from ..domain import ApiToken
 from ..errors import Forbidden, Unauthorized
 from ..forks import reset_in_child
+from ..singleflight import FlightTimeout, SingleFlight
 from ..storage import Storage
 from ..validation import integration_name, origin_of
 
 AdminSessionLoader = Callable[[str], str | None]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: The longest a request waits for another's lookup of the same token before it
+#: looks the token up itself.
+_LOOKUP_WAIT = 30.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,12 @@ class ApiTokenCache:
     :meth:`clear` (any revocation in this process) drops everything at once and moves
     :attr:`generation`, so a lookup that was in flight meanwhile is not kept.  At most
     ``size`` entries: tokens are few, and a full map drops its oldest entry.
+
+    The requests of a burst that arrive after an entry lapsed (any pause longer than
+    ``ttl``) find it missing together: one of them per process reads the token and
+    the others wait for that read (:class:`~flask_zis_connections.singleflight.SingleFlight`)
+    instead of each taking a pooled connection for the same row.  A revocation here
+    moves the generation, and with it the flight later callers join.
     """
 
     def __init__(self, ttl: float, size: int = 1024, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -60,6 +70,7 @@ class ApiTokenCache:
         self.generation = 0
         self._entries: dict[str, tuple[ApiToken, float]] = {}
         self._lock = threading.Lock()
+        self._lookups: SingleFlight[ApiToken | None] = SingleFlight()
         reset_in_child(self, ApiTokenCache._after_fork)
 
     @classmethod
@@ -87,7 +98,21 @@ class ApiTokenCache:
         found = self.get(token_hash)
         if found is not None:
             return found
-        generation, started = self.generation, self.clock()
+        generation = self.generation
+        try:
+            found, _ = self._lookups.run(
+                f"{generation}:{token_hash}",
+                lambda: self._read(storage, token_hash, generation),
+                _LOOKUP_WAIT,
+            )
+        except FlightTimeout:
+            found = storage.get_api_token(token_hash)
+        return found
+
+    def _read(self, storage: Storage, token_hash: str, generation: int) -> ApiToken | None:
+        """Read the token (one caller per hash and generation at a time) and keep it
+        when it is valid and nothing was revoked here meanwhile."""
+        started = self.clock()
         found = storage.get_api_token(token_hash)
         if found is not None and not found.revoked:
             with self._lock:
