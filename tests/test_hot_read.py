@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,6 +23,7 @@ from sqlalchemy import event
 
 from flask_zis_connections import ZISConnections, get_token
 from flask_zis_connections.storage import SQLAlchemyStorage
+from flask_zis_connections.storage.sqlalchemy import hot as hot_module
 from flask_zis_connections.storage.sqlalchemy.hot import HotReader
 
 
@@ -109,16 +111,45 @@ def test_a_write_is_seen_by_the_next_read(app: Flask) -> None:
     assert storage.read_token("acme", "c4") is None
 
 
-def test_an_exhausted_reader_reads_through_the_engine(app: Flask, checkouts: list[int]) -> None:
+def test_an_exhausted_reader_reads_through_the_engine(
+    app: Flask, checkouts: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hot_module, "WAIT", 0.02)
     hot = _hot(app)
-    hot.limit = 0  # as if every connection of its own were in use
+    hot.limit = 0  # as if every connection of its own stayed in use
     hot.close()
     before = checkouts[0]
+    started = time.monotonic()
     with app.app_context():
         for i in range(5):
             assert _storage(app).read_token("acme", f"c{i}") is not None
     assert checkouts[0] == before + 5
-    assert hot._idle == []
+    assert time.monotonic() - started >= 5 * 0.02  # each waited for one first
+    assert hot._idle == [] and hot._waiting == 0
+
+
+def test_a_read_waits_for_a_busy_connection_rather_than_take_the_pools(
+    app: Flask, checkouts: list[int]
+) -> None:
+    """With every connection of its own busy, a read takes the next one given back:
+    the engine's pool stays free for the writes of a refresh."""
+    storage, hot = _storage(app), _hot(app)
+    hot.limit = 1
+    assert storage.read_token("acme", "c1") is not None  # opens the one connection
+    busy = hot._idle.pop()  # another caller's read holds it
+    before = checkouts[0]
+    got: list[Any] = []
+    reader = threading.Thread(target=lambda: got.append(storage.read_token("acme", "c2")))
+    reader.start()
+    deadline = time.monotonic() + 5
+    while hot._waiting == 0:
+        assert time.monotonic() < deadline, "the read did not wait"
+        time.sleep(0.001)
+    hot._give_back(busy)  # that read ends
+    reader.join(5)
+    assert got and got[0] is not None and got[0].type == "bearer_token"
+    assert checkouts[0] == before
+    assert hot._idle == [busy] and hot._open == 1 and hot._waiting == 0
 
 
 def test_a_broken_connection_is_dropped_and_the_read_still_answers(app: Flask) -> None:

@@ -14,18 +14,24 @@ runs the one statement compiled once for the engine's dialect:
 * **PostgreSQL** (``psycopg`` 3 or ``psycopg2``): autocommit connections, so a read
   is one round trip; ``psycopg`` prepares the statement after a few executions.
 
-At most :attr:`HotReader.limit` connections are open at once; a caller finding none
-idle and the limit reached - or any driver error, or another database - reads through
-the engine instead, which retries a dropped connection and reports an unreachable
-database the usual way.  A connection that raised is closed, never reused.  After a
-``fork`` the child opens its own: the parent's are left untouched (closing them would
-end the parent's sessions), as SQLAlchemy's pool does.
+At most :attr:`HotReader.limit` connections are open at once.  A caller finding none
+idle and the limit reached waits for one to come back (at most :data:`WAIT` seconds):
+a read holds its connection for one statement, while the engine's path costs several
+times the CPU and takes a connection from the pool that the refresh's own writes
+need - in a burst of a few hundred requests, the fallback reads were what the lease
+holder queued behind.  After that wait - or on any driver error, or for another
+database - a caller reads through the engine instead, which retries a dropped
+connection and reports an unreachable database the usual way.  A connection that
+raised is closed, never reused.  After a ``fork`` the child opens its own: the
+parent's are left untouched (closing them would end the parent's sessions), as
+SQLAlchemy's pool does.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -51,6 +57,8 @@ _DRIVERS: Final = {("sqlite", "pysqlite"), ("postgresql", "psycopg"), ("postgres
 #: Idle connections kept for SQLite (a file handle each) and, by default, PostgreSQL.
 SQLITE_LIMIT: Final = 16
 POSTGRES_LIMIT: Final = 5
+#: The longest a read waits for one of the reader's busy connections, in seconds.
+WAIT: Final = 0.05
 
 
 class HotReader:
@@ -75,6 +83,9 @@ class HotReader:
         self._idle: list[Any] = []
         self._open = 0
         self._lock = threading.Lock()
+        #: Notified when a connection goes back while :attr:`_waiting` callers wait.
+        self._returned = threading.Condition(self._lock)
+        self._waiting = 0
         #: Connections inherited over a fork: kept referenced, never used or closed.
         self._inherited: list[Any] = []
         # A storage dropped without close() still closes its connections cleanly.
@@ -103,7 +114,9 @@ class HotReader:
         except IndexError:
             conn = self._new()
             if conn is None:
-                return None
+                conn = self._wait_idle()
+                if conn is None:
+                    return None
         params: Any = {"integration": integration, "name": name}
         if self._positional:
             params = tuple(params[key] for key in self._order)
@@ -112,7 +125,7 @@ class HotReader:
         except Exception:  # whatever the driver raised: the engine path reports it
             self._discard(conn)
             return None
-        self._idle.append(conn)
+        self._give_back(conn)
         return rows
 
     def close(self) -> None:
@@ -132,9 +145,36 @@ class HotReader:
                 self._open -= 1
             return None
 
+    def _give_back(self, conn: Any) -> None:
+        """Make ``conn`` idle again, and hand it to a caller waiting for one."""
+        self._idle.append(conn)
+        if self._waiting:  # read after the append: a waiter counted later finds it idle
+            with self._returned:
+                self._returned.notify()
+
+    def _wait_idle(self) -> Any | None:
+        """A connection another caller gives back within :data:`WAIT` seconds, or None
+        (every one stayed busy, or one was discarded and none is left to wait for)."""
+        deadline = time.monotonic() + WAIT
+        with self._returned:
+            self._waiting += 1
+            try:
+                while True:
+                    try:
+                        return self._idle.pop()
+                    except IndexError:
+                        pass
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self._open < self.limit:
+                        return None  # a broken one was closed: open anew through the engine
+                    self._returned.wait(left)
+            finally:
+                self._waiting -= 1
+
     def _discard(self, conn: Any) -> None:
-        with self._lock:
+        with self._returned:
             self._open -= 1
+            self._returned.notify()  # a waiter goes to the engine rather than wait on
         with contextlib.suppress(Exception):  # already broken: nothing more to release
             conn.close()
 
@@ -142,6 +182,8 @@ class HotReader:
         """In a forked child (one thread, before anything else runs): start with no
         connection; the parent's are the parent's to close, so keep them unused."""
         self._lock = threading.Lock()  # the parent's may have been held
+        self._returned = threading.Condition(self._lock)
+        self._waiting = 0
         self._finalizer.detach()
         self._inherited.extend(self._idle)
         self._idle = []
