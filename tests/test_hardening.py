@@ -19,11 +19,12 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 import time_machine
-from flask import Flask, session
+from flask import Flask, Response, session
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from flask_zis_connections import ZISConnections
+from flask_zis_connections.api.blueprint import _PRIVATE_HEADERS, _private
 from flask_zis_connections.domain import ConnectionRecord, utcnow
 from flask_zis_connections.storage import Storage
 
@@ -739,6 +740,18 @@ def test_no_cors_and_no_framing_on_any_answer(app: Flask, bearer: dict[str, str]
         assert not [k for k, _ in resp.headers.items() if k.lower().startswith("access-control-")]
         assert resp.headers["X-Frame-Options"] == "DENY"
         assert resp.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
+
+
+def test_the_private_headers_replace_any_a_view_set() -> None:
+    """An answer that already carries one of them (in any case) ends with exactly our
+    value, once; one that carries none gets all four after its own."""
+    set_by_view = _private(Response("x", headers={"cache-control": "public, max-age=600", "X-Own": "1"}))
+    plain = _private(Response("x", headers={"X-Own": "1"}))
+    for resp in (set_by_view, plain):
+        for name, value in _PRIVATE_HEADERS:
+            assert resp.headers.getlist(name) == [value], (name, resp.headers)
+        assert resp.headers["X-Own"] == "1"
+    assert [k for k, _ in plain.headers.items()][-4:] == [k for k, _ in _PRIVATE_HEADERS]
 
 
 @pytest.mark.parametrize("backend", ["memory"], indirect=True)

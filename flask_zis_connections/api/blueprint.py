@@ -70,10 +70,22 @@ _PRIVATE_HEADERS: tuple[tuple[str, str], ...] = (
 )
 
 
+_PRIVATE_NAMES: frozenset[str] = frozenset(name.lower() for name, _ in _PRIVATE_HEADERS)
+
+
 @bp.after_request
 def _private(resp: WerkzeugResponse) -> WerkzeugResponse:
-    """Give every answer :data:`_PRIVATE_HEADERS`."""
+    """Give every answer :data:`_PRIVATE_HEADERS`, replacing any a view set.
+
+    Usually none of them is there yet, and the constant pairs are appended to
+    werkzeug's header list in one step: setting each one scans the list for the name
+    and checks the value again, a few microseconds on every answer.
+    """
     headers = resp.headers
+    pairs: list[tuple[str, str]] | None = getattr(headers, "_list", None)
+    if pairs is not None and not any(name.lower() in _PRIVATE_NAMES for name, _ in pairs):
+        pairs.extend(_PRIVATE_HEADERS)
+        return resp
     for name, value in _PRIVATE_HEADERS:
         headers[name] = value
     return resp
