@@ -227,9 +227,10 @@ class RecordHooks(SQLBackend):
             .values(**token_update(record), needs_reauth=record.needs_reauth, version=expected_version + 1)
         )
         try:
-            if self._writer.dialect.name == "postgresql":
-                # The write and the row it leaves in one autocommit statement: on a
-                # refresh's path this is the round trip every waiting caller waits for.
+            if self._writer.dialect.update_returning:  # PostgreSQL; SQLite from 3.35
+                # The write and the row it leaves in one statement outside a transaction:
+                # on a refresh's path this is the round trip every waiting caller waits
+                # for (and on SQLite the write lock is held for that statement only).
                 with self._one_statement().begin() as conn:
                     stored = conn.execute(update.returning(*columns(c, CONNECTION_FIELDS))).first()
                 return None if stored is None else connection_from_row(stored)
