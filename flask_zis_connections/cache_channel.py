@@ -24,7 +24,6 @@ that does not answer.  No log line carries the URL's password.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -164,8 +163,6 @@ class RedisListener(Listener):
     def __init__(self, channel: RedisChannel, cache: TokenCache) -> None:
         super().__init__("zis-token-cache-redis-listener", cache)
         self._channel = channel
-        #: The process it listens for (a fork does not inherit the thread).
-        self.pid = os.getpid()
 
     def describe(self) -> str:
         return f"Redis subscription at {self._channel.where}"

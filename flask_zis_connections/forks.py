@@ -12,9 +12,10 @@ to notice a fork.
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 _T = TypeVar("_T")
 
@@ -33,3 +34,17 @@ def reset_in_child(owner: _T, reset: Callable[[_T], None]) -> None:
             reset(alive)
 
     os.register_at_fork(after_in_child=hook)
+
+
+def fresh_lock_in_child(owner: Any) -> None:
+    """Give ``owner`` a new ``_lock`` in every child forked from now on, while it lives.
+
+    For a registry whose entries stay valid in a child (they describe storage, not the
+    parent's threads): only its lock, which another thread may have held at the fork,
+    must not come along.
+    """
+    reset_in_child(owner, _renew_lock)
+
+
+def _renew_lock(owner: Any) -> None:
+    owner._lock = threading.Lock()

@@ -52,7 +52,7 @@ from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter, R
 from . import config as cfg
 from .crypto import hash_secret
 from .errors import ConfigurationError, StorageUnavailable, TooManyRequests
-from .forks import reset_in_child
+from .forks import fresh_lock_in_child
 
 log = logging.getLogger("flask_zis_connections")
 
@@ -113,7 +113,7 @@ class LocalWindows:
         self._windows: dict[Limit, dict[_Ids, deque[float]]] = {}
         self._lock = threading.Lock()
         self._next_sweep = clock() + SWEEP_INTERVAL
-        reset_in_child(self, LocalWindows._after_fork)
+        fresh_lock_in_child(self)
 
     def hit(self, limit: Limit, ids: _Ids) -> bool:
         now = self._clock()
@@ -155,10 +155,6 @@ class LocalWindows:
             start = now - limit.seconds
             for ids in [ids for ids, window in keyed.items() if not window or window[-1] < start]:
                 del keyed[ids]
-
-    def _after_fork(self) -> None:
-        """A forked worker starts with a fresh lock (the parent's may have been held)."""
-        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         """How many keys are held (for tests of the sweep)."""

@@ -24,7 +24,7 @@ from flask import Request
 from ..crypto import hash_secret
 from ..domain import ApiToken
 from ..errors import Forbidden, Unauthorized
-from ..forks import reset_in_child
+from ..forks import fresh_lock_in_child
 from ..singleflight import FlightTimeout, SingleFlight
 from ..storage import Storage
 from ..validation import integration_name, origin_of
@@ -71,7 +71,7 @@ class ApiTokenCache:
         self._entries: dict[str, tuple[ApiToken, float]] = {}
         self._lock = threading.Lock()
         self._lookups: SingleFlight[ApiToken | None] = SingleFlight()
-        reset_in_child(self, ApiTokenCache._after_fork)
+        fresh_lock_in_child(self)
 
     @classmethod
     def for_ttl(cls, ttl: float) -> ApiTokenCache | None:
@@ -127,10 +127,6 @@ class ApiTokenCache:
         with self._lock:
             self.generation += 1
             self._entries.clear()
-
-    def _after_fork(self) -> None:
-        """A forked worker starts with a fresh lock (the parent's may have been held)."""
-        self._lock = threading.Lock()
 
 
 def bearer_token(request: Request) -> str | None:

@@ -20,7 +20,7 @@ from ..domain import (
     ProviderQuirks,
     TokenRead,
 )
-from ..forks import reset_in_child
+from ..forks import fresh_lock_in_child
 from ..storage.times import to_ms
 
 
@@ -184,7 +184,7 @@ class AnswerCache:
         #: uuid -> (the row, its answer, the row's state as a narrow read shows it)
         self._entries: OrderedDict[str, tuple[ConnectionRecord, bytes, _State]] = OrderedDict()
         self._lock = threading.Lock()
-        reset_in_child(self, AnswerCache._after_fork)
+        fresh_lock_in_child(self)
 
     @classmethod
     def for_bytes(cls, max_bytes: int) -> AnswerCache | None:
@@ -275,7 +275,3 @@ class AnswerCache:
         uuid = info.get("uuid")
         if isinstance(uuid, str):
             self.drop(uuid)
-
-    def _after_fork(self) -> None:
-        """A forked worker starts with a fresh lock (the parent's may have been held)."""
-        self._lock = threading.Lock()
