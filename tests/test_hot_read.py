@@ -24,7 +24,7 @@ from sqlalchemy import event
 from flask_zis_connections import ZISConnections, get_token
 from flask_zis_connections.storage import SQLAlchemyStorage
 from flask_zis_connections.storage.sqlalchemy import hot as hot_module
-from flask_zis_connections.storage.sqlalchemy.hot import HotReader
+from flask_zis_connections.storage.sqlalchemy.hot import HotReader, _PqConnection
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -44,6 +44,11 @@ def _hot(app: Flask) -> HotReader:
     hot = _storage(app)._hot
     assert hot is not None
     return hot
+
+
+def _driver_connection(conn: Any) -> Any:
+    """The driver's own connection behind one of the reader's (psycopg 3's is wrapped)."""
+    return conn._conn if isinstance(conn, _PqConnection) else conn
 
 
 def _add(app: Flask, name: str, token: str) -> None:
@@ -169,11 +174,61 @@ def test_a_broken_connection_is_dropped_and_the_read_still_answers(app: Flask) -
 def test_postgres_backend_killed_under_the_reader(app: Flask) -> None:
     storage = _storage(app)
     assert storage.read_token("acme", "c6") is not None
-    pid = _hot(app)._idle[0].info.backend_pid
+    pid = _driver_connection(_hot(app)._idle[0]).info.backend_pid
     with storage.engine.connect() as conn:
         conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
     read = storage.read_token("acme", "c6")
     assert read is not None and read.type == "bearer_token"
+
+
+WIDE = "n\u00e4me-\u6771\u4eac"
+
+
+def _engine_read(storage: SQLAlchemyStorage, integration: str, name: str) -> Any:
+    """The same read through SQLAlchemy's engine (the reader set aside)."""
+    hot, storage._hot = storage._hot, None
+    try:
+        return storage.read_token(integration, name)
+    finally:
+        storage._hot = hot
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+@pytest.mark.parametrize("prepared", [True, False])
+def test_psycopg_reads_through_libpq_as_the_engine_does(
+    make_app: Callable[..., Flask], prepared: bool
+) -> None:
+    """Every column loaded from libpq's text format equals what the engine's row holds:
+    NULL and set expiries, both booleans, text beyond ASCII; prepared once per
+    connection, or unprepared when the host turned psycopg's prepared statements off."""
+    options = {} if prepared else {"connect_args": {"prepare_threshold": None}}
+    app = make_app(ZIS_TOKEN_CACHE_TTL=0, ZIS_ENGINE_OPTIONS=options)
+    _add(app, "plain", "token-plain")
+    _add(app, "ascii", "token-2")
+    storage = _storage(app)
+    with app.app_context():
+        conn = _zis(app).create_connection(
+            "acme", "oauth", type="bearer_token", allowed_domain="api.acme.test", token="x"
+        )
+    assert conn is not None
+    with storage.engine.begin() as db:  # an OAuth row with an expiry and needs_reauth set
+        db.execute(
+            sa.text(
+                "UPDATE zis_connections SET type = 'oauth', token_expiry = 1798771828723, "
+                "needs_reauth = true, version = 7 WHERE name = 'oauth'"
+            )
+        )
+        # Names the API refuses may still be asked for: parameters and rows beyond ASCII.
+        db.execute(sa.text("UPDATE zis_connections SET name = :n WHERE name = 'ascii'"), {"n": WIDE})
+    for name in ("plain", WIDE, "oauth", "missing"):
+        for _ in range(3):  # the first read prepares, the next ones reuse it
+            assert storage.read_token("acme", name) == _engine_read(storage, "acme", name), name
+    (reader,) = _hot(app)._idle
+    assert isinstance(reader, _PqConnection)
+    assert reader._prepared is prepared
+    oauth = storage.read_token("acme", "oauth")
+    assert oauth is not None and oauth.needs_reauth is True and oauth.version == 7
+    assert oauth.token_expiry_ms == 1798771828723
 
 
 def test_many_threads_stay_within_the_limit(app: Flask) -> None:
