@@ -81,12 +81,13 @@ class SQLBackend(Storage):
 
         On PostgreSQL (autocommit) that is one round trip instead of ``BEGIN``, the
         statement and ``COMMIT``.  On SQLite a writing statement takes the write lock
-        as it starts (waiting for it as ``BEGIN IMMEDIATE`` would) and commits as it
-        ends, all inside one call that does not hold the GIL - so the lock is never
-        held while the thread waits for the GIL between ``BEGIN IMMEDIATE``, the
-        statement and ``COMMIT``.  Under load that wait lasted tens of milliseconds,
-        and the other processes waiting for the lock slept in SQLite's busy handler
-        for longer still (its naps grow to 25 ms and beyond).
+        as it starts (waiting for it as ``BEGIN IMMEDIATE`` would) and commits when it
+        is done: a statement that returns no rows within the one driver call that runs
+        it, one with ``RETURNING`` once its row is fetched.  The lock is no longer held
+        across the GIL hand-offs between ``BEGIN IMMEDIATE``, the statement(s) and
+        ``COMMIT``: under load each lasted milliseconds to tens of them, while the
+        other processes waiting for the lock slept in SQLite's busy handler for longer
+        still (its naps grow to 25 ms and beyond).
         """
         return self._reader
 

@@ -288,7 +288,10 @@ class _PqRead:
             if load is None:
                 return None
             loaders.append(load)
-        numbered = stmt.compile(dialect=type(dialect)(paramstyle="numeric_dollar"))
+        try:
+            numbered = stmt.compile(dialect=type(dialect)(paramstyle="numeric_dollar"))
+        except Exception:  # a dialect that cannot number its parameters: the cursor reads
+            return None
         if list(numbered.positiontup or ()) != ["integration", "name"]:
             return None
         return cls(str(numbered).encode(), tuple(loaders))

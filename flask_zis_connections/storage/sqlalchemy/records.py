@@ -230,7 +230,8 @@ class RecordHooks(SQLBackend):
             if self._writer.dialect.update_returning:  # PostgreSQL; SQLite from 3.35
                 # The write and the row it leaves in one statement outside a transaction:
                 # on a refresh's path this is the round trip every waiting caller waits
-                # for (and on SQLite the write lock is held for that statement only).
+                # for (and on SQLite the write lock is held until that row is fetched,
+                # not across BEGIN, UPDATE, SELECT and COMMIT).
                 with self._one_statement().begin() as conn:
                     stored = conn.execute(update.returning(*columns(c, CONNECTION_FIELDS))).first()
                 return None if stored is None else connection_from_row(stored)
