@@ -130,7 +130,7 @@ def test_an_exhausted_reader_reads_through_the_engine(
             assert _storage(app).read_token("acme", f"c{i}") is not None
     assert checkouts[0] == before + 5
     assert time.monotonic() - started >= 5 * 0.02  # each waited for one first
-    assert hot._idle == [] and hot._waiting == 0
+    assert hot._idle == [] and not hot._waiters
 
 
 def test_a_read_waits_for_a_busy_connection_rather_than_take_the_pools(
@@ -147,14 +147,14 @@ def test_a_read_waits_for_a_busy_connection_rather_than_take_the_pools(
     reader = threading.Thread(target=lambda: got.append(storage.read_token("acme", "c2")))
     reader.start()
     deadline = time.monotonic() + 5
-    while hot._waiting == 0:
+    while not hot._waiters:
         assert time.monotonic() < deadline, "the read did not wait"
         time.sleep(0.001)
     hot._give_back(busy)  # that read ends
     reader.join(5)
     assert got and got[0] is not None and got[0].type == "bearer_token"
     assert checkouts[0] == before
-    assert hot._idle == [busy] and hot._open == 1 and hot._waiting == 0
+    assert hot._idle == [busy] and hot._open == 1 and not hot._waiters
 
 
 def test_a_broken_connection_is_dropped_and_the_read_still_answers(app: Flask) -> None:
@@ -254,6 +254,37 @@ def test_many_threads_stay_within_the_limit(app: Flask) -> None:
     assert errors == []
     assert 1 <= peak[0] <= hot.limit
     assert len(hot._idle) == hot._open <= hot.limit
+
+
+def test_a_waiting_read_is_handed_the_connection_before_a_newcomer(app: Flask, checkouts: list[int]) -> None:
+    """A thread reading back to back gives its one connection back and would take it
+    again at once; a read waiting meanwhile is handed it first, so it never waits out
+    its time and falls back to the engine."""
+    storage, hot = _storage(app), _hot(app)
+    hot.limit = 1
+    assert storage.read_token("acme", "c1") is not None
+    before = checkouts[0]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def busy() -> None:
+        try:
+            while not stop.is_set():
+                assert storage.read_token("acme", "c3") is not None
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    hog = threading.Thread(target=busy)
+    hog.start()
+    try:
+        for i in range(30):
+            assert storage.read_token("acme", f"c{i % 20}") is not None
+    finally:
+        stop.set()
+        hog.join(10)
+    assert errors == []
+    assert checkouts[0] == before  # not one read went through the engine
+    assert hot._open == 1 and not hot._waiters
 
 
 def test_closing_the_storage_closes_the_connections(app: Flask) -> None:

@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -96,9 +96,8 @@ class HotReader:
         self._idle: list[Any] = []
         self._open = 0
         self._lock = threading.Lock()
-        #: Notified when a connection goes back while :attr:`_waiting` callers wait.
-        self._returned = threading.Condition(self._lock)
-        self._waiting = 0
+        #: Callers waiting for a connection, first come first served.
+        self._waiters: deque[_Waiter] = deque()
         #: Connections inherited over a fork: kept referenced, never used or closed.
         self._inherited: list[Any] = []
         # A storage dropped without close() still closes its connections cleanly.
@@ -163,35 +162,44 @@ class HotReader:
             return None
 
     def _give_back(self, conn: Any) -> None:
-        """Make ``conn`` idle again, and hand it to a caller waiting for one."""
+        """Make ``conn`` idle again; while callers wait, the first of them gets an idle
+        connection handed over (a caller arriving meanwhile would otherwise take it
+        first, every time, and the waiter would wait out :data:`WAIT` for nothing)."""
         self._idle.append(conn)
-        if self._waiting:  # read after the append: a waiter counted later finds it idle
-            with self._returned:
-                self._returned.notify()
+        if self._waiters:  # looked at after the append: a caller queuing later finds it idle
+            with self._lock:
+                if self._waiters:
+                    try:
+                        handed = self._idle.pop()
+                    except IndexError:
+                        return  # a caller took it on its way in
+                    waiter = self._waiters.popleft()
+                    waiter.conn = handed
+                    waiter.ready.set()
 
     def _wait_idle(self) -> Any | None:
         """A connection another caller gives back within :data:`WAIT` seconds, or None
-        (every one stayed busy, or one was discarded and none is left to wait for)."""
-        deadline = time.monotonic() + WAIT
-        with self._returned:
-            self._waiting += 1
+        (every one stayed busy, or one was discarded and the engine should read)."""
+        waiter = _Waiter()
+        with self._lock:
             try:
-                while True:
-                    try:
-                        return self._idle.pop()
-                    except IndexError:
-                        pass
-                    left = deadline - time.monotonic()
-                    if left <= 0 or self._open < self.limit:
-                        return None  # a broken one was closed: open anew through the engine
-                    self._returned.wait(left)
-            finally:
-                self._waiting -= 1
+                return self._idle.pop()  # given back since this caller looked
+            except IndexError:
+                pass
+            if self._open < self.limit:
+                return None  # one was discarded meanwhile: read through the engine
+            self._waiters.append(waiter)
+        if not waiter.ready.wait(WAIT):
+            with self._lock:
+                if waiter.conn is None and waiter in self._waiters:  # nor handed one since
+                    self._waiters.remove(waiter)
+        return waiter.conn
 
     def _discard(self, conn: Any) -> None:
-        with self._returned:
+        with self._lock:
             self._open -= 1
-            self._returned.notify()  # a waiter goes to the engine rather than wait on
+            if self._waiters:  # it will not come back: the first waiter reads elsewhere
+                self._waiters.popleft().ready.set()
         with contextlib.suppress(Exception):  # already broken: nothing more to release
             conn.close()
 
@@ -199,8 +207,7 @@ class HotReader:
         """In a forked child (one thread, before anything else runs): start with no
         connection; the parent's are the parent's to close, so keep them unused."""
         self._lock = threading.Lock()  # the parent's may have been held
-        self._returned = threading.Condition(self._lock)
-        self._waiting = 0
+        self._waiters = deque()
         self._finalizer.detach()
         self._inherited.extend(self._idle)
         self._idle = []
@@ -243,6 +250,16 @@ def _opener(engine: Engine) -> Callable[[], Any]:
         return conn
 
     return opened
+
+
+class _Waiter:
+    """A caller waiting for one of the reader's connections, and the one it is handed."""
+
+    __slots__ = ("conn", "ready")
+
+    def __init__(self) -> None:
+        self.conn: Any = None
+        self.ready = threading.Event()
 
 
 class _Psycopg2:
