@@ -86,13 +86,14 @@ class HotReader:
         self._positional = dialect.paramstyle in ("qmark", "numeric", "format")
         self._order: tuple[str, ...] = tuple(order) if order else ()
         self._connect = _opener(engine)
-        #: How one idle connection runs the read (the driver's cursor, or libpq).
-        self._rows: Callable[[Any, str, str], list[Any]] = self._cursor_rows
+        #: Whether the connections are :class:`_PqConnection`s (psycopg 3 through libpq)
+        #: rather than the driver's own, read with a cursor.
+        self._libpq = False
         if (dialect.name, dialect.driver) == ("postgresql", "psycopg"):
             pq_read = _PqRead.of(stmt, dialect)
             if pq_read is not None:
                 self._connect = _pq_opener(self._connect, pq_read)
-                self._rows = _PqConnection.rows
+                self._libpq = True
         self._idle: list[Any] = []
         self._open = 0
         self._lock = threading.Lock()
@@ -130,18 +131,17 @@ class HotReader:
                 if conn is None:
                     return None
         try:
-            rows = self._rows(conn, integration, name)
+            if self._libpq:
+                rows: list[Any] = conn.rows(integration, name)
+            else:
+                params: Any = {"integration": integration, "name": name}
+                if self._positional:
+                    params = tuple(params[key] for key in self._order)
+                rows = conn.execute(self.sql, params).fetchall()
         except Exception:  # whatever the driver raised: the engine path reports it
             self._discard(conn)
             return None
         self._give_back(conn)
-        return rows
-
-    def _cursor_rows(self, conn: Any, integration: str, name: str) -> list[Any]:
-        params: Any = {"integration": integration, "name": name}
-        if self._positional:
-            params = tuple(params[key] for key in self._order)
-        rows: list[Any] = conn.execute(self.sql, params).fetchall()
         return rows
 
     def close(self) -> None:
