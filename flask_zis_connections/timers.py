@@ -29,15 +29,21 @@ log = logging.getLogger("flask_zis_connections")
 class Timer:
     """A scheduled callback; :meth:`cancel` keeps it from running (if it has not yet)."""
 
-    __slots__ = ("cancelled", "fn", "when")
+    __slots__ = ("cancelled", "fn", "queued", "timers", "when")
 
-    def __init__(self, when: float, fn: Callable[[], None]) -> None:
+    def __init__(self, timers: Timers, when: float, fn: Callable[[], None]) -> None:
+        self.timers = timers
         self.when = when
         self.fn = fn
         self.cancelled = False
+        #: Still in its registry's heap (cleared when it is taken off).
+        self.queued = True
 
     def cancel(self) -> None:
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancelled = True
+            if self.queued:
+                self.timers.cancelled += 1
 
 
 class Timers:
@@ -46,7 +52,9 @@ class Timers:
     The thread starts with the first callback scheduled and lives as long as the
     process.  Cancelled timers stay in the heap until they come due or until they are
     more than half of it (then it is rebuilt), so cancelling is O(1) and a burst of
-    short calls leaves no lasting garbage.
+    short calls leaves no lasting garbage.  :attr:`cancelled` counts them as they are
+    cancelled, so finding out costs nothing; it is a heuristic (two threads may
+    cancel at once), reset by each rebuild.
     """
 
     def __init__(self) -> None:
@@ -54,12 +62,14 @@ class Timers:
         self._heap: list[tuple[float, int, Timer]] = []
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
+        #: Cancelled timers still in the heap (about: see the class docstring).
+        self.cancelled = 0
         reset_in_child(self, Timers._after_fork)
 
     def call_at(self, when: float, fn: Callable[[], None]) -> Timer:
         """Run ``fn()`` on the timer thread at ``when`` (``time.monotonic()``), or soon
         after: at once when that has passed."""
-        timer = Timer(when, fn)
+        timer = Timer(self, when, fn)
         with self._cond:
             heapq.heappush(self._heap, (when, next(self._order), timer))
             if self._thread is None:
@@ -83,18 +93,24 @@ class Timers:
             while True:
                 heap = self._heap
                 while heap and heap[0][2].cancelled:
-                    heapq.heappop(heap)
+                    heapq.heappop(heap)[2].queued = False
+                    self.cancelled = max(0, self.cancelled - 1)
                 if not heap:
                     self._cond.wait()
                     continue
                 delay = heap[0][0] - time.monotonic()
                 if delay > 0:
-                    if len(heap) > 64 and sum(t.cancelled for _, _, t in heap) * 2 > len(heap):
+                    if len(heap) > 64 and self.cancelled * 2 > len(heap):
+                        for _, _, timer in heap:
+                            timer.queued = not timer.cancelled
                         self._heap = [entry for entry in heap if not entry[2].cancelled]
                         heapq.heapify(self._heap)
+                        self.cancelled = 0
                     self._cond.wait(delay)
                     continue
-                return heapq.heappop(heap)[2]
+                timer = heapq.heappop(heap)[2]
+                timer.queued = False
+                return timer
 
     def _run(self) -> None:
         while True:
@@ -111,6 +127,7 @@ class Timers:
         self._cond = threading.Condition(threading.Lock())
         self._heap = []
         self._thread = None
+        self.cancelled = 0
 
 
 #: The process's timers.
