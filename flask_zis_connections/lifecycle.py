@@ -129,11 +129,12 @@ class Lifecycle:
                     seconds = None if due_ms is None else (due_ms - now_ms) / 1000
                     cache.put(integration, name, token, seconds, generation)
                 return token
+            return self.encryptor.decrypt(self.refresh_due(integration, name, head).access_token_enc)
         return self._get_token_of_record(integration, name, generation)
 
     def _get_token_of_record(self, integration: str, name: str, generation: int) -> str:
-        """``get_token`` when the token is due (refresh it, once across callers) or
-        the connection is of a credential type (its secret, or why there is none)."""
+        """``get_token`` of a credential connection (its secret, or why there is none),
+        or of an OAuth one whose row changed since its narrow read."""
         cache = self.token_cache
         rec = self.storage.get_connection(integration, name=name)
         if rec is None:
@@ -230,6 +231,12 @@ class Lifecycle:
         """Refresh ``rec`` if due (or ``force``), once across all callers: see
         :meth:`.refresh.Refresher.ensure_fresh`."""
         return self._refresher.ensure_fresh(rec, force=force)
+
+    def refresh_due(self, integration: str, name: str, head: TokenRead) -> ConnectionRecord:
+        """The row of a connection whose narrow read ``head`` found its OAuth token due,
+        refreshed once across all callers without reading the whole row first: see
+        :meth:`.refresh.Refresher.refresh_due`."""
+        return self._refresher.refresh_due(integration, name, head)
 
     def joined_refresh(self, integration: str, name: str) -> ConnectionRecord | None:
         """The fresh row a refresh of this connection running in this process leaves,

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import events, signals
-from .domain import ConnectionRecord, Lease, OAuthClient, RefreshBackoff, utcnow
+from .domain import ConnectionRecord, Lease, OAuthClient, RefreshBackoff, TokenRead, utcnow
 from .errors import ConnectionNotFound, ProviderError, ReauthorizationRequired, WrongConnectionType
 from .lease import LeaseKeeper
 from .provider_client import REAUTH_ERRORS
@@ -74,6 +74,25 @@ class _Outcome:
     #: result and the lease is released: its cache invalidation (to other processes
     #: too) and the ``connection_refreshed`` signal.  Nobody waits for those.
     announce: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """The state of a connection a caller arrived with: the whole row, or only what a
+    narrow read (:class:`~.domain.TokenRead`) showed - enough to take the lease and to
+    tell a newer write, so the row is read by nobody before the lease holder reads it.
+    """
+
+    integration: str
+    name: str
+    uuid: str
+    version: int
+    #: The whole row, when the caller read it.
+    record: ConnectionRecord | None = None
+
+    @classmethod
+    def of(cls, rec: ConnectionRecord) -> _Seen:
+        return cls(rec.integration, rec.name, rec.uuid, rec.version, rec)
 
 
 def _waited_too_long() -> ProviderError:
@@ -118,7 +137,7 @@ class Refresher:
             raise _waited_too_long() from None
         if outcome is None or outcome.record.uuid != uuid:
             return None
-        return self._answer(outcome.record, False, outcome, led=False)
+        return self._answer(_Seen.of(outcome.record), False, outcome, led=False)
 
     def ensure_fresh(self, rec: ConnectionRecord, *, force: bool) -> ConnectionRecord:
         """Refresh ``rec`` if due (or ``force``), once across all callers.
@@ -142,23 +161,43 @@ class Refresher:
         if not force and not self.life.is_due(rec):
             return rec  # also every credential connection: nothing of theirs expires
         self._raise_if_needs_reauth(rec)
+        return self._settled(_Seen.of(rec), force)
+
+    def refresh_due(self, integration: str, name: str, head: TokenRead) -> ConnectionRecord:
+        """:meth:`ensure_fresh` for a caller whose narrow read ``head`` of an OAuth
+        connection found its token due: the whole row is not read first.
+
+        The lease holder reads the row (with its back-off and client) once it holds the
+        lease, so a whole-row read before is one round trip more on the way to the
+        provider - and in a burst on an expired token every request that arrived before
+        its process's refresh started made it, through the engine's pool, which opened
+        connections for them while the refresh waited for its own.
+        """
+        if head.needs_reauth:
+            raise ReauthorizationRequired(integration, name, "a refresh was refused")
+        return self._settled(_Seen(integration, name, head.uuid, head.version), False)
+
+    def _settled(self, seen: _Seen, force: bool) -> ConnectionRecord:
+        """The row once ``seen``'s caller needs nothing more of a refresh: run or
+        joined in this process (:meth:`_settle`), gone round again when what it left
+        was not enough (a forced refresh that arrived after the one just stored)."""
         deadline = time.monotonic() + self._wait_limit()
         while True:
-            settle = functools.partial(self._settle, rec, force)
+            settle = functools.partial(self._settle, seen, force)
             try:
                 # Found by the connection's name meanwhile (:meth:`joined`).
                 outcome, led = self.flights.run(
-                    rec.uuid, settle, deadline - time.monotonic(), alias=(rec.integration, rec.name)
+                    seen.uuid, settle, deadline - time.monotonic(), alias=(seen.integration, seen.name)
                 )
             except FlightTimeout:
                 raise _waited_too_long() from None
             if led and outcome.announce is not None:
                 outcome.announce()
-            answer = self._answer(rec, force, outcome, led=led)
+            answer = self._answer(seen, force, outcome, led=led)
             if answer is not None:
                 return answer
-            if outcome.record.version > rec.version:
-                rec = outcome.record  # written, but not enough for this caller
+            if outcome.record.version > seen.version:
+                seen = _Seen.of(outcome.record)  # written, but not enough for this caller
             if time.monotonic() > deadline:
                 raise _waited_too_long()
 
@@ -167,15 +206,15 @@ class Refresher:
         call and some slack."""
         return self.life.lease_ttl + self.life.http_timeout + 5
 
-    def _settle(self, rec: ConnectionRecord, force: bool) -> _Outcome:
-        """Bring the connection where ``rec``'s caller needs it, or find why not.
+    def _settle(self, seen: _Seen, force: bool) -> _Outcome:
+        """Bring the connection where ``seen``'s caller needs it, or find why not.
 
         Run by one thread per connection and process at a time.  It takes the lease
         and refreshes, or - when another process holds the lease - waits for that
         holder to let go (woken by the storage's release channel, polling when there
         is none or it is down) and reads what it left.
         """
-        key = f"refresh:{rec.uuid}"
+        key = f"refresh:{seen.uuid}"
         # Armed first, which also starts the storage's listener for other processes'
         # releases: it connects while the lease is tried.
         with self.life.storage.watch_lease(key) as released:
@@ -195,24 +234,30 @@ class Refresher:
                     # Refused while the connection backs off, in the same step: the
                     # back-off is read only when the lease was not taken.
                     if self.life.storage.acquire_lease(
-                        key, owner, self.life.lease_ttl, utcnow(), unless_backed_off=rec.uuid
+                        key, owner, self.life.lease_ttl, utcnow(), unless_backed_off=seen.uuid
                     ):
                         try:
-                            return self._settle_locked(rec, force, Lease(key, owner), taken_at)
+                            return self._settle_locked(seen, force, Lease(key, owner), taken_at)
                         finally:
                             self.life.storage.release_lease(key, owner)
-                    backoff = self._active_backoff(rec)
+                    backoff = self._active_backoff(seen.uuid)
                     if backoff is not None:
-                        return _Outcome(rec, backoff=backoff)
-                released.wait(self._lease_pause(releases, time.monotonic() - started))
-                # A look is the narrow read; the whole row only once the version moved.
-                head = self.life.storage.read_token(rec.integration, rec.name)
-                if head is None or head.uuid != rec.uuid or head.version != rec.version:
-                    current = self.life.find(rec.integration, uuid=rec.uuid)
-                    if current.version != rec.version:
+                        record = seen.record or self.life.find(seen.integration, uuid=seen.uuid)
+                        return _Outcome(record, backoff=backoff)
+                heard = released.wait(self._lease_pause(releases, time.monotonic() - started))
+                # A look is the narrow read, and the whole row only once the version
+                # moved - or at once when a release was heard: its holder most likely
+                # wrote the row, and every waiter of this process waits for that read.
+                moved = heard
+                if not moved:
+                    head = self.life.storage.read_token(seen.integration, seen.name)
+                    moved = head is None or head.uuid != seen.uuid or head.version != seen.version
+                if moved:
+                    current = self.life.find(seen.integration, uuid=seen.uuid)
+                    if current.version != seen.version:
                         if current.needs_reauth or not expired(current):
                             return _Outcome(current)  # the lease holder's result
-                        rec = current  # written but already expired: take the lease and refresh
+                        seen = _Seen.of(current)  # written but already expired: take the lease and refresh
                 if time.monotonic() > deadline:
                     raise _waited_too_long()
 
@@ -235,16 +280,16 @@ class Refresher:
             return _SAFETY_NET
         return min(_POLL_MAX, max(_POLL_START, waited * _POLL_SHARE))
 
-    def _settle_locked(self, rec: ConnectionRecord, force: bool, lease: Lease, taken_at: float) -> _Outcome:
+    def _settle_locked(self, seen: _Seen, force: bool, lease: Lease, taken_at: float) -> _Outcome:
         """Holding the lease: re-read (the row, its back-off and its client in one
         read), and refresh only if that is still needed."""
-        state = self.life.storage.read_refresh_state(rec.integration, rec.uuid)
+        state = self.life.storage.read_refresh_state(seen.integration, seen.uuid)
         if state is None:
-            raise ConnectionNotFound(rec.integration, uuid=rec.uuid)
+            raise ConnectionNotFound(seen.integration, uuid=seen.uuid)
         current = state.record
         if current.needs_reauth:
             return _Outcome(current)
-        if current.version != rec.version and not expired(current):
+        if current.version != seen.version and not expired(current):
             return _Outcome(current)  # written after this caller arrived: use it
         if not (force or self.life.is_due(current)):
             return _Outcome(current)
@@ -257,17 +302,19 @@ class Refresher:
             current, lease, taken_at, had_backoff=stored_backoff is not None, client=state.client
         )
 
-    def _answer(
-        self, rec: ConnectionRecord, force: bool, outcome: _Outcome, *, led: bool
-    ) -> ConnectionRecord | None:
-        """What one caller (``rec`` as it arrived, ``force``) gets from a flight's
+    def _answer(self, seen: _Seen, force: bool, outcome: _Outcome, *, led: bool) -> ConnectionRecord | None:
+        """What one caller (``seen`` as it arrived, ``force``) gets from a flight's
         outcome; None when that does not serve it and it must go round again.
 
         The caller that led the flight gets a failed provider call's own error; the
         others find the back-off it started, as they would have had they taken the
         lease after it.
         """
-        current = outcome.record if outcome.record.version >= rec.version else rec
+        current = outcome.record
+        if current.version < seen.version:
+            # The caller saw a later write than the flight did: its own row, read now
+            # if it came with a narrow read only.
+            current = seen.record or self.life.find(seen.integration, uuid=seen.uuid)
         self._raise_if_needs_reauth(current)
         failure = outcome.failure
         if failure is not None and led:
@@ -276,14 +323,14 @@ class Refresher:
             raise failure
         if outcome.backoff is not None:
             return self._backed_off(current, outcome.backoff, force)
-        if current.version != rec.version and not expired(current):
+        if current.version != seen.version and not expired(current):
             return current  # written after this caller arrived: its refresh too
         if not (force or self.life.is_due(current)):
             return current
         return None
 
-    def _active_backoff(self, rec: ConnectionRecord) -> RefreshBackoff | None:
-        backoff = self.life.storage.get_refresh_backoff(rec.uuid)
+    def _active_backoff(self, uuid: str) -> RefreshBackoff | None:
+        backoff = self.life.storage.get_refresh_backoff(uuid)
         if backoff is None or backoff.retry_at <= utcnow():
             return None
         return backoff
