@@ -688,16 +688,20 @@ def test_a_refresh_is_four_statements(
     the row with its back-off and client, the provider, the write (with the row it
     leaves, where the database has RETURNING), the release.  Before the lease only the
     narrow read (on the reader's own connections, not the engine's): the whole row is
-    read by the lease holder, not before."""
+    read by the lease holder, not before.  The lease's statements and that read run
+    as SQL compiled when the storage was made: nothing is compiled on the way to the
+    provider."""
     if backend == "memory":
         pytest.skip("no database")
     app, provider, conn = storm(ZIS_TOKEN_CACHE_TTL=0)
     storage = app.extensions["zis_connections"].storage
     assert isinstance(storage, SQLAlchemyStorage)
     kinds: list[str] = []
+    compiled: dict[str, bool] = {}
 
-    def seen(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+    def seen(_c: Any, _cur: Any, statement: str, _params: Any, context: Any, _many: bool) -> None:
         kinds.append(_kind(statement))
+        compiled[kinds[-1]] = context.compiled is not None
 
     sa_event.listen(storage.engine, "before_cursor_execute", seen)
     try:
@@ -715,3 +719,4 @@ def test_a_refresh_is_four_statements(
     stored = ["write"] if storage.engine.dialect.update_returning else ["write", "select"]  # SQLite < 3.35
     assert kinds[start : end + 1] == ["lease", "state", *stored, "release"], kinds
     assert kinds[:start] == [], kinds
+    assert [k for k in ("lease", "state", "release") if compiled[k]] == [], compiled

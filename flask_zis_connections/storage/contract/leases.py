@@ -100,6 +100,9 @@ class LeaseContract:
         state = storage.read_refresh_state("acme_crm", record.uuid)
         assert state is not None
         assert state.record == storage.get_connection("acme_crm", uuid=record.uuid)
+        # Booleans as booleans (equality alone would take SQLite's 0 and 1 for them).
+        assert state.client is not None
+        assert {type(state.record.needs_reauth), type(state.client.pkce)} == {bool}
         assert state.backoff is None
         assert state.client == storage.get_client("acme_crm", uuid=client.uuid)
         backoff = storage.record_refresh_failure(record.uuid, "invalid_grant", T0, base=1, cap=60)

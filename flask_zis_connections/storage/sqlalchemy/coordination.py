@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from ...domain import PendingFlow, RefreshBackoff, VerificationCode
@@ -140,56 +139,31 @@ class CoordinationHooks(SQLBackend):
         self, key: str, owner: str, now: datetime, expires_at: datetime, backoff_of: str | None
     ) -> bool | None:
         """Whether the lease upsert took the lease; None on a database without one."""
-        dialect = self._writer.dialect.name
-        if dialect not in ("postgresql", "sqlite"):
+        sqls = self._refresh_sql
+        sql = sqls.lease_upsert if backoff_of is None else sqls.lease_upsert_unless_backed_off
+        if sql is None:
             return None
-        ls = refresh_leases
-        expires_ms, now_ms = to_ms(expires_at), to_ms(now)
-        ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(ls)
-        if backoff_of is None:
-            ins = ins.values(key=key, owner=owner, expires_at=expires_ms)
-        else:
-            b = refresh_backoff
-            backed_off = sa.exists().where(b.c.connection_uuid == backoff_of, b.c.retry_at > now_ms)
-            row = sa.select(
-                sa.literal(key, ls.c.key.type),
-                sa.literal(owner, ls.c.owner.type),
-                sa.literal(expires_ms, ls.c.expires_at.type),
-            ).where(~backed_off)
-            ins = ins.from_select(["key", "owner", "expires_at"], row)
-        upsert = ins.on_conflict_do_update(
-            index_elements=[ls.c.key],
-            set_={"owner": ins.excluded.owner, "expires_at": ins.excluded.expires_at},
-            where=ls.c.expires_at <= now_ms,
-        )
+        params = {"b_key": key, "b_owner": owner, "b_expires_at": to_ms(expires_at), "b_now": to_ms(now)}
+        if backoff_of is not None:
+            params["b_uuid"] = backoff_of
         with self._one_statement().begin() as conn:
-            if dialect == "sqlite":  # its row count is exact (RETURNING needs 3.35)
-                return conn.execute(upsert).rowcount == 1
-            # psycopg reports no row count for this statement through SQLAlchemy
-            return conn.execute(upsert.returning(ls.c.owner)).first() is not None
+            result = sql.run(conn, params)
+            if self._writer.dialect.name == "sqlite":  # its row count is exact
+                return result.rowcount == 1
+            return result.first() is not None  # the row it took (RETURNING)
 
     def _renew_lease(self, key: str, owner: str, now: datetime, expires_at: datetime) -> bool:
-        ls = refresh_leases
+        params = {"b_key": key, "b_owner": owner, "b_now": to_ms(now), "b_expires_at": to_ms(expires_at)}
         with self._one_statement().begin() as conn:
-            renewed = conn.execute(
-                sa.update(ls)
-                .where(ls.c.key == key, ls.c.owner == owner, ls.c.expires_at > to_ms(now))
-                .values(expires_at=to_ms(expires_at))
-            ).rowcount
-        return renewed == 1
+            return self._refresh_sql.renew_lease.run(conn, params).rowcount == 1
 
     def _release_lease(self, key: str, owner: str) -> None:
         """Delete the row.  On PostgreSQL the same statement ``NOTIFY``s the waiters of
         other processes with the key (only when a row went), so they hear of it as
         soon as it is committed and never before."""
-        ls = refresh_leases
-        delete = sa.delete(ls).where(ls.c.key == key, ls.c.owner == owner)
+        params = {"key": key, "owner": owner, "channel": LEASE_CHANNEL}
         with self._one_statement().begin() as conn:
-            if self._writer.dialect.name != "postgresql":
-                conn.execute(delete)
-                return
-            released = delete.returning(ls.c.key).cte("released")
-            conn.execute(sa.select(sa.func.pg_notify(LEASE_CHANNEL, released.c.key)).select_from(released))
+            self._refresh_sql.release_lease.run(conn, params)
 
     def _listen_for_lease_releases(self, releases: LeaseReleases) -> None:
         """One listener thread per process, started by the first caller about to try a

@@ -23,6 +23,7 @@ from ... import token_cache
 from ...errors import StorageUnavailable
 from ...forks import reset_in_child
 from ..base import Storage
+from .driver_sql import DriverSQL, RefreshSQL
 from .hot import HotReader
 from .schema import metadata
 from .sqlite import sqlite_reader_and_writer
@@ -74,6 +75,8 @@ class SQLBackend(Storage):
             self._writer = engine
         #: ``get_token``'s read on connections of its own (None: through the engine).
         self._hot = HotReader.for_engine(engine)
+        #: The refresh's statements, compiled before any request (:mod:`.driver_sql`).
+        self._refresh_sql = RefreshSQL.for_dialect(engine.dialect)
 
     def _one_statement(self) -> Engine:
         """Where a write that is a single statement runs: outside an explicit
@@ -188,3 +191,15 @@ class SQLBackend(Storage):
                 raise
         with self._reader.connect() as conn:
             return conn.execute(stmt, params).all()
+
+    def _read_sql(self, sql: DriverSQL, params: Mapping[str, Any]) -> Sequence[Row[Any]]:
+        """:meth:`_read` of a statement compiled ahead (:mod:`.driver_sql`): its rows
+        hold what the driver returned."""
+        try:
+            with self._reader.connect() as conn:
+                return sql.run(conn, params).all()
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+        with self._reader.connect() as conn:
+            return sql.run(conn, params).all()

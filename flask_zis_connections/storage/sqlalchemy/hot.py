@@ -46,6 +46,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ...forks import reset_in_child
+from .driver_sql import DriverSQL
 from .schema import connections
 
 #: The columns of :class:`~flask_zis_connections.domain.TokenRead`, in its order.
@@ -78,13 +79,11 @@ class HotReader:
             connections.c.integration == sa.bindparam("integration"),
             connections.c.name == sa.bindparam("name"),
         )
-        compiled = stmt.compile(dialect=dialect)
-        self.sql = str(compiled)
-        # qmark/numeric/format styles take a sequence in the compiled order; the
-        # named and pyformat styles take the mapping as it is.
-        order = compiled.positiontup
-        self._positional = dialect.paramstyle in ("qmark", "numeric", "format")
-        self._order: tuple[str, ...] = tuple(order) if order else ()
+        driver_sql = DriverSQL(stmt, dialect)
+        self.sql = driver_sql.sql
+        # Kept apart (not DriverSQL.params): one call less on get_token's path.
+        self._positional = driver_sql.positional
+        self._order = driver_sql.order
         self._connect = _opener(engine)
         #: Whether the connections are :class:`_PqConnection`s (psycopg 3 through libpq)
         #: rather than the driver's own, read with a cursor.

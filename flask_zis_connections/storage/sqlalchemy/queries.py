@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Final
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.expression import ClauseElement
 
 from .rows import (
     BACKOFF_FIELDS,
@@ -144,6 +146,53 @@ TAKE_EXPIRED_LEASE: Final = (
     sa.update(_ls)
     .where(_ls.c.key == _bp("b_key"), _ls.c.expires_at <= _bp("b_now"))
     .values(owner=_bp("b_owner"), expires_at=_bp("b_expires_at"))
+)
+
+
+def _lease_upsert(dialect: str, *, unless_backed_off: bool) -> ClauseElement:
+    """Take the lease ``b_key`` for ``b_owner`` until ``b_expires_at`` in one statement:
+    insert its row, or take over one that expired by ``b_now`` (``INSERT ... ON
+    CONFLICT (key) DO UPDATE ... WHERE``; PostgreSQL and SQLite) - with
+    ``unless_backed_off``, only while connection ``b_uuid`` has no back-off running at
+    ``b_now``.  On PostgreSQL it returns the row it took (psycopg reports no row count
+    for it); on SQLite the row count says (``RETURNING`` needs 3.35)."""
+    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(_ls)
+    if unless_backed_off:
+        b = refresh_backoff
+        backed_off = sa.exists().where(b.c.connection_uuid == _bp("b_uuid"), b.c.retry_at > _bp("b_now"))
+        row = sa.select(
+            _bp("b_key", type_=_ls.c.key.type),
+            _bp("b_owner", type_=_ls.c.owner.type),
+            _bp("b_expires_at", type_=_ls.c.expires_at.type),
+        ).where(~backed_off)
+        ins = ins.from_select(["key", "owner", "expires_at"], row)
+    else:
+        ins = ins.values(key=_bp("b_key"), owner=_bp("b_owner"), expires_at=_bp("b_expires_at"))
+    upsert = ins.on_conflict_do_update(
+        index_elements=[_ls.c.key],
+        set_={"owner": ins.excluded.owner, "expires_at": ins.excluded.expires_at},
+        where=_ls.c.expires_at <= _bp("b_now"),
+    )
+    return upsert.returning(_ls.c.owner) if dialect == "postgresql" else upsert
+
+
+#: By (dialect, unless_backed_off), for the dialects with the upsert.
+LEASE_UPSERTS: Final = {
+    (dialect, backed_off): _lease_upsert(dialect, unless_backed_off=backed_off)
+    for dialect in ("postgresql", "sqlite")
+    for backed_off in (False, True)
+}
+RENEW_LEASE: Final = (
+    sa.update(_ls)
+    .where(_ls.c.key == _bp("b_key"), _ls.c.owner == _bp("b_owner"), _ls.c.expires_at > _bp("b_now"))
+    .values(expires_at=_bp("b_expires_at"))
+)
+RELEASE_LEASE: Final = sa.delete(_ls).where(_ls.c.key == _bp("key"), _ls.c.owner == _bp("owner"))
+_released = RELEASE_LEASE.returning(_ls.c.key).cte("released")
+#: PostgreSQL: the release, and a ``NOTIFY`` on channel ``channel`` with the key of the
+#: row it deleted (none when it deleted none), in one statement.
+RELEASE_LEASE_NOTIFY: Final = sa.select(sa.func.pg_notify(_bp("channel"), _released.c.key)).select_from(
+    _released
 )
 BACKOFF: Final = sa.select(*columns(refresh_backoff, BACKOFF_FIELDS)).where(
     refresh_backoff.c.connection_uuid == _bp("uuid")

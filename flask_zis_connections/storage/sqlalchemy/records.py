@@ -140,7 +140,7 @@ class RecordHooks(SQLBackend):
         return TokenRead(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6])
 
     def _read_refresh_state(self, integration: str, uuid: str) -> RefreshState | None:
-        rows = self._read(q.REFRESH_STATE, {"integration": integration, "uuid": uuid})
+        rows = self._read_sql(self._refresh_sql.refresh_state, {"integration": integration, "uuid": uuid})
         if not rows:
             return None
         row: Sequence[Any] = rows[0]
