@@ -5,7 +5,10 @@ thread.  ``Thread.start`` returns only once the new thread has run, and under lo
 means waiting for the GIL behind every other busy thread of the process: in a refresh
 storm two such starts sat between taking the lease and calling the provider, 2-17 ms
 each, while every other request of the burst waited on that call.  One long-lived
-thread now serves them all; scheduling a callback is a heap push and a notify.
+thread now serves them all; scheduling a callback is a heap push and a notify.  Even
+that thread's own start, once per process, cost the first refresh 2-65 ms in later
+traces, so it is started with :func:`_thread.start_new_thread`, which returns at once:
+the thread has to run only by the time its first timer is due.
 
 Callbacks share that thread, so they must be quick and must not block: set a flag,
 shut a socket down, start a thread for anything slow.  One that raises is logged and
@@ -14,6 +17,7 @@ does not stop the others.
 
 from __future__ import annotations
 
+import _thread
 import heapq
 import itertools
 import logging
@@ -61,7 +65,8 @@ class Timers:
         self._cond = threading.Condition(threading.Lock())
         self._heap: list[tuple[float, int, Timer]] = []
         self._order = itertools.count()
-        self._thread: threading.Thread | None = None
+        #: Whether this process's timer thread was started.
+        self._started = False
         #: Cancelled timers still in the heap (about: see the class docstring).
         self.cancelled = 0
         reset_in_child(self, Timers._after_fork)
@@ -72,9 +77,11 @@ class Timers:
         timer = Timer(self, when, fn)
         with self._cond:
             heapq.heappush(self._heap, (when, next(self._order), timer))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="zis-timers", daemon=True)
-                self._thread.start()
+            if not self._started:
+                # Not threading.Thread.start, which waits for the new thread to run (see
+                # the module docstring).  Such a thread is a daemon one: never joined.
+                _thread.start_new_thread(self._run, ())
+                self._started = True
             elif self._heap[0][2] is timer:
                 self._cond.notify()  # earlier than what the thread sleeps towards
         return timer
@@ -113,6 +120,7 @@ class Timers:
                 return timer
 
     def _run(self) -> None:
+        threading.current_thread().name = "zis-timers"
         while True:
             timer = self._next_due()
             if timer.cancelled:
@@ -126,7 +134,7 @@ class Timers:
         """A forked child has no timer thread, and its parent's timers are not its own."""
         self._cond = threading.Condition(threading.Lock())
         self._heap = []
-        self._thread = None
+        self._started = False
         self.cancelled = 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 
@@ -32,6 +33,32 @@ def test_callbacks_run_in_order_of_their_instants_on_one_thread() -> None:
     _wait_for(lambda: len(ran) == 4)
     assert [label for label, _ in ran] == ["now", "a", "b", "c"]
     assert {name for _, name in ran} == {"zis-timers"}
+
+
+def test_the_first_timer_does_not_wait_for_the_thread_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scheduling returns before the new timer thread has run a line: under load that
+    run waits for the GIL behind every busy thread (``Thread.start`` would wait with
+    it).  With a long switch interval nothing takes the GIL from this thread until it
+    blocks, so the timer thread can only have run if scheduling waited for it."""
+    timers = Timers()
+    entered = threading.Event()
+    real_run = timers._run
+
+    def run() -> None:
+        entered.set()
+        real_run()
+
+    monkeypatch.setattr(timers, "_run", run)
+    ran = threading.Event()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(5.0)
+    try:
+        timers.call_later(0, ran.set)
+        ran_before_return = entered.is_set()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not ran_before_return
+    assert ran.wait(5)
 
 
 def test_an_earlier_timer_wakes_a_thread_sleeping_towards_a_later_one() -> None:
