@@ -26,6 +26,7 @@ tokens of an answer) and everything else about a connection's tokens is
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import events, signals
-from .domain import ConnectionRecord, Lease, OAuthClient, RefreshBackoff, TokenRead, utcnow
+from .domain import ConnectionRecord, Lease, OAuthClient, RefreshBackoff, RefreshState, TokenRead, utcnow
 from .errors import ConnectionNotFound, ProviderError, ReauthorizationRequired, WrongConnectionType
 from .lease import LeaseKeeper
 from .provider_client import REAUTH_ERRORS
@@ -231,19 +232,21 @@ class Refresher:
                 if released.is_set() or time.monotonic() - tried >= _SAFETY_NET:
                     released.clear()  # before the attempt: a release after it is never missed
                     taken_at = tried = time.monotonic()
-                    # Refused while the connection backs off, in the same step: the
-                    # back-off is read only when the lease was not taken.
-                    if self.life.storage.acquire_lease(
-                        key, owner, self.life.lease_ttl, utcnow(), unless_backed_off=seen.uuid
-                    ):
+                    # Refused while the connection backs off, in the same step; the row,
+                    # its back-off and its client are read just after (with it where the
+                    # storage can), for the holder to refresh from and for the others
+                    # to find the back-off that may have refused them.
+                    taken, state = self._take_lease(key, owner, seen)
+                    if state is None:
+                        raise ConnectionNotFound(seen.integration, uuid=seen.uuid)
+                    if taken:
                         try:
-                            return self._settle_locked(seen, force, Lease(key, owner), taken_at)
+                            return self._settle_locked(seen, force, Lease(key, owner), taken_at, state)
                         finally:
                             self.life.storage.release_lease(key, owner)
-                    backoff = self._active_backoff(seen.uuid)
-                    if backoff is not None:
-                        record = seen.record or self.life.find(seen.integration, uuid=seen.uuid)
-                        return _Outcome(record, backoff=backoff)
+                    backoff = state.backoff
+                    if backoff is not None and backoff.retry_at > utcnow():
+                        return _Outcome(state.record, backoff=backoff)
                 heard = released.wait(self._lease_pause(releases, time.monotonic() - started))
                 # A look is the narrow read, and the whole row only once the version
                 # moved - or at once when a release was heard: its holder most likely
@@ -280,12 +283,24 @@ class Refresher:
             return _SAFETY_NET
         return min(_POLL_MAX, max(_POLL_START, waited * _POLL_SHARE))
 
-    def _settle_locked(self, seen: _Seen, force: bool, lease: Lease, taken_at: float) -> _Outcome:
-        """Holding the lease: re-read (the row, its back-off and its client in one
-        read), and refresh only if that is still needed."""
-        state = self.life.storage.read_refresh_state(seen.integration, seen.uuid)
-        if state is None:
-            raise ConnectionNotFound(seen.integration, uuid=seen.uuid)
+    def _take_lease(self, key: str, owner: str, seen: _Seen) -> tuple[bool, RefreshState | None]:
+        """One lease attempt and the state read after it; a failure (the lease may
+        have been taken before it) releases the lease first."""
+        storage = self.life.storage
+        try:
+            return storage.take_lease_and_read(
+                key, owner, self.life.lease_ttl, utcnow(), integration=seen.integration, uuid=seen.uuid
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):  # the failure itself is what the caller gets
+                storage.release_lease(key, owner)
+            raise
+
+    def _settle_locked(
+        self, seen: _Seen, force: bool, lease: Lease, taken_at: float, state: RefreshState
+    ) -> _Outcome:
+        """Holding the lease, with the state read after taking it (the row, its
+        back-off and its client): refresh only if that is still needed."""
         current = state.record
         if current.needs_reauth:
             return _Outcome(current)
@@ -328,12 +343,6 @@ class Refresher:
         if not (force or self.life.is_due(current)):
             return current
         return None
-
-    def _active_backoff(self, uuid: str) -> RefreshBackoff | None:
-        backoff = self.life.storage.get_refresh_backoff(uuid)
-        if backoff is None or backoff.retry_at <= utcnow():
-            return None
-        return backoff
 
     def _backed_off(self, rec: ConnectionRecord, backoff: RefreshBackoff, force: bool) -> ConnectionRecord:
         """During a back-off: the token while it is still valid, else fail fast.

@@ -6,13 +6,16 @@ ahead promises."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from flask_zis_connections.errors import StorageUnavailable
 from flask_zis_connections.storage import SQLAlchemyStorage
+from flask_zis_connections.storage.contract.builders import T0, make_client, make_record
 from flask_zis_connections.storage.sqlalchemy import queries as q
 from flask_zis_connections.storage.sqlalchemy.driver_sql import DriverSQL, RefreshSQL
 from flask_zis_connections.storage.sqlalchemy.schema import refresh_leases
@@ -51,3 +54,35 @@ def test_compiled_once_per_process_and_dialect(tmp_path: Path) -> None:
     finally:
         one.close()
         two.close()
+
+
+@pytest.mark.postgres
+def test_a_pipeline_on_a_dropped_connection_says_the_storage_is_unavailable(postgres_url: str) -> None:
+    """The lease and its read share a pipeline on a pooled connection: one whose
+    server went away is reported as the storage being unavailable (a 503 over HTTP,
+    no driver text), is not used again, and the next attempt goes through."""
+    storage = SQLAlchemyStorage(postgres_url)
+    try:
+        storage.create_tables()
+        assert storage._pipelines
+        client = storage.add_client(make_client())
+        record = storage.upsert_connection(make_record(client))
+        take = functools.partial(storage.take_lease_and_read, integration="acme_crm", uuid=record.uuid)
+        assert take("refresh:a", "a", 30, T0)[0]
+        with storage._one_statement().connect() as conn:  # the pooled connection the attempt used
+            pid = conn.connection.driver_connection.info.backend_pid  # type: ignore[union-attr]
+        admin = sa.create_engine(postgres_url)
+        try:
+            with admin.connect() as conn:
+                conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        finally:
+            admin.dispose()
+        with pytest.raises(StorageUnavailable) as caught:
+            take("refresh:b", "b", 30, T0)
+        said = str(caught.value)
+        assert said.startswith("The connections database is unavailable (OperationalError)"), said
+        assert "127.0.0.1" not in said and "INSERT" not in said
+        taken, state = take("refresh:b", "b", 30, T0)
+        assert taken and state is not None and state.record.uuid == record.uuid
+    finally:
+        storage.close()

@@ -423,15 +423,16 @@ def test_a_crashed_refresher_blocks_others_only_until_its_lease_expires(
     refused = threading.Event()
     attempts: list[bool] = []
     real_acquire = storage.acquire_lease
+    real_take = storage.take_lease_and_read
 
-    def spy(*args: Any, **kwargs: Any) -> bool:
-        got = real_acquire(*args, **kwargs)
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        got, state = real_take(*args, **kwargs)
         attempts.append(got)
         if attempts.count(False) >= 2:
             refused.set()
-        return got
+        return got, state
 
-    monkeypatch.setattr(storage, "acquire_lease", spy)
+    monkeypatch.setattr(storage, "take_lease_and_read", spy)
     with clock_at(expiry_of(env) + timedelta(seconds=5)) as traveller:
         # A refresher took the lease and died: it will never release it.
         assert real_acquire(key, "dead-owner", 5, utcnow())

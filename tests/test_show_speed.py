@@ -497,13 +497,13 @@ def test_a_due_connection_refreshes_from_the_kept_row_without_reading_it(
         return call
 
     storage.get_connection = counted(storage.get_connection)  # type: ignore[method-assign]
-    storage.read_refresh_state = counted(storage.read_refresh_state)  # type: ignore[method-assign]
+    storage.take_lease_and_read = counted(storage.take_lease_and_read)  # type: ignore[method-assign]
     with time_machine.travel(expiry - timedelta(seconds=30)):
         due = env.show().get_json()
     assert env.provider.state.refresh_call_count == 1
     assert due["access_token"] != cached["access_token"]
-    # Only the refresh's own re-read under the lease: never the lookup by name.
-    assert reads == ["read_refresh_state"]
+    # Only the refresh's own read with its lease: never the lookup by name.
+    assert reads == ["take_lease_and_read"]
     assert env.show().get_json() == due
 
 

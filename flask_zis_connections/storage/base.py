@@ -372,6 +372,29 @@ class Storage(StorageHooks):
             return False
         return self._acquire_lease(key, owner, now, expires_at)
 
+    def take_lease_and_read(
+        self, key: str, owner: str, ttl: float, now: datetime, *, integration: str, uuid: str
+    ) -> tuple[bool, RefreshState | None]:
+        """:meth:`acquire_lease` (refused while connection ``uuid`` backs off), then
+        :meth:`read_refresh_state` of that connection: whether the lease was taken, and
+        the state.
+
+        The read runs after the attempt, so once the lease is taken it shows every
+        write committed before - what the holder must refresh from.  A caller that did
+        not get the lease finds in it the back-off that may have refused it.  A
+        backend may send both in one round trip (every caller waiting for the refresh
+        waits for the holder's); when this raises, the lease may have been taken, and
+        the caller releases it.
+        """
+        now, expires_at = at_ms(now), at_ms(now + timedelta(seconds=ttl))
+        return self._take_lease_and_read(key, owner, now, expires_at, integration, uuid)
+
+    def _take_lease_and_read(
+        self, key: str, owner: str, now: datetime, expires_at: datetime, integration: str, uuid: str
+    ) -> tuple[bool, RefreshState | None]:
+        taken = self._acquire_lease_unless_backed_off(key, owner, now, expires_at, uuid)
+        return taken, self._read_refresh_state(integration, uuid)
+
     def renew_lease(self, key: str, owner: str, ttl: float, now: datetime) -> bool:
         """Extend the lease to ``now + ttl`` if ``owner`` still holds it unexpired;
         False when it lapsed (or was taken over) - the holder must then stop."""

@@ -48,6 +48,7 @@ _OPTIONAL_HOOKS = frozenset(
         "_read_token",
         "_read_refresh_state",
         "_acquire_lease_unless_backed_off",
+        "_take_lease_and_read",
     }
 )
 

@@ -4,9 +4,9 @@ per-connection refresh back-off."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from ...domain import Lease
+from ...domain import Lease, RefreshState
 from ..base import Storage
 from .builders import SEC, T0, make_client, make_credential, make_record
 
@@ -116,6 +116,38 @@ class LeaseContract:
         cred = storage.add_connection(make_credential(name="key"))
         state = storage.read_refresh_state(cred.integration, cred.uuid)
         assert state is not None and state.record == cred and state.client is None and state.backoff is None
+
+    def test_take_lease_and_read(self, storage: Storage) -> None:
+        """The attempt, then the state as it is after it: the holder's to refresh
+        from, the back-off that refused a caller, None for a connection gone."""
+        client = storage.add_client(make_client())
+        record = storage.upsert_connection(make_record(client))
+        key, uuid = f"refresh:{record.uuid}", record.uuid
+
+        def take(owner: str, now: datetime, uuid: str = uuid) -> tuple[bool, RefreshState | None]:
+            return storage.take_lease_and_read(key, owner, 30, now, integration="acme_crm", uuid=uuid)
+
+        taken, state = take("a", T0)
+        assert taken and state == storage.read_refresh_state("acme_crm", uuid)
+        assert storage.lease_holder(key, T0) == "a"
+        # Held: refused, with the row as the holder left it.
+        moved = storage.update_connection(record.replace(token_type="mac"), expected_version=record.version)
+        assert moved is not None
+        taken, state = take("b", T0 + SEC)
+        assert not taken and state is not None and state.record == moved and state.backoff is None
+        storage.release_lease(key, "a")
+        # Backed off: refused while it runs, the back-off in the state.
+        backoff = storage.record_refresh_failure(uuid, "provider_error", T0, base=60, cap=60)
+        taken, state = take("b", T0 + SEC)
+        assert not taken and state is not None and state.backoff == backoff
+        assert storage.lease_holder(key, T0 + SEC) is None
+        taken, state = storage.take_lease_and_read(
+            key, "b", 30, T0 + 61 * SEC, integration="acme_crm", uuid=uuid
+        )
+        assert taken and state is not None and state.backoff == backoff  # over: taken, still recorded
+        # Gone: no state (the attempt itself is the caller's to release).
+        storage.release_lease(key, "b")
+        assert take("c", T0 + 61 * SEC, uuid="gone") == (True, None)
 
     def test_refresh_backoff_grows_exponentially_to_the_cap(self, storage: Storage) -> None:
         assert storage.get_refresh_backoff("conn-1") is None

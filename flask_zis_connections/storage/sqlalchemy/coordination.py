@@ -14,14 +14,15 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from ...domain import PendingFlow, RefreshBackoff, VerificationCode
+from ...domain import PendingFlow, RefreshBackoff, RefreshState, VerificationCode
 from ..conflicts import code_conflict, flow_conflict
 from ..releases import LeaseReleases, ReleaseListener
 from ..times import to_ms
 from . import queries as q
 from .engine import SQLBackend
+from .records import refresh_state_of
 from .rows import backoff_from_row, code_from_row, code_row, flow_from_row, flow_row
 from .schema import flows, refresh_backoff, refresh_leases, verification_codes
 
@@ -151,6 +152,45 @@ class CoordinationHooks(SQLBackend):
             if self._writer.dialect.name == "sqlite":  # its row count is exact
                 return result.rowcount == 1
             return result.first() is not None  # the row it took (RETURNING)
+
+    def _take_lease_and_read(
+        self, key: str, owner: str, now: datetime, expires_at: datetime, integration: str, uuid: str
+    ) -> tuple[bool, RefreshState | None]:
+        """PostgreSQL through psycopg 3: the upsert and the read in one pipeline, one
+        round trip instead of two on the way to the provider.
+
+        With no Sync between them they share an implicit transaction, committed at the
+        pipeline's end (another process's upsert of the key waits for it, as for any
+        uncommitted row).  Under READ COMMITTED the read still takes its snapshot
+        after the upsert has taken the row, so it shows every write committed before.
+        """
+        sqls = self._refresh_sql
+        upsert = sqls.lease_upsert_unless_backed_off
+        if upsert is None or not self._pipelines:
+            return super()._take_lease_and_read(key, owner, now, expires_at, integration, uuid)
+        import psycopg
+
+        lease = {
+            "b_key": key,
+            "b_owner": owner,
+            "b_expires_at": to_ms(expires_at),
+            "b_now": to_ms(now),
+            "b_uuid": uuid,
+        }
+        read = {"integration": integration, "uuid": uuid}
+        with self._one_statement().connect() as conn:
+            driver = conn.connection.driver_connection
+            assert isinstance(driver, psycopg.Connection)
+            try:
+                with driver.pipeline():
+                    took = driver.execute(upsert.sql, upsert.params(lease))
+                    state = driver.execute(sqls.refresh_state.sql, sqls.refresh_state.params(read))
+                taken = took.fetchone() is not None
+                rows = state.fetchall()
+            except psycopg.Error as exc:
+                conn.invalidate()  # in whatever state the failure left it
+                raise DBAPIError.instance(upsert.sql, None, exc, psycopg.Error, hide_parameters=True) from exc
+        return taken, refresh_state_of(rows)
 
     def _renew_lease(self, key: str, owner: str, now: datetime, expires_at: datetime) -> bool:
         params = {"b_key": key, "b_owner": owner, "b_now": to_ms(now), "b_expires_at": to_ms(expires_at)}

@@ -77,6 +77,8 @@ class SQLBackend(Storage):
         self._hot = HotReader.for_engine(engine)
         #: The refresh's statements, compiled before any request (:mod:`.driver_sql`).
         self._refresh_sql = RefreshSQL.for_dialect(engine.dialect)
+        #: Whether statements can be sent in a pipeline: psycopg 3 on a libpq with it.
+        self._pipelines = _pipelines(engine)
 
     def _one_statement(self) -> Engine:
         """Where a write that is a single statement runs: outside an explicit
@@ -203,3 +205,12 @@ class SQLBackend(Storage):
                 raise
         with self._reader.connect() as conn:
             return sql.run(conn, params).all()
+
+
+def _pipelines(engine: Engine) -> bool:
+    dialect = engine.dialect
+    if (dialect.name, dialect.driver) != ("postgresql", "psycopg"):
+        return False
+    import psycopg
+
+    return bool(psycopg.Pipeline.is_supported())

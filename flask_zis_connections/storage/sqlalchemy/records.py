@@ -141,14 +141,7 @@ class RecordHooks(SQLBackend):
 
     def _read_refresh_state(self, integration: str, uuid: str) -> RefreshState | None:
         rows = self._read_sql(self._refresh_sql.refresh_state, {"integration": integration, "uuid": uuid})
-        if not rows:
-            return None
-        row: Sequence[Any] = rows[0]
-        backoff_at, client_at = _CONNECTION_COLUMNS, _CONNECTION_COLUMNS + _BACKOFF_COLUMNS
-        # The outer joins' key columns are NULL exactly when there is no such row.
-        backoff = None if row[backoff_at] is None else backoff_from_row(row[backoff_at:client_at])
-        client = None if row[client_at] is None else client_from_row(row[client_at:])
-        return RefreshState(connection_from_row(row[:backoff_at]), backoff, client)
+        return refresh_state_of(rows)
 
     def _add_connection(self, record: ConnectionRecord) -> ConnectionRecord:
         try:
@@ -305,3 +298,17 @@ class RecordHooks(SQLBackend):
         else:
             rows = self._read(q.TOKENS_OF, {"integration": integration})
         return [token_from_row(r) for r in rows]
+
+
+def refresh_state_of(rows: Sequence[Any]) -> RefreshState | None:
+    """The :class:`~flask_zis_connections.domain.RefreshState` in the rows of the
+    refresh's read (``REFRESH_STATE``: the connection's columns, its back-off's, its
+    client's); None when there is no row."""
+    if not rows:
+        return None
+    row: Sequence[Any] = rows[0]
+    backoff_at, client_at = _CONNECTION_COLUMNS, _CONNECTION_COLUMNS + _BACKOFF_COLUMNS
+    # The outer joins' key columns are NULL exactly when there is no such row.
+    backoff = None if row[backoff_at] is None else backoff_from_row(row[backoff_at:client_at])
+    client = None if row[client_at] is None else client_from_row(row[client_at:])
+    return RefreshState(connection_from_row(row[:backoff_at]), backoff, client)
