@@ -73,11 +73,14 @@ class RefreshSQL:
     #: None on a database without ``INSERT ... ON CONFLICT``.
     lease_upsert: DriverSQL | None
     lease_upsert_unless_backed_off: DriverSQL | None
+    #: The refresh's compare-and-swap with the row it leaves; None where ``UPDATE``
+    #: cannot return it (SQLite before 3.35).
+    leased_write: DriverSQL | None
 
     @classmethod
     def for_dialect(cls, dialect: Dialect) -> RefreshSQL:
         """Compiled for ``dialect`` once per process (per dialect and parameter style)."""
-        key = (dialect.name, dialect.driver, dialect.paramstyle)
+        key = (dialect.name, dialect.driver, dialect.paramstyle, dialect.update_returning)
         found = _compiled.get(key)
         if found is None:
             with _lock:
@@ -98,8 +101,9 @@ class RefreshSQL:
             release_lease=DriverSQL(release, dialect),
             lease_upsert=plain,
             lease_upsert_unless_backed_off=unless,
+            leased_write=DriverSQL(q.LEASED_WRITE, dialect) if dialect.update_returning else None,
         )
 
 
-_compiled: dict[tuple[str, str, str], RefreshSQL] = {}
+_compiled: dict[tuple[str, str, str, bool], RefreshSQL] = {}
 _lock = threading.Lock()

@@ -22,6 +22,7 @@ from .rows import (
     EVENT_FIELDS,
     FLOW_FIELDS,
     TOKEN_FIELDS,
+    TOKEN_UPDATE_FIELDS,
     columns,
 )
 from .schema import (
@@ -193,6 +194,32 @@ _released = RELEASE_LEASE.returning(_ls.c.key).cte("released")
 #: row it deleted (none when it deleted none), in one statement.
 RELEASE_LEASE_NOTIFY: Final = sa.select(sa.func.pg_notify(_bp("channel"), _released.c.key)).select_from(
     _released
+)
+#: A refresh's compare-and-swap: the new token columns (``v_<column>``), ``needs_reauth``
+#: and ``version`` written only while the row is at version ``w_expected`` and the lease
+#: ``w_lease_key`` is still ``w_lease_owner``'s at ``w_now`` - one statement, no gap in
+#: which the lease could lapse - returning the row it leaves (where the dialect can).
+LEASED_WRITE: Final = (
+    sa.update(_c)
+    .where(
+        _c.c.uuid == _bp("w_uuid"),
+        _c.c.integration == _bp("w_integration"),
+        _c.c.version == _bp("w_expected"),
+        _c.c.type == _bp("w_type"),
+        sa.exists().where(
+            _ls.c.key == _bp("w_lease_key"),
+            _ls.c.owner == _bp("w_lease_owner"),
+            _ls.c.expires_at > _bp("w_now"),
+        ),
+    )
+    .values(
+        {
+            **{name: _bp(f"v_{name}") for name in TOKEN_UPDATE_FIELDS},
+            "needs_reauth": _bp("w_needs_reauth"),
+            "version": _bp("w_version"),
+        }
+    )
+    .returning(*columns(_c, CONNECTION_FIELDS))
 )
 BACKOFF: Final = sa.select(*columns(refresh_backoff, BACKOFF_FIELDS)).where(
     refresh_backoff.c.connection_uuid == _bp("uuid")

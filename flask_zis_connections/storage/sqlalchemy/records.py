@@ -27,6 +27,7 @@ from ..conflicts import (
 )
 from ..times import to_ms
 from . import queries as q
+from .driver_sql import DriverSQL
 from .engine import SQLBackend
 from .rows import (
     BACKOFF_FIELDS,
@@ -198,6 +199,9 @@ class RecordHooks(SQLBackend):
     def _update_connection(
         self, record: ConnectionRecord, expected_version: int, lease: Lease | None, now: datetime
     ) -> ConnectionRecord | None:
+        leased_write = self._refresh_sql.leased_write
+        if lease is not None and leased_write is not None:
+            return self._leased_write(leased_write, record, expected_version, lease, now)
         c = connections
         where = [
             c.c.uuid == record.uuid,
@@ -238,6 +242,33 @@ class RecordHooks(SQLBackend):
         except IntegrityError as exc:
             raise OAuthClientNotFound(record.integration, str(record.oauth_client_uuid)) from exc
         return connection_from_row(row)
+
+    def _leased_write(
+        self, sql: DriverSQL, record: ConnectionRecord, expected_version: int, lease: Lease, now: datetime
+    ) -> ConnectionRecord | None:
+        """A refresh's write (:data:`~.queries.LEASED_WRITE`, compiled ahead): the write
+        and the row it leaves in one statement outside a transaction.  On a refresh's
+        path this is the round trip every waiting caller waits for; on SQLite the write
+        lock is held until that row is fetched, not across BEGIN, UPDATE, SELECT and
+        COMMIT."""
+        params = {f"v_{name}": value for name, value in token_update(record).items()}
+        params.update(
+            w_uuid=record.uuid,
+            w_integration=record.integration,
+            w_expected=expected_version,
+            w_type=record.type,
+            w_lease_key=lease.key,
+            w_lease_owner=lease.owner,
+            w_now=to_ms(now),
+            w_needs_reauth=record.needs_reauth,
+            w_version=expected_version + 1,
+        )
+        try:
+            with self._one_statement().begin() as conn:
+                stored = sql.run(conn, params).first()
+        except IntegrityError as exc:
+            raise OAuthClientNotFound(record.integration, str(record.oauth_client_uuid)) from exc
+        return None if stored is None else connection_from_row(stored)
 
     def _delete_connection(self, integration: str, uuid: str) -> bool:
         c, b = connections, refresh_backoff

@@ -113,6 +113,10 @@ def connection_row(record: ConnectionRecord) -> dict[str, Any]:
     return values
 
 
+#: The columns a token write replaces (:func:`token_update`), in their order.
+TOKEN_UPDATE_FIELDS: Final = tuple(name for name in CONNECTION_FIELDS if name not in _CONNECTION_KEPT)
+
+
 def token_update(record: ConnectionRecord) -> dict[str, Any]:
     """The columns a token write replaces."""
     return {name: value for name, value in connection_row(record).items() if name not in _CONNECTION_KEPT}
