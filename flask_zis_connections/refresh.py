@@ -237,13 +237,15 @@ class Refresher:
                     # storage can), for the holder to refresh from and for the others
                     # to find the back-off that may have refused them.
                     taken, state = self._take_lease(key, owner, seen)
-                    if state is None:
-                        raise ConnectionNotFound(seen.integration, uuid=seen.uuid)
                     if taken:
                         try:
+                            if state is None:
+                                raise ConnectionNotFound(seen.integration, uuid=seen.uuid)
                             return self._settle_locked(seen, force, Lease(key, owner), taken_at, state)
                         finally:
                             self.life.storage.release_lease(key, owner)
+                    if state is None:
+                        raise ConnectionNotFound(seen.integration, uuid=seen.uuid)
                     backoff = state.backoff
                     if backoff is not None and backoff.retry_at > utcnow():
                         return _Outcome(state.record, backoff=backoff)

@@ -25,7 +25,7 @@ from sqlalchemy import event as sa_event
 
 from flask_zis_connections import ProviderError, ReauthorizationRequired, get_token
 from flask_zis_connections.domain import utcnow
-from flask_zis_connections.errors import StorageUnavailable
+from flask_zis_connections.errors import ConnectionNotFound, StorageUnavailable
 from flask_zis_connections.singleflight import FlightTimeout, SingleFlight, _Flight
 from flask_zis_connections.storage import SQLAlchemyStorage, Storage
 from flask_zis_connections.storage.sqlalchemy.coordination import LEASE_CHANNEL
@@ -437,6 +437,24 @@ def test_a_caller_that_saw_a_later_write_than_the_flight_gets_that_row(
     assert isinstance(results["leader"], ProviderError)  # its own row has expired
     assert results["joiner"].version == later.version
     assert results["joiner"].access_token_enc == later.access_token_enc
+    assert provider.state.refresh_call_count == 0
+
+
+def test_a_connection_deleted_before_the_lease_is_not_found_and_leaves_no_lease(
+    storm: Callable[..., tuple[Flask, LiveProvider, dict[str, Any]]],
+) -> None:
+    """The lease is taken, the read after it finds no row: the caller gets "not
+    found", the provider nothing, and the lease is released at once (not left to
+    lapse)."""
+    app, provider, _ = storm()
+    storage: Storage = app.extensions["zis_connections"].storage
+    life = app.extensions["zis_connections"].lifecycle
+    head = storage.read_token("acme", "main")
+    assert head is not None and not life.is_fresh(head)
+    assert storage.delete_connection("acme", head.uuid)
+    with pytest.raises(ConnectionNotFound):
+        life.refresh_due("acme", "main", head)
+    assert storage.lease_holder(f"refresh:{head.uuid}", utcnow()) is None
     assert provider.state.refresh_call_count == 0
 
 

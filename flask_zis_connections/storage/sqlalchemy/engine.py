@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, Row
+from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError, ProgrammingError
 
 from ... import token_cache
@@ -185,26 +185,22 @@ class SQLBackend(Storage):
         timeout); SQLAlchemy invalidates the pool and a retry gets a fresh one.  Reads
         are safe to repeat, writes are not, so only reads retry.
         """
-        try:
-            with self._reader.connect() as conn:
-                return conn.execute(stmt, params).all()
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
-                raise
-        with self._reader.connect() as conn:
-            return conn.execute(stmt, params).all()
+        return self._reading(lambda conn: conn.execute(stmt, params).all())
 
     def _read_sql(self, sql: DriverSQL, params: Mapping[str, Any]) -> Sequence[Row[Any]]:
         """:meth:`_read` of a statement compiled ahead (:mod:`.driver_sql`): its rows
         hold what the driver returned."""
+        return self._reading(lambda conn: sql.run(conn, params).all())
+
+    def _reading(self, read: Callable[[Connection], Sequence[Row[Any]]]) -> Sequence[Row[Any]]:
         try:
             with self._reader.connect() as conn:
-                return sql.run(conn, params).all()
+                return read(conn)
         except DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise
         with self._reader.connect() as conn:
-            return sql.run(conn, params).all()
+            return read(conn)
 
 
 def _pipelines(engine: Engine) -> bool:
