@@ -112,15 +112,16 @@ class CoordinationHooks(SQLBackend):
             return taken
         # Any other database: take over an expired row, else insert; the primary key
         # refuses a second, inside a savepoint so the transaction survives the refusal.
-        expires_ms = to_ms(expires_at)
-        params = {"b_key": key, "b_owner": owner, "b_now": to_ms(now), "b_expires_at": expires_ms}
+        params = _lease_params(key, owner, now, expires_at)
         with self._writer.begin() as conn:
             if conn.execute(q.TAKE_EXPIRED_LEASE, params).rowcount == 1:
                 return True
             try:
                 with conn.begin_nested():
                     conn.execute(
-                        sa.insert(refresh_leases).values(key=key, owner=owner, expires_at=expires_ms)
+                        sa.insert(refresh_leases).values(
+                            key=key, owner=owner, expires_at=params["b_expires_at"]
+                        )
                     )
             except IntegrityError:
                 return False
@@ -144,11 +145,8 @@ class CoordinationHooks(SQLBackend):
         sql = sqls.lease_upsert if backoff_of is None else sqls.lease_upsert_unless_backed_off
         if sql is None:
             return None
-        params = {"b_key": key, "b_owner": owner, "b_expires_at": to_ms(expires_at), "b_now": to_ms(now)}
-        if backoff_of is not None:
-            params["b_uuid"] = backoff_of
         with self._one_statement().begin() as conn:
-            result = sql.run(conn, params)
+            result = sql.run(conn, _lease_params(key, owner, now, expires_at, backoff_of))
             if self._writer.dialect.name == "sqlite":  # its row count is exact
                 return result.rowcount == 1
             return result.first() is not None  # the row it took (RETURNING)
@@ -170,13 +168,7 @@ class CoordinationHooks(SQLBackend):
             return super()._take_lease_and_read(key, owner, now, expires_at, integration, uuid)
         import psycopg
 
-        lease = {
-            "b_key": key,
-            "b_owner": owner,
-            "b_expires_at": to_ms(expires_at),
-            "b_now": to_ms(now),
-            "b_uuid": uuid,
-        }
+        lease = _lease_params(key, owner, now, expires_at, uuid)
         read = {"integration": integration, "uuid": uuid}
         with self._one_statement().connect() as conn:
             driver = conn.connection.driver_connection
@@ -193,7 +185,7 @@ class CoordinationHooks(SQLBackend):
         return taken, refresh_state_of(rows)
 
     def _renew_lease(self, key: str, owner: str, now: datetime, expires_at: datetime) -> bool:
-        params = {"b_key": key, "b_owner": owner, "b_now": to_ms(now), "b_expires_at": to_ms(expires_at)}
+        params = _lease_params(key, owner, now, expires_at)
         with self._one_statement().begin() as conn:
             return self._refresh_sql.renew_lease.run(conn, params).rowcount == 1
 
@@ -262,3 +254,20 @@ class CoordinationHooks(SQLBackend):
         b = refresh_backoff
         with self._writer.begin() as conn:
             conn.execute(sa.delete(b).where(b.c.connection_uuid == connection_uuid))
+
+
+def _lease_params(
+    key: str, owner: str, now: datetime, expires_at: datetime, backoff_of: str | None = None
+) -> dict[str, Any]:
+    """The bound values of the lease statements (``b_`` names: SQLAlchemy reserves the
+    column names for ``SET``); ``b_uuid`` only for the upsert refused while connection
+    ``backoff_of`` backs off."""
+    params: dict[str, Any] = {
+        "b_key": key,
+        "b_owner": owner,
+        "b_now": to_ms(now),
+        "b_expires_at": to_ms(expires_at),
+    }
+    if backoff_of is not None:
+        params["b_uuid"] = backoff_of
+    return params

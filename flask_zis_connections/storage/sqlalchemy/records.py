@@ -27,7 +27,6 @@ from ..conflicts import (
 )
 from ..times import to_ms
 from . import queries as q
-from .driver_sql import DriverSQL
 from .engine import SQLBackend
 from .rows import (
     BACKOFF_FIELDS,
@@ -200,40 +199,25 @@ class RecordHooks(SQLBackend):
         self, record: ConnectionRecord, expected_version: int, lease: Lease | None, now: datetime
     ) -> ConnectionRecord | None:
         leased_write = self._refresh_sql.leased_write
-        if lease is not None and leased_write is not None:
-            return self._leased_write(leased_write, record, expected_version, lease, now)
-        c = connections
-        where = [
-            c.c.uuid == record.uuid,
-            c.c.integration == record.integration,
-            c.c.version == expected_version,
-            c.c.type == record.type,
-        ]
-        if lease is not None:
-            ls = refresh_leases
-            # In the same statement as the compare-and-swap: no gap in which the
-            # lease could lapse between checking it and writing.
-            where.append(
-                sa.exists().where(
-                    ls.c.key == lease.key, ls.c.owner == lease.owner, ls.c.expires_at > to_ms(now)
-                )
-            )
-        update = (
-            sa.update(c)
-            .where(*where)
-            .values(**token_update(record), needs_reauth=record.needs_reauth, version=expected_version + 1)
-        )
         try:
             if self._writer.dialect.update_returning:  # PostgreSQL; SQLite from 3.35
                 # The write and the row it leaves in one statement outside a transaction:
                 # on a refresh's path this is the round trip every waiting caller waits
                 # for (and on SQLite the write lock is held until that row is fetched,
-                # not across BEGIN, UPDATE, SELECT and COMMIT).
+                # not across BEGIN, UPDATE, SELECT and COMMIT).  A refresh's write is
+                # compiled ahead (:data:`~.queries.LEASED_WRITE`).
                 with self._one_statement().begin() as conn:
-                    stored = conn.execute(update.returning(*columns(c, CONNECTION_FIELDS))).first()
+                    if lease is not None and leased_write is not None:
+                        params = _leased_write_params(record, expected_version, lease, now)
+                        stored = leased_write.run(conn, params).first()
+                    else:
+                        update = _token_write(record, expected_version, lease, now)
+                        stored = conn.execute(
+                            update.returning(*columns(connections, CONNECTION_FIELDS))
+                        ).first()
                 return None if stored is None else connection_from_row(stored)
             with self._writer.begin() as conn:
-                changed = conn.execute(update).rowcount
+                changed = conn.execute(_token_write(record, expected_version, lease, now)).rowcount
                 if changed != 1:
                     return None
                 row = conn.execute(
@@ -242,33 +226,6 @@ class RecordHooks(SQLBackend):
         except IntegrityError as exc:
             raise OAuthClientNotFound(record.integration, str(record.oauth_client_uuid)) from exc
         return connection_from_row(row)
-
-    def _leased_write(
-        self, sql: DriverSQL, record: ConnectionRecord, expected_version: int, lease: Lease, now: datetime
-    ) -> ConnectionRecord | None:
-        """A refresh's write (:data:`~.queries.LEASED_WRITE`, compiled ahead): the write
-        and the row it leaves in one statement outside a transaction.  On a refresh's
-        path this is the round trip every waiting caller waits for; on SQLite the write
-        lock is held until that row is fetched, not across BEGIN, UPDATE, SELECT and
-        COMMIT."""
-        params = {f"v_{name}": value for name, value in token_update(record).items()}
-        params.update(
-            w_uuid=record.uuid,
-            w_integration=record.integration,
-            w_expected=expected_version,
-            w_type=record.type,
-            w_lease_key=lease.key,
-            w_lease_owner=lease.owner,
-            w_now=to_ms(now),
-            w_needs_reauth=record.needs_reauth,
-            w_version=expected_version + 1,
-        )
-        try:
-            with self._one_statement().begin() as conn:
-                stored = sql.run(conn, params).first()
-        except IntegrityError as exc:
-            raise OAuthClientNotFound(record.integration, str(record.oauth_client_uuid)) from exc
-        return None if stored is None else connection_from_row(stored)
 
     def _delete_connection(self, integration: str, uuid: str) -> bool:
         c, b = connections, refresh_backoff
@@ -343,3 +300,48 @@ def refresh_state_of(rows: Sequence[Any]) -> RefreshState | None:
     backoff = None if row[backoff_at] is None else backoff_from_row(row[backoff_at:client_at])
     client = None if row[client_at] is None else client_from_row(row[client_at:])
     return RefreshState(connection_from_row(row[:backoff_at]), backoff, client)
+
+
+def _token_write(
+    record: ConnectionRecord, expected_version: int, lease: Lease | None, now: datetime
+) -> sa.Update:
+    """The compare-and-swap of a token write as an expression (any write, on any
+    database): on ``version``, and with ``lease`` on that lease being still held."""
+    c = connections
+    where = [
+        c.c.uuid == record.uuid,
+        c.c.integration == record.integration,
+        c.c.version == expected_version,
+        c.c.type == record.type,
+    ]
+    if lease is not None:
+        ls = refresh_leases
+        # In the same statement as the compare-and-swap: no gap in which the lease
+        # could lapse between checking it and writing.
+        where.append(
+            sa.exists().where(ls.c.key == lease.key, ls.c.owner == lease.owner, ls.c.expires_at > to_ms(now))
+        )
+    return (
+        sa.update(c)
+        .where(*where)
+        .values(**token_update(record), needs_reauth=record.needs_reauth, version=expected_version + 1)
+    )
+
+
+def _leased_write_params(
+    record: ConnectionRecord, expected_version: int, lease: Lease, now: datetime
+) -> dict[str, Any]:
+    """The bound values of :data:`~.queries.LEASED_WRITE`: the same compare-and-swap."""
+    params = {f"v_{name}": value for name, value in token_update(record).items()}
+    params.update(
+        w_uuid=record.uuid,
+        w_integration=record.integration,
+        w_expected=expected_version,
+        w_type=record.type,
+        w_lease_key=lease.key,
+        w_lease_owner=lease.owner,
+        w_now=to_ms(now),
+        w_needs_reauth=record.needs_reauth,
+        w_version=expected_version + 1,
+    )
+    return params
