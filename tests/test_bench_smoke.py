@@ -136,3 +136,17 @@ def test_a_show_row_whose_bare_view_was_outrun_is_not_judged() -> None:
     assert _unsound({"ours": 1077.0, "bare": 1795.0, "bare+read": 2165.0}) == (
         "bare+read outran the bare view (1,795 req/s)"
     )
+
+
+def test_a_round_one_gthread_worker_served_alone_is_run_again() -> None:
+    """The per-worker CPU of real rounds on this machine: a balanced one, and one where
+    a worker took all of wrk's keep-alive connections and the other did nothing
+    (6,886 against 1,932 req/s for the same bare view)."""
+    from bench.bench_show import _lopsided
+
+    assert not _lopsided([2.85, 2.67])
+    assert _lopsided([3.2, 0.0])
+    assert _lopsided([3.0, 0.3])  # the idle one served a few requests before the race
+    assert not _lopsided([2.0, 0.9])  # uneven, but both served the round
+    assert not _lopsided([3.1])  # one worker cannot be lopsided
+    assert not _lopsided([0.0, 0.0])  # nothing ran: no share to judge
