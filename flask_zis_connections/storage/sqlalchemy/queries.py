@@ -195,32 +195,49 @@ _released = RELEASE_LEASE.returning(_ls.c.key).cte("released")
 RELEASE_LEASE_NOTIFY: Final = sa.select(sa.func.pg_notify(_bp("channel"), _released.c.key)).select_from(
     _released
 )
-#: A refresh's compare-and-swap: the new token columns (``v_<column>``), ``needs_reauth``
-#: and ``version`` written only while the row is at version ``w_expected`` and the lease
-#: ``w_lease_key`` is still ``w_lease_owner``'s at ``w_now`` - one statement, no gap in
-#: which the lease could lapse - returning the row it leaves (where the dialect can).
-LEASED_WRITE: Final = (
-    sa.update(_c)
-    .where(
+
+
+def _token_write(*, leased: bool) -> sa.Update:
+    """A token write's compare-and-swap: the new token columns (``v_<column>``),
+    ``needs_reauth`` and ``version`` written only while the row is at version
+    ``w_expected`` - and, ``leased``, while the lease ``w_lease_key`` is still
+    ``w_lease_owner``'s at ``w_now``, in the same statement: no gap in which the lease
+    could lapse between checking it and writing."""
+    where = [
         _c.c.uuid == _bp("w_uuid"),
         _c.c.integration == _bp("w_integration"),
         _c.c.version == _bp("w_expected"),
         _c.c.type == _bp("w_type"),
-        sa.exists().where(
-            _ls.c.key == _bp("w_lease_key"),
-            _ls.c.owner == _bp("w_lease_owner"),
-            _ls.c.expires_at > _bp("w_now"),
-        ),
+    ]
+    if leased:
+        where.append(
+            sa.exists().where(
+                _ls.c.key == _bp("w_lease_key"),
+                _ls.c.owner == _bp("w_lease_owner"),
+                _ls.c.expires_at > _bp("w_now"),
+            )
+        )
+    return (
+        sa.update(_c)
+        .where(*where)
+        .values(
+            {
+                **{name: _bp(f"v_{name}") for name in TOKEN_UPDATE_FIELDS},
+                "needs_reauth": _bp("w_needs_reauth"),
+                "version": _bp("w_version"),
+            }
+        )
     )
-    .values(
-        {
-            **{name: _bp(f"v_{name}") for name in TOKEN_UPDATE_FIELDS},
-            "needs_reauth": _bp("w_needs_reauth"),
-            "version": _bp("w_version"),
-        }
-    )
-    .returning(*columns(_c, CONNECTION_FIELDS))
-)
+
+
+#: By whether the write holds a refresh lease; with the row it leaves (``RETURNING``,
+#: where the dialect can) or without (then read after it in the same transaction).
+TOKEN_WRITES: Final = {leased: _token_write(leased=leased) for leased in (False, True)}
+TOKEN_WRITES_RETURNING: Final = {
+    leased: write.returning(*columns(_c, CONNECTION_FIELDS)) for leased, write in TOKEN_WRITES.items()
+}
+#: A refresh's write, compiled ahead as the driver's own SQL (:mod:`.driver_sql`).
+LEASED_WRITE: Final = TOKEN_WRITES_RETURNING[True]
 BACKOFF: Final = sa.select(*columns(refresh_backoff, BACKOFF_FIELDS)).where(
     refresh_backoff.c.connection_uuid == _bp("uuid")
 )

@@ -36,14 +36,13 @@ from .rows import (
     client_from_row,
     client_row,
     client_update,
-    columns,
     connection_from_row,
     connection_row,
     token_from_row,
     token_row,
     token_update,
 )
-from .schema import api_tokens, connections, oauth_clients, refresh_backoff, refresh_leases
+from .schema import api_tokens, connections, oauth_clients, refresh_backoff
 
 _CONNECTION_COLUMNS = len(CONNECTION_FIELDS)
 _BACKOFF_COLUMNS = len(BACKOFF_FIELDS)
@@ -198,7 +197,8 @@ class RecordHooks(SQLBackend):
     def _update_connection(
         self, record: ConnectionRecord, expected_version: int, lease: Lease | None, now: datetime
     ) -> ConnectionRecord | None:
-        leased_write = self._refresh_sql.leased_write
+        params = _token_write_params(record, expected_version, lease, now)
+        leased = lease is not None
         try:
             if self._writer.dialect.update_returning:  # PostgreSQL; SQLite from 3.35
                 # The write and the row it leaves in one statement outside a transaction:
@@ -206,19 +206,15 @@ class RecordHooks(SQLBackend):
                 # for (and on SQLite the write lock is held until that row is fetched,
                 # not across BEGIN, UPDATE, SELECT and COMMIT).  A refresh's write is
                 # compiled ahead (:data:`~.queries.LEASED_WRITE`).
+                leased_write = self._refresh_sql.leased_write
                 with self._one_statement().begin() as conn:
-                    if lease is not None and leased_write is not None:
-                        params = _leased_write_params(record, expected_version, lease, now)
+                    if leased and leased_write is not None:
                         stored = leased_write.run(conn, params).first()
                     else:
-                        update = _token_write(record, expected_version, lease, now)
-                        stored = conn.execute(
-                            update.returning(*columns(connections, CONNECTION_FIELDS))
-                        ).first()
+                        stored = conn.execute(q.TOKEN_WRITES_RETURNING[leased], params).first()
                 return None if stored is None else connection_from_row(stored)
             with self._writer.begin() as conn:
-                changed = conn.execute(_token_write(record, expected_version, lease, now)).rowcount
-                if changed != 1:
+                if conn.execute(q.TOKEN_WRITES[leased], params).rowcount != 1:
                     return None
                 row = conn.execute(
                     q.CONNECTION_BY_UUID, {"integration": record.integration, "uuid": record.uuid}
@@ -302,46 +298,20 @@ def refresh_state_of(rows: Sequence[Any]) -> RefreshState | None:
     return RefreshState(connection_from_row(row[:backoff_at]), backoff, client)
 
 
-def _token_write(
+def _token_write_params(
     record: ConnectionRecord, expected_version: int, lease: Lease | None, now: datetime
-) -> sa.Update:
-    """The compare-and-swap of a token write as an expression (any write, on any
-    database): on ``version``, and with ``lease`` on that lease being still held."""
-    c = connections
-    where = [
-        c.c.uuid == record.uuid,
-        c.c.integration == record.integration,
-        c.c.version == expected_version,
-        c.c.type == record.type,
-    ]
-    if lease is not None:
-        ls = refresh_leases
-        # In the same statement as the compare-and-swap: no gap in which the lease
-        # could lapse between checking it and writing.
-        where.append(
-            sa.exists().where(ls.c.key == lease.key, ls.c.owner == lease.owner, ls.c.expires_at > to_ms(now))
-        )
-    return (
-        sa.update(c)
-        .where(*where)
-        .values(**token_update(record), needs_reauth=record.needs_reauth, version=expected_version + 1)
-    )
-
-
-def _leased_write_params(
-    record: ConnectionRecord, expected_version: int, lease: Lease, now: datetime
 ) -> dict[str, Any]:
-    """The bound values of :data:`~.queries.LEASED_WRITE`: the same compare-and-swap."""
+    """The bound values of a token write (:data:`~.queries.TOKEN_WRITES`); the lease's
+    only with ``lease``."""
     params = {f"v_{name}": value for name, value in token_update(record).items()}
     params.update(
         w_uuid=record.uuid,
         w_integration=record.integration,
         w_expected=expected_version,
         w_type=record.type,
-        w_lease_key=lease.key,
-        w_lease_owner=lease.owner,
-        w_now=to_ms(now),
         w_needs_reauth=record.needs_reauth,
         w_version=expected_version + 1,
     )
+    if lease is not None:
+        params.update(w_lease_key=lease.key, w_lease_owner=lease.owner, w_now=to_ms(now))
     return params
