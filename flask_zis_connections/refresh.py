@@ -237,15 +237,14 @@ class Refresher:
                     # storage can), for the holder to refresh from and for the others
                     # to find the back-off that may have refused them.
                     taken, state = self._take_lease(key, owner, seen)
-                    if taken:
-                        try:
-                            if state is None:
-                                raise ConnectionNotFound(seen.integration, uuid=seen.uuid)
+                    try:
+                        if state is None:
+                            raise ConnectionNotFound(seen.integration, uuid=seen.uuid)
+                        if taken:
                             return self._settle_locked(seen, force, Lease(key, owner), taken_at, state)
-                        finally:
+                    finally:
+                        if taken:
                             self.life.storage.release_lease(key, owner)
-                    if state is None:
-                        raise ConnectionNotFound(seen.integration, uuid=seen.uuid)
                     backoff = state.backoff
                     if backoff is not None and backoff.retry_at > utcnow():
                         return _Outcome(state.record, backoff=backoff)
