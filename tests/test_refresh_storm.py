@@ -72,6 +72,89 @@ def test_one_caller_runs_the_work_and_every_waiter_gets_its_result() -> None:
     assert flights.run("k", lambda: "again", JOIN_TIMEOUT) == ("again", True)
 
 
+def _queue_waiters(
+    flights: SingleFlight[str], count: int, got: list[int], timeouts: dict[int, float]
+) -> list[threading.Thread]:
+    """Start ``count`` waiters of flight "k" one after another (each counted before the
+    next starts); each appends its index to ``got`` when it has the outcome."""
+    lock = threading.Lock()
+    threads = []
+    for i in range(count):
+
+        def wait(i: int = i) -> None:
+            try:
+                flights.run("k", lambda: "not me", timeouts.get(i, JOIN_TIMEOUT))
+            except FlightTimeout:
+                return
+            with lock:
+                got.append(i)
+
+        before = flights.waiting("k")
+        thread = threading.Thread(target=wait)
+        thread.start()
+        threads.append(thread)
+        _wait_for(lambda before=before: flights.waiting("k") == before + 1, f"waiter {i}")  # type: ignore[misc]
+    return threads
+
+
+def test_the_outcome_is_handed_to_the_waiters_in_arrival_order() -> None:
+    """Each waiter wakes the next, so they get the outcome one after another in the
+    order they came (woken all at once, 20 threads would return in a scrambled order)."""
+    flights: SingleFlight[str] = SingleFlight()
+    release = threading.Event()
+    leader = threading.Thread(
+        target=lambda: flights.run("k", lambda: release.wait(JOIN_TIMEOUT) and "done", 60)
+    )
+    leader.start()
+    _wait_for(lambda: "k" in flights._flights, "the leader")
+    got: list[int] = []
+    waiters = _queue_waiters(flights, 20, got, {})
+    release.set()
+    for thread in [leader, *waiters]:
+        thread.join(JOIN_TIMEOUT)
+    assert got == list(range(20))
+    assert flights.waiting("k") == 0
+
+
+def test_a_waiter_leaving_the_queue_strands_nobody_behind_it() -> None:
+    """Waiter 1 gives up before the outcome: the hand-off skips it and waiters 2 and 3
+    get the outcome at once, not after the second a stranded waiter would look again."""
+    flights: SingleFlight[str] = SingleFlight()
+    release = threading.Event()
+    leader = threading.Thread(
+        target=lambda: flights.run("k", lambda: release.wait(JOIN_TIMEOUT) and "done", 60)
+    )
+    leader.start()
+    _wait_for(lambda: "k" in flights._flights, "the leader")
+    got: list[int] = []
+    waiters = _queue_waiters(flights, 4, got, {1: 0.3})
+    waiters[1].join(JOIN_TIMEOUT)  # timed out, left the queue
+    assert len(flights._flights["k"].queue) == 3
+    started = time.monotonic()
+    release.set()
+    for thread in [leader, *waiters]:
+        thread.join(JOIN_TIMEOUT)
+    assert got == [0, 2, 3]
+    assert time.monotonic() - started < 0.5
+
+
+def test_a_turn_handed_to_a_waiter_that_is_leaving_goes_on_to_the_next() -> None:
+    """The race of a waiter timing out just as its turn comes: popped from the queue but
+    gone, it passes the turn on rather than swallow it."""
+    flights: SingleFlight[str] = SingleFlight()
+    flight: _Flight[str] = _Flight(None)
+    leaving, behind = threading.Event(), threading.Event()
+    flight.queue.extend([leaving, behind])
+    assert flight.queue.popleft() is leaving  # its predecessor's hand-off, not yet set
+    flights._leave(flight, leaving)
+    assert behind.is_set() and not flight.queue
+    # One still queued just leaves: nothing is handed to anybody.
+    later = threading.Event()
+    flight.queue.append(later)
+    flights._leave(flight, later)
+    assert not later.is_set() and not flight.queue
+
+
 def test_other_keys_fly_apart() -> None:
     flights: SingleFlight[str] = SingleFlight()
     inside = threading.Barrier(2)
