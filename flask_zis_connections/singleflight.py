@@ -13,7 +13,7 @@ they share it (and the CPU, with the other workers' threads), so all of them fin
 near the end, while handed on they queue for it and the first finish first.  A waiter
 wakes the next as soon as it runs, so the hand-off never waits for one caller's work:
 it only goes as fast as woken threads get to run.  Behind a token endpoint answering in
-0.5 s, 200 callers on four gthread workers got their answers a median 29-35 ms after
+0.5 s, 200 callers on four gthread workers got their answers a median 26-34 ms after
 the provider's, against 40-61 ms woken all at once.
 
 The leader runs the work in its own thread (no helper thread whose life could diverge

@@ -89,17 +89,15 @@ def _queue_waiters(
             with lock:
                 got.append(i)
 
-        before = flights.waiting("k")
         thread = threading.Thread(target=wait)
         thread.start()
         threads.append(thread)
-        _wait_for(lambda before=before: flights.waiting("k") == before + 1, f"waiter {i}")  # type: ignore[misc]
+        _wait_for(lambda: flights.waiting("k") == len(threads), f"waiter {i}")
     return threads
 
 
-def test_the_outcome_is_handed_to_the_waiters_in_arrival_order() -> None:
-    """Each waiter wakes the next, so they get the outcome one after another in the
-    order they came (woken all at once, 20 threads would return in a scrambled order)."""
+def _held_flight() -> tuple[SingleFlight[str], threading.Event, threading.Thread]:
+    """A flight of "k" whose leader holds it until the event is set."""
     flights: SingleFlight[str] = SingleFlight()
     release = threading.Event()
     leader = threading.Thread(
@@ -107,6 +105,13 @@ def test_the_outcome_is_handed_to_the_waiters_in_arrival_order() -> None:
     )
     leader.start()
     _wait_for(lambda: "k" in flights._flights, "the leader")
+    return flights, release, leader
+
+
+def test_the_outcome_is_handed_to_the_waiters_in_arrival_order() -> None:
+    """Each waiter wakes the next, so they get the outcome one after another in the
+    order they came (woken all at once, 20 threads would return in a scrambled order)."""
+    flights, release, leader = _held_flight()
     got: list[int] = []
     waiters = _queue_waiters(flights, 20, got, {})
     release.set()
@@ -119,15 +124,9 @@ def test_the_outcome_is_handed_to_the_waiters_in_arrival_order() -> None:
 def test_a_waiter_leaving_the_queue_strands_nobody_behind_it() -> None:
     """Waiter 1 gives up before the outcome: the hand-off skips it and waiters 2 and 3
     get the outcome at once, not after the second a stranded waiter would look again."""
-    flights: SingleFlight[str] = SingleFlight()
-    release = threading.Event()
-    leader = threading.Thread(
-        target=lambda: flights.run("k", lambda: release.wait(JOIN_TIMEOUT) and "done", 60)
-    )
-    leader.start()
-    _wait_for(lambda: "k" in flights._flights, "the leader")
+    flights, release, leader = _held_flight()
     got: list[int] = []
-    waiters = _queue_waiters(flights, 4, got, {1: 0.3})
+    waiters = _queue_waiters(flights, 4, got, {1: 1.0})
     waiters[1].join(JOIN_TIMEOUT)  # timed out, left the queue
     assert len(flights._flights["k"].queue) == 3
     started = time.monotonic()
