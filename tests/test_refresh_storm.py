@@ -126,7 +126,9 @@ def test_a_waiter_leaving_the_queue_strands_nobody_behind_it() -> None:
     get the outcome at once, not after the second a stranded waiter would look again."""
     flights, release, leader = _held_flight()
     got: list[int] = []
-    waiters = _queue_waiters(flights, 4, got, {1: 1.0})
+    # Not a multiple of the waiters' one-second look at their leader, which would have
+    # them find the outcome by themselves, in any order, just as waiter 1 leaves.
+    waiters = _queue_waiters(flights, 4, got, {1: 0.4})
     waiters[1].join(JOIN_TIMEOUT)  # timed out, left the queue
     assert len(flights._flights["k"].queue) == 3
     started = time.monotonic()
