@@ -7,11 +7,11 @@ thread renews the lease, and the call's deadline never passes the moment the lea
 known to be held until: a refresher whose renewals fail gives up before anyone else
 can take over, so a refresh token is never sent twice.  Its write is conditioned on
 both the row's ``version`` and the lease, in one atomic step.  In each process one
-caller per connection deals with storage while the others wait on an in-process event
-(:mod:`.singleflight`); when it lost the lease to another process it waits for the
-release (heard through the storage's channel, else polled) and uses the winner's
-result.  A crashed refresher's lease simply expires after ``ZIS_REFRESH_LEASE_TTL``
-seconds.
+caller per connection deals with storage while the others wait in-process for its
+result, handed from one waiter to the next (:mod:`.singleflight`); when it lost the
+lease to another process it waits for the release (heard through the storage's
+channel, else polled) and uses the winner's result.  A crashed refresher's lease
+simply expires after ``ZIS_REFRESH_LEASE_TTL`` seconds.
 
 A refresh that fails at the provider is recorded apart from the connection row
 (:class:`~flask_zis_connections.domain.RefreshBackoff`) and backs the connection off

@@ -2,9 +2,10 @@
 
 Two hundred requests of one process that find the same connection due need one
 refresh between them, and only one of them needs to talk to the database about it
-(take the lease, or wait for another process's holder to let go).  The others wait on
-an in-process event and share what it found, so a burst costs the database a handful of
-statements per process instead of a poll loop per request.
+(take the lease, or wait for another process's holder to let go).  The others wait in
+this process, each on its own event in a queue, and share what it found, so a burst
+costs the database a handful of statements per process instead of a poll loop per
+request.
 
 The outcome is handed from waiter to waiter in the order they arrived, not announced
 to all of them at once: each waiter, once woken, wakes the next.  Every waiter of a
