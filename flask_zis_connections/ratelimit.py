@@ -263,19 +263,23 @@ class RateLimits:
             ids = _caller_ids(integration, token, identity)
             self._raise_if_waiting(self._run(_hit_all, self.caller_limits, ids, True), "for this caller")
 
-    def test_address(self, integration: str | None = None, token: str | None = None) -> None:
+    def test_address(
+        self, integration: str | None = None, token: str | None = None, *, address: str | None = None
+    ) -> None:
         """Refuse, without charging, a client address that spent its budget.
 
         Called before a bearer token is looked up, so a guesser's spent address costs
         no database query.  ``token`` is exempt when it authenticated for
         ``integration`` within its caller window: only a real token can have charged
-        that bucket, so the exemption opens nothing to guessing.
+        that bucket, so the exemption opens nothing to guessing.  ``address``: the
+        request's ``remote_addr``, when the caller has the request at hand.
         """
         if not self.address_limits:
             return
         # The token's key is only worked out when the address is spent (a hash per request saved).
         exempt = None if integration is None or token is None else (integration, token)
-        wait = self._run(_test_address, self.address_limits, _address_ids(), (self.caller_limits, exempt))
+        ids = _address_ids(address)
+        wait = self._run(_test_address, self.address_limits, ids, (self.caller_limits, exempt))
         self._raise_if_waiting(wait, "from this address")
 
     def hit_address(self, *, refuse: bool = True) -> None:
@@ -406,8 +410,8 @@ def _caller_ids(integration: str, token: str | None, identity: str) -> _Ids:
     return (_NAMESPACE, "caller", integration, who)
 
 
-def _address_ids() -> _Ids:
-    return (_NAMESPACE, "address", request.remote_addr or "-")
+def _address_ids(address: str | None = None) -> _Ids:
+    return (_NAMESPACE, "address", (address if address is not None else request.remote_addr) or "-")
 
 
 def _charged(windows: Windows, limits: tuple[Limit, ...], ids: _Ids) -> bool:

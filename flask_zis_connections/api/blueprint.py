@@ -13,7 +13,7 @@ from flask import Blueprint, Request, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from .._state import state
+from .._state import AppState, state
 from .errors import handle_error
 
 URL_PREFIX = "/api/services/zis"
@@ -44,12 +44,11 @@ def _routing_errors_under_prefix() -> Response | None:
     return None
 
 
-def limit_request(req: Request) -> None:
+def limit_request(req: Request, st: AppState) -> None:
     """The body limit of every request, then the rate limits of the endpoints that take
     no credentials: per client address, and for the token proxy - which cannot tell
     its callers apart - also globally.  Run first by the blueprint's one
     ``before_request`` hook (:func:`.openapi.before_request`)."""
-    st = state()
     req.max_content_length = st.settings.max_body_bytes
     endpoint = req.endpoint
     if endpoint not in _UNAUTHENTICATED_ENDPOINTS or st.limits is None:

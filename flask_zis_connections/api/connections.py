@@ -8,7 +8,7 @@ from flask import Response, current_app, jsonify, request
 
 from .. import errors as e
 from .. import validation as v
-from .._state import state
+from .._state import AppState, state
 from ..domain import ConnectionRecord
 from ..storage.base import parse_cursor
 from .blueprint import bp
@@ -30,14 +30,16 @@ def refresh(integration: str) -> Response:
 def show(integration: str) -> Response:
     """One read of the row (the token check is cached for a few seconds), a refresh
     when it is due, and the answer - decrypted and encoded once per row version."""
-    auth(integration)
+    req = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
     st = state()
-    name = request.args.get("name")
-    if name is not None and "uuid" not in request.args:
+    auth(integration, st=st, req=req)
+    args = req.args
+    name = args.get("name")
+    if name is not None and "uuid" not in args:
         # Its refresh under way in this process: the row it leaves, without a read.
         running = st.lifecycle.joined_refresh(integration, name)
         if running is not None:
-            return _answer(running)
+            return _answer(running, st)
         if st.answers is not None:
             # A row unchanged since its last answer: a narrow read decides.  Fresh, the
             # answer goes out as it is (nothing decrypted or encoded); due, the refresh
@@ -48,22 +50,23 @@ def show(integration: str) -> Response:
                 rec, body = kept
                 if st.lifecycle.is_fresh(head):
                     return _json(body)
-                return _answer(st.lifecycle.ensure_fresh(rec, force=False))
+                return _answer(st.lifecycle.ensure_fresh(rec, force=False), st)
             if head is not None and head.type == "oauth" and not st.lifecycle.is_fresh(head):
                 # Due, in a row not answered yet: the refresh reads it once it holds the lease.
-                return _answer(st.lifecycle.refresh_due(integration, name, head))
+                return _answer(st.lifecycle.refresh_due(integration, name, head), st)
     rec = lookup(integration, oauth_only=True)
-    return _answer(st.lifecycle.ensure_fresh(rec, force=False))
+    return _answer(st.lifecycle.ensure_fresh(rec, force=False), st)
 
 
 def _json(body: bytes) -> Response:
-    return current_app.response_class(body, mimetype=current_app.json.mimetype)  # type: ignore[attr-defined]
+    app = current_app._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
+    return app.response_class(body, mimetype=app.json.mimetype)  # type: ignore[no-any-return]
 
 
-def _answer(rec: ConnectionRecord) -> Response:
+def _answer(rec: ConnectionRecord, st: AppState | None = None) -> Response:
     """The connection JSON of ``rec``, from the app's answer cache when the row is
     unchanged since it was last answered (:class:`~.serializers.AnswerCache`)."""
-    answers = state().answers
+    answers = (st or state()).answers
     if answers is None:
         return connection_response(rec)
     body = answers.get(rec)

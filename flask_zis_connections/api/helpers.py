@@ -4,18 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, jsonify, request, url_for
+from flask import Request, Response, jsonify, request, url_for
 
 from .. import errors as e
 from .. import events
 from .. import validation as v
-from .._state import state
+from .._state import AppState, state
 from ..domain import ConnectionRecord
 from .auth import Caller, authenticate, bearer_token
 from .serializers import connection_json
 
 
-def auth(integration: str, *, state_changing: bool | None = None) -> Caller:
+def auth(
+    integration: str,
+    *,
+    state_changing: bool | None = None,
+    st: AppState | None = None,
+    req: Request | None = None,
+) -> Caller:
     """Authenticate the caller for ``integration``.
 
     A bearer token is checked first (a stranger learns nothing about names); the host's
@@ -23,15 +29,18 @@ def auth(integration: str, *, state_changing: bool | None = None) -> Caller:
     a GET that changes state (the refresh endpoint) so a browser session must pass the
     same-origin check a write would.  Failures are charged to the client address (never
     to a header or path the caller picks), and a spent address is refused before the
-    token lookup.
+    token lookup.  ``st`` and ``req``: the app's state and the request, when the view
+    has them already (each is a context lookup otherwise).
     """
-    st = state()
+    if st is None:
+        st = state()
+    if req is None:
+        req = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
     limits = st.limits
-    req = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
     try:
         token = bearer_token(req)
         if limits is not None:
-            limits.test_address(integration, token)
+            limits.test_address(integration, token, address=req.remote_addr)
         caller = authenticate(
             req,
             token,

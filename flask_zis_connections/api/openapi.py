@@ -229,7 +229,7 @@ def before_request() -> None:
     """The blueprint's one hook before a view (Flask dispatches each hook on every
     request): its limits (:func:`.blueprint.limit_request`), then :func:`_validate`."""
     req = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
-    limit_request(req)
+    limit_request(req, state())
     _validate(req)
 
 
