@@ -246,6 +246,27 @@ def test_proxy_fix_forwarded_address_picks_the_bucket(make_app: Callable[..., Fl
 
 
 @pytest.mark.parametrize("backend", ["memory"], indirect=True)
+def test_proxy_fix_forwarded_address_is_refused_before_the_token_lookup(
+    make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An endpoint that authenticates refuses a spent address before the lookup: the
+    address is the forwarded one, as the request object has it, not the proxy's."""
+    app = make_app(ZIS_RATELIMIT_UNAUTHENTICATED="2 per minute")
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1)  # type: ignore[method-assign]
+    c = app.test_client()
+    lookups = _count_token_lookups(app, monkeypatch)
+
+    def get(client_address: str) -> int:
+        return c.get(URL, headers={**_garbage(), "X-Forwarded-For": client_address}).status_code
+
+    assert [get("203.0.113.1") for _ in range(3)] == [401, 401, 429]
+    assert len(lookups) == 2, "the spent forwarded address must not reach the token lookup"
+    # The proxy's own address (every request's REMOTE_ADDR) is not what was charged.
+    assert [get("203.0.113.2") for _ in range(2)] == [401, 401]
+    assert len(lookups) == 4
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
 def test_redis_limits_are_shared_between_workers(make_app: Callable[..., Flask]) -> None:
     url = _redis_url()
     limit = "4 per minute"

@@ -66,7 +66,7 @@ def _json(body: bytes) -> Response:
 def _answer(rec: ConnectionRecord, st: AppState | None = None) -> Response:
     """The connection JSON of ``rec``, from the app's answer cache when the row is
     unchanged since it was last answered (:class:`~.serializers.AnswerCache`)."""
-    answers = (st or state()).answers
+    answers = (st if st is not None else state()).answers
     if answers is None:
         return connection_response(rec)
     body = answers.get(rec)
