@@ -42,7 +42,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from flask import request
 from limits import RateLimitItem, parse_many
 from limits.errors import ConfigurationError as LimitsConfigurationError
 from limits.errors import StorageError
@@ -264,15 +263,15 @@ class RateLimits:
             self._raise_if_waiting(self._run(_hit_all, self.caller_limits, ids, True), "for this caller")
 
     def test_address(
-        self, integration: str | None = None, token: str | None = None, *, address: str | None = None
+        self, address: str | None, integration: str | None = None, token: str | None = None
     ) -> None:
-        """Refuse, without charging, a client address that spent its budget.
+        """Refuse, without charging, a client ``address`` (the request's ``remote_addr``)
+        that spent its budget.
 
         Called before a bearer token is looked up, so a guesser's spent address costs
         no database query.  ``token`` is exempt when it authenticated for
         ``integration`` within its caller window: only a real token can have charged
-        that bucket, so the exemption opens nothing to guessing.  ``address``: the
-        request's ``remote_addr``, when the caller has the request at hand.
+        that bucket, so the exemption opens nothing to guessing.
         """
         if not self.address_limits:
             return
@@ -282,15 +281,15 @@ class RateLimits:
         wait = self._run(_test_address, self.address_limits, ids, (self.caller_limits, exempt))
         self._raise_if_waiting(wait, "from this address")
 
-    def hit_address(self, *, refuse: bool = True) -> None:
-        """Charge one request to the client address.
+    def hit_address(self, address: str | None, *, refuse: bool = True) -> None:
+        """Charge one request to the client ``address`` (the request's ``remote_addr``).
 
         ``refuse=False`` only counts (a failed authentication, which already answers
         401/403); the next request from a spent address is refused by
         :meth:`test_address`.
         """
         if self.address_limits:
-            wait = self._run(_hit_all, self.address_limits, _address_ids(), refuse)
+            wait = self._run(_hit_all, self.address_limits, _address_ids(address), refuse)
             self._raise_if_waiting(wait, "from this address")
 
     def hit_token_proxy(self) -> None:
@@ -410,8 +409,8 @@ def _caller_ids(integration: str, token: str | None, identity: str) -> _Ids:
     return (_NAMESPACE, "caller", integration, who)
 
 
-def _address_ids(address: str | None = None) -> _Ids:
-    return (_NAMESPACE, "address", (address if address is not None else request.remote_addr) or "-")
+def _address_ids(address: str | None) -> _Ids:
+    return (_NAMESPACE, "address", address or "-")
 
 
 def _charged(windows: Windows, limits: tuple[Limit, ...], ids: _Ids) -> bool:

@@ -53,7 +53,7 @@ def limit_request(req: Request, st: AppState) -> None:
     endpoint = req.endpoint
     if endpoint not in _UNAUTHENTICATED_ENDPOINTS or st.limits is None:
         return
-    st.limits.hit_address()
+    st.limits.hit_address(req.remote_addr)
     if endpoint == "zis.token_proxy":
         st.limits.hit_token_proxy()
 

@@ -40,7 +40,7 @@ def auth(
     try:
         token = bearer_token(req)
         if limits is not None:
-            limits.test_address(integration, token, address=req.remote_addr)
+            limits.test_address(req.remote_addr, integration, token)
         caller = authenticate(
             req,
             token,
@@ -53,7 +53,7 @@ def auth(
         )
     except (e.Unauthorized, e.Forbidden):
         if limits is not None:
-            limits.hit_address(refuse=False)
+            limits.hit_address(req.remote_addr, refuse=False)
         raise
     if limits is not None:
         limits.hit_caller(integration, token=token, identity=caller.identity)
