@@ -4,9 +4,9 @@ A forked child has one thread: a lock another thread of its parent held stays he
 the child for ever, and what those threads were waiting for is not the child's.  Each
 in-process registry (the token cache, the show answers, the bearer-token cache, the
 single flights, the lease watchers, the rate-limit windows, the hot reader's
-connections, the storage's listener threads, the Redis publisher) says what its child
-must start from; this module runs that in every child, so no path compares process ids
-to notice a fork.
+connections, the timer and resolver threads, the storage's listener threads, the Redis
+publisher) says what its child must start from; this module runs that in every child,
+so no path compares process ids to notice a fork.
 """
 
 from __future__ import annotations

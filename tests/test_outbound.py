@@ -10,10 +10,13 @@ change its answer between two lookups).
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import datetime
 import gzip
 import ipaddress
 import json
+import os
 import socket
 import ssl
 import threading
@@ -43,6 +46,7 @@ from flask_zis_connections.outbound import (
     harden,
     is_public_address,
 )
+from flask_zis_connections.outbound.resolver import MAX_THREADS, RESOLVER
 
 MiB = 1024 * 1024
 QUERY_SECRET = "q-s3cr3t"
@@ -733,6 +737,216 @@ def test_dns_rebinding_cannot_move_the_connection(
     assert asked == ["rebind.test", "rebind.test"]
     assert rebound.seen() == 0
     assert checked.seen() == 1
+
+
+# --------------------------------------------------------------------------- name lookups
+
+
+@pytest.fixture
+def stuck_dns() -> Iterator[threading.Event]:
+    """A gate that lookups made to hang wait on; opened after the test, so the resolver
+    threads they hold are free again for the next one."""
+    gate = threading.Event()
+    yield gate
+    gate.set()
+
+
+def _hangs(gate: threading.Event) -> Callable[[], list[str]]:
+    """A lookup that answers once ``gate`` opens (each test hangs names of its own: a
+    caller asking for a name still being looked up would share that lookup)."""
+
+    def lookup() -> list[str]:
+        gate.wait(30)
+        return ["93.184.216.34"]
+
+    return lookup
+
+
+def _resolver_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "zis-resolver")
+
+
+def test_a_name_that_never_resolves_fails_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch, stuck_dns: threading.Event
+) -> None:
+    """``getaddrinfo`` cannot be interrupted: the caller stops waiting for it."""
+    fake_dns(monkeypatch, {"never.example": _hangs(stuck_dns)})
+    policy = replace(STRICT, timeout=0.5)
+    with guarded_session(policy) as session:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded) as info:
+            session.get(f"http://never.example/token?x={QUERY_SECRET}", timeout=5)
+        waited = time.monotonic() - started
+    assert 0.45 <= waited < 1.5, waited
+    assert "Resolving never.example" in str(info.value)
+    assert_clean(info.value)
+
+
+def test_a_stuck_name_does_not_hold_up_another(
+    serve: Callable[..., Server], monkeypatch: pytest.MonkeyPatch, stuck_dns: threading.Event
+) -> None:
+    server = serve(answer(200, b'{"ok": true}'))
+    fake_dns(monkeypatch, {"held.example": _hangs(stuck_dns), "api.example": lambda: ["127.0.0.1"]})
+    policy = replace(STRICT, timeout=3.0, allowed_private_hosts=frozenset({"api.example"}))
+    failures: list[BaseException] = []
+
+    def stuck_call() -> None:
+        with guarded_session(policy) as session:
+            try:
+                session.get("http://held.example/")
+            except BaseException as exc:
+                failures.append(exc)
+
+    caller = threading.Thread(target=stuck_call)
+    caller.start()
+    time.sleep(0.1)  # its lookup holds a resolver thread now
+    with guarded_session(policy) as session:
+        started = time.monotonic()
+        assert session.get(f"http://api.example:{server.port}/").json() == {"ok": True}
+        assert time.monotonic() - started < 1.0
+    assert caller.is_alive()  # still waiting for its own name
+    caller.join(5)
+    assert len(failures) == 1 and isinstance(failures[0], DeadlineExceeded)
+
+
+def test_callers_of_one_name_at_once_share_one_lookup(
+    serve: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of calls to one provider: one lookup, every caller its own connection to
+    the address it found (and each a fresh lookup once that one is done)."""
+    server = serve(answer(200, b'{"ok": true}'))
+
+    def slow_answer() -> list[str]:
+        time.sleep(1.0)
+        return ["127.0.0.1"]
+
+    asked = fake_dns(monkeypatch, {"shared.example": slow_answer})
+    policy = replace(STRICT, timeout=5.0, allowed_private_hosts=frozenset({"shared.example"}))
+    callers = 16
+    barrier = threading.Barrier(callers)
+    bodies: list[Any] = []
+
+    def call() -> None:
+        with guarded_session(policy) as session:
+            barrier.wait()
+            bodies.append(session.get(f"http://shared.example:{server.port}/").json())
+
+    threads = [threading.Thread(target=call) for _ in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert bodies == [{"ok": True}] * callers
+    assert asked == ["shared.example"]
+    with guarded_session(policy) as session:
+        session.get(f"http://shared.example:{server.port}/")
+    assert asked == ["shared.example", "shared.example"]  # answers are not kept
+    assert server.seen() == callers + 1
+
+
+def test_a_resolver_outage_holds_a_bounded_number_of_threads(
+    serve: Callable[..., Server], monkeypatch: pytest.MonkeyPatch, stuck_dns: threading.Event
+) -> None:
+    """Every lookup hangs: each caller fails at its deadline, at most ``MAX_THREADS``
+    threads are stuck (lookups nobody waits for any more are dropped before they start),
+    and once the resolver answers again so do the calls."""
+    names = [f"n{i}.outage.example" for i in range(3 * MAX_THREADS)]
+    answers = {**{n: _hangs(stuck_dns) for n in names}, "api.example": lambda: ["127.0.0.1"]}
+    asked = fake_dns(monkeypatch, answers)
+    policy = replace(STRICT, timeout=0.5, allowed_private_hosts=frozenset({"api.example"}))
+    outcomes: list[BaseException | None] = []
+
+    def call(name: str) -> None:
+        with guarded_session(policy) as session:
+            try:
+                session.get(f"http://{name}/")
+                outcomes.append(None)
+            except BaseException as exc:
+                outcomes.append(exc)
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert len(outcomes) == len(names)
+    assert all(isinstance(o, DeadlineExceeded) for o in outcomes), outcomes
+    assert 0 < len(asked) <= MAX_THREADS
+    assert RESOLVER.threads <= MAX_THREADS and _resolver_threads() <= MAX_THREADS
+
+    stuck_dns.set()
+    server = serve(answer(200, b'{"ok": true}'))
+    with guarded_session(policy) as session:
+        assert session.get(f"http://api.example:{server.port}/").json() == {"ok": True}
+    # Lookups are served in order: the ones abandoned in line would have run by now.
+    assert len([name for name in asked if name != "api.example"]) <= MAX_THREADS
+
+
+def test_lookups_after_the_first_start_no_thread(
+    serve: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call's lookup runs on a resolver thread that is already there: the calling
+    thread starts none (each start waits for the GIL under load)."""
+    server = serve(answer(200, b'{"ok": true}'))
+    fake_dns(monkeypatch, {"api.example": lambda: ["127.0.0.1"]})
+    policy = replace(STRICT, allowed_private_hosts=frozenset({"api.example"}))
+    caller = threading.get_ident()
+    started: list[Any] = []
+
+    def counting(real: Callable[..., Any]) -> Callable[..., Any]:
+        def start(function: Any, *args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() == caller:
+                started.append(function)
+            return real(function, *args, **kwargs)
+
+        return start
+
+    with guarded_session(policy) as session:
+        session.get(f"http://api.example:{server.port}/")
+        monkeypatch.setattr(_thread, "start_new_thread", counting(_thread.start_new_thread))
+        monkeypatch.setattr(threading, "_start_new_thread", counting(threading._start_new_thread))  # type: ignore[attr-defined]
+        for _ in range(20):
+            assert session.get(f"http://api.example:{server.port}/").json() == {"ok": True}
+    assert started == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_resolves_on_threads_of_its_own(
+    serve: Callable[..., Server], monkeypatch: pytest.MonkeyPatch, stuck_dns: threading.Event
+) -> None:
+    """The parent's resolver threads, all stuck at the fork, are not the child's: its
+    lookups do not queue behind them."""
+    server = serve(answer(200, b'{"ok": true}'))
+    names = [f"n{i}.fork.example" for i in range(MAX_THREADS)]
+    fake_dns(monkeypatch, {**{n: _hangs(stuck_dns) for n in names}, "api.example": lambda: ["127.0.0.1"]})
+    policy = replace(STRICT, timeout=3.0, allowed_private_hosts=frozenset({"api.example"}))
+    parent_callers = []
+    for name in names:
+
+        def stuck_call(name: str = name) -> None:
+            with guarded_session(policy) as session, contextlib.suppress(DeadlineExceeded):
+                session.get(f"http://{name}/")
+
+        parent_callers.append(threading.Thread(target=stuck_call))
+        parent_callers[-1].start()
+    time.sleep(0.2)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        ok = False
+        try:
+            with guarded_session(policy) as session:
+                ok = session.get(f"http://api.example:{server.port}/", timeout=1).json() == {"ok": True}
+        finally:
+            os.write(write, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1" and status == 0
+    os.close(read)
+    stuck_dns.set()
+    for t in parent_callers:
+        t.join(5)
 
 
 @pytest.mark.parametrize(

@@ -30,11 +30,14 @@ environment (``trust_env = False``): no proxy from ``HTTP_PROXY`` and friends (a
 would connect on our behalf, out of reach of the destination check) and no
 credentials from ``~/.netrc``.
 
-Deadline enforcement: every call gets a watchdog thread that re-reads the deadline (a
-caller holding a renewable lease may move it) and, once it has passed, shuts down
-(``shutdown(SHUT_RDWR)``) the sockets this call opened.  Whatever read or write was
-blocked then fails at once and the failure is reported as :class:`DeadlineExceeded`.
-Connects are non-blocking and polled against the same deadline.
+Deadline enforcement: every call gets a watchdog (a timer on the process's one timer
+thread) that re-reads the deadline (a caller holding a renewable lease may move it)
+and, once it has passed, shuts down (``shutdown(SHUT_RDWR)``) the sockets this call
+opened.  Whatever read or write was blocked then fails at once and the failure is
+reported as :class:`DeadlineExceeded`.  Name lookups run on the process's few resolver
+threads (:mod:`.resolver`: a resolver that never answers holds one of them, never the
+caller past its deadline); connects are non-blocking and polled against the same
+deadline.
 
 Connections are not kept alive between calls: every call uses its own connection pool,
 closed when the call returns.  Provider calls are rare enough that this costs little,

@@ -180,7 +180,7 @@ class GuardedAdapter(HTTPAdapter):
             infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
         else:
             try:
-                infos = call.run_bounded(lambda: socket.getaddrinfo(host, port, family, socket.SOCK_STREAM))
+                infos = call.resolve(host, port, family)
             except socket.gaierror:
                 raise requests.ConnectionError(f"Could not resolve {host}.") from None
         targets: list[tuple[socket.AddressFamily, SockAddr]] = []

@@ -26,8 +26,8 @@ from urllib3.util.timeout import Timeout
 from urllib3.util.wait import wait_for_write
 
 from ..timers import TIMERS, Timer
-from .errors import DeadlineExceeded
 from .policy import OutboundPolicy
+from .resolver import RESOLVER
 
 __all__ = ["OutboundCall", "SockAddr"]
 
@@ -201,29 +201,10 @@ class OutboundCall:
         for sock in watched:
             sock.close()
 
-    def run_bounded(self, fn: Callable[[], list[Any]]) -> list[Any]:
-        """Run ``fn`` (a blocking name lookup) in a helper thread, giving up at the deadline."""
-        result: list[list[Any]] = []
-        error: list[BaseException] = []
-
-        def target() -> None:
-            try:
-                result.append(fn())
-            except BaseException as exc:
-                error.append(exc)
-
-        worker = threading.Thread(target=target, name="zis-outbound-resolve", daemon=True)
-        worker.start()
-        while worker.is_alive():
-            left = self.remaining()
-            if left <= 0:
-                raise DeadlineExceeded(
-                    f"Resolving {self.host} took longer than the deadline.", host=self.host
-                )
-            worker.join(min(left, _POLL_SECONDS))
-        if error:
-            raise error[0]
-        return result[0]
+    def resolve(self, host: str, port: int, family: int) -> list[Any]:
+        """``host``'s addresses, looked up on the process's resolver threads
+        (:mod:`.resolver`) and given up at this call's deadline."""
+        return RESOLVER.resolve(host, port, family, self.remaining)
 
 
 def _at_most(value: Any, limit: float) -> float:
