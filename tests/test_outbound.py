@@ -844,6 +844,40 @@ def test_callers_of_one_name_at_once_share_one_lookup(
     assert server.seen() == callers + 1
 
 
+def test_a_name_that_does_not_resolve_fails_each_of_its_callers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Callers sharing a lookup that fails each get the failure as a connection error
+    of their own, naming the host and nothing of the request."""
+
+    def gone() -> list[str]:
+        time.sleep(0.5)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    asked = fake_dns(monkeypatch, {"gone.example": gone})
+    callers = 8
+    barrier = threading.Barrier(callers)
+    failures: list[BaseException] = []
+
+    def call() -> None:
+        with guarded_session(STRICT) as session:
+            barrier.wait()
+            try:
+                session.get(f"http://gone.example/token?x={QUERY_SECRET}")
+            except BaseException as exc:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert asked == ["gone.example"]
+    assert len(failures) == callers and len({id(f) for f in failures}) == callers
+    for failure in failures:
+        assert type(failure) is requests.ConnectionError
+        assert str(failure) == "Could not resolve gone.example."
+        assert_clean(failure)
+
+
 def test_a_resolver_outage_holds_a_bounded_number_of_threads(
     serve: Callable[..., Server], monkeypatch: pytest.MonkeyPatch, stuck_dns: threading.Event
 ) -> None:

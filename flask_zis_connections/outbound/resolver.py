@@ -29,7 +29,6 @@ its answer is checked afresh (see :mod:`.adapter`).
 from __future__ import annotations
 
 import _thread
-import copy
 import socket
 import threading
 from collections import deque
@@ -37,6 +36,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from ..forks import reset_in_child
+from ..singleflight import copied
 from .errors import DeadlineExceeded
 
 __all__ = ["MAX_THREADS", "RESOLVER", "Resolver"]
@@ -73,8 +73,9 @@ class _Lookup:
     def answer(self) -> AddrInfo:
         """The addresses, or the lookup's failure raised as a copy of its own (several
         callers may raise it at once: each gets an exception with its own traceback)."""
-        if self.error is not None:
-            raise copy.copy(self.error)
+        error = self.error
+        if error is not None:
+            raise copied(error) if isinstance(error, Exception) else error
         assert self.result is not None
         return self.result
 
