@@ -70,6 +70,7 @@ from flask_zis_connections.storage import Storage  # noqa: E402
 
 PREFIX = "/api/services/zis"
 INTEGRATION, NAME = "acme", "main"
+SHOW_PATH = f"{PREFIX}/connections/{INTEGRATION}?name={NAME}"
 #: SQLAlchemy's default pool per engine (``pool_size`` 5 + ``max_overflow`` 10), which the
 #: storm app keeps: the most connections a worker's requests can hold at once.
 POOL = 5 + 10
@@ -351,7 +352,7 @@ class _Exchange:
     length: int | None = None  # the whole answer's bytes, once its headers arrived
 
 
-def fire(port: int, bearer: str, clients: int) -> tuple[list[Answer], float]:
+def fire(port: int, bearer: str, clients: int, path: str = SHOW_PATH) -> tuple[list[Answer], float]:
     """``clients`` requests at once, one connection each, and the moment
     (``time.monotonic()``) they were released.
 
@@ -364,7 +365,6 @@ def fire(port: int, bearer: str, clients: int) -> tuple[list[Answer], float]:
     collection of this process took 57-64 ms in the middle of some bursts, a stall
     wrk does not have, which every answer of that burst then carried.
     """
-    path = f"{PREFIX}/connections/{INTEGRATION}?name={NAME}"
     request = (
         f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept-Encoding: identity\r\n"
         f"Authorization: Bearer {bearer}\r\n\r\n"
@@ -501,7 +501,8 @@ def log_growth(path: Path | None) -> Iterator[list[str]]:
 class Round:
     backend: str
     pools: str  # "cold": gunicorn just booted; "warm": after bursts that filled the pools
-    storm: bool
+    #: "baseline" (a fresh connection), "floor" (``/floor``: no extension work) or "storm"
+    kind: str
     answers: list[Answer]
     provider_calls: int
     #: Seconds from the burst's start to the first provider call (None: no call).
@@ -513,6 +514,10 @@ class Round:
     app_errors: list[str] = field(default_factory=list)
 
     @property
+    def storm(self) -> bool:
+        return self.kind == "storm"
+
+    @property
     def seconds(self) -> list[float]:
         return sorted(a.seconds for a in self.answers)
 
@@ -522,6 +527,9 @@ class Round:
 
     def pct(self, q: float) -> float:
         return percentile(self.seconds, q)
+
+
+KIND_LABELS = {"baseline": "baseline (fresh)", "floor": "floor (no extension)", "storm": "storm (expired)"}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -546,7 +554,11 @@ def run_round(
     backend = "postgresql" if setup.url.startswith("postgresql") else "sqlite"
     pg = backend == "postgresql"
     pools = "warm" if warm else "cold"
-    env = {"ZIS_DATABASE_URI": setup.url, "ZIS_ENCRYPTION_KEYS": setup.key}
+    env = {
+        "ZIS_DATABASE_URI": setup.url,
+        "ZIS_ENCRYPTION_KEYS": setup.key,
+        "STORM_FLOOR_DELAY": str(shape.delay),
+    }
     workdir = Path(tempfile.mkdtemp(prefix="storm-", dir=ctx.tmp))
     rounds: list[Round] = []
     setup.set_expiry(expired=not warm)
@@ -554,7 +566,11 @@ def run_round(
         if warm:
             fire(server.port, setup.bearer, shape.clients)
             answers, _ = fire(server.port, setup.bearer, shape.clients)
-            rounds.append(Round(backend, pools, False, answers, 0, None, 0))
+            rounds.append(Round(backend, pools, "baseline", answers, 0, None, 0))
+            calls = len(provider.calls)
+            answers, _ = fire(server.port, setup.bearer, shape.clients, f"/floor?burst={uuid.uuid4().hex}")
+            assert len(provider.calls) == calls  # the floor calls nobody
+            rounds.append(Round(backend, pools, "floor", answers, 0, None, 0))
             setup.set_expiry(expired=True)
             if pg:
                 time.sleep(STATS_IDLE_FLUSH)
@@ -569,7 +585,7 @@ def run_round(
     storm = Round(
         backend,
         pools,
-        True,
+        "storm",
         answers,
         len(made),
         min(made) - released if made else None,
@@ -625,10 +641,11 @@ def report(ctx: Context, shape: Shape, rounds: list[Round], code: Path | None) -
     delay = shape.delay
     rows: list[list[str]] = []
     goals: list[Goal] = []
-    groups: dict[tuple[str, str, bool], list[Round]] = {}
+    groups: dict[tuple[str, str, str], list[Round]] = {}
     for r in rounds:
-        groups.setdefault((r.backend, r.pools, r.storm), []).append(r)
-    for (backend, pools, storm), group in groups.items():
+        groups.setdefault((r.backend, r.pools, r.kind), []).append(r)
+    for (backend, pools, kind), group in groups.items():
+        storm = kind == "storm"
         p50 = statistics.median(r.pct(50) for r in group)
         p99 = statistics.median(r.pct(99) for r in group)
         requests = sum(len(r.answers) for r in group)
@@ -643,7 +660,7 @@ def report(ctx: Context, shape: Shape, rounds: list[Round], code: Path | None) -
         workers = min(len({a.pid for a in r.answers if a.pid}) for r in group)
         rows.append(
             [
-                f"{backend}, {pools} pools, {'storm (expired)' if storm else 'baseline (fresh)'}",
+                f"{backend}, {pools} pools, {KIND_LABELS[kind]}",
                 str(len(group)),
                 f"{requests} ({failed} failed)",
                 str(workers),
@@ -652,7 +669,7 @@ def report(ctx: Context, shape: Shape, rounds: list[Round], code: Path | None) -
                 "/".join(map(str, tokens)),
                 _ms(p50),
                 _ms(p99),
-                f"{p50 / delay:.2f}x" if storm else "-",
+                f"{p50 / delay:.2f}x" if kind != "baseline" else "-",
                 "/".join(f"{x:.2f}" for x in xacts) if xacts else "-",
                 "/".join(map(str, sessions)) if sessions else "-",
                 str(pg_errors) if storm and backend == "postgresql" else "-",
@@ -683,6 +700,15 @@ def report(ctx: Context, shape: Shape, rounds: list[Round], code: Path | None) -
                     unit="",
                 ),
             ]
+    over_floor: list[str] = []
+    for backend in dict.fromkeys(r.backend for r in rounds):
+        floors = groups.get((backend, "warm", "floor"), [])
+        storms = groups.get((backend, "warm", "storm"), [])
+        if floors and len(floors) == len(storms):
+            diffs = [s.pct(50) - f.pct(50) for f, s in zip(floors, storms, strict=True)]
+            name = "PostgreSQL" if backend == "postgresql" else "SQLite"
+            over_floor.append(f"{name} {_ms(statistics.median(diffs))} ({'/'.join(_ms(d) for d in diffs)})")
+    gaps = "; ".join(over_floor)
     plots = [plot(ctx, rounds, delay)]
     header = [
         "run",
@@ -713,8 +739,18 @@ def report(ctx: Context, shape: Shape, rounds: list[Round], code: Path | None) -
             "median over rounds; other per-round figures joined by `/`; transactions and "
             "sessions are PostgreSQL's own counters over the storm (`pg_stat_database`).  "
             "*Provider reached after*: from the burst's start to the one refresh call - the "
-            "time the first request needs to get there through the burst.",
+            "time the first request needs to get there through the burst.  *Floor*: in each "
+            "warm round, between the baseline and the storm, the same burst at the storm app's "
+            "`/floor` - the first request in each worker sleeps the provider's delay in the "
+            "extension's single flight and the others wait their turn, as a storm's do, with "
+            "no authentication, database, lease, provider call or encryption: the lowest a "
+            "refresh storm can reach on this server, machine and load.",
             table(header, rows),
+            *(
+                [f"Storm p50 over the floor's, warm rounds (median, then each round): {gaps}."]
+                if gaps
+                else []
+            ),
             "Targets (latency judged with warm pools): p50 <= provider + 100 ms, p99 <= provider "
             "+ 300 ms; exactly one provider call and one new token per storm, <= 3 PostgreSQL "
             "transactions per request, no ERROR line in the server log, new sessions within the "
@@ -734,7 +770,7 @@ def plot(ctx: Context, rounds: list[Round], delay: float) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     series: dict[str, list[float]] = {}
     for r in rounds:
-        label = f"{r.backend}, {r.pools} pools, {'storm' if r.storm else 'baseline (fresh)'}"
+        label = f"{r.backend}, {r.pools} pools, {KIND_LABELS[r.kind]}"
         series.setdefault(label, []).extend(r.seconds)
     for label, values in series.items():
         ordered = sorted(values)

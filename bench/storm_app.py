@@ -11,6 +11,13 @@ database transaction and session counted during a run is one a request caused.
 ``ZIS_ENCRYPTION_KEYS``   Fernet keys, comma-separated, newest first
 ``STORM_READY_DIR``       each worker that has built the app touches ``<dir>/<pid>``
 ``STORM_CODE``            a checkout whose package to run instead of the installed one
+``STORM_FLOOR_DELAY``     seconds the floor's flight takes (the provider's delay)
+
+Besides the extension's API it serves ``GET /floor?burst=<id>``: the floor any refresh
+under this server can reach.  The first request of a burst in each worker sleeps the
+provider's delay in the extension's own single flight, the others wait for it and get
+their turn one after another as the extension's waiters do, and every one answers the
+same bytes - no authentication, database, lease, provider call or encryption.
 
 Every response carries ``X-Worker-Pid`` and ``X-Package`` (the checkout the package was
 imported from), so the benchmark can tell the workers apart and check what ran.
@@ -29,10 +36,22 @@ if os.environ.get("STORM_CODE"):
     editable = [f for f in sys.meta_path if type(f).__module__.startswith("__editable__")]
     sys.meta_path[:] = [f for f in sys.meta_path if f not in editable] + editable
 
-from flask import Flask, Response
+import time
+
+from flask import Flask, Response, request
 
 import flask_zis_connections
 from flask_zis_connections import ZISConnections
+from flask_zis_connections.singleflight import SingleFlight
+
+#: What the floor answers: a connection-sized JSON object with a token.
+FLOOR_BODY = (
+    b'{"access_token":"%s","created_at":"2026-01-01T00:00:00Z","integration":"acme",'
+    b'"name":"main","needs_reauth":false,"oauth_client_name":"acme","permission_scope":"",'
+    b'"refresh_token":"%s","token_expiry":"2026-01-01T01:00:00Z","type":"oauth",'
+    b'"updated_at":"2026-01-01T00:00:00Z","uuid":"00000000-0000-0000-0000-000000000000",'
+    b'"version":2}'
+) % (b"a" * 32, b"r" * 32)
 
 
 def create_app() -> Flask:
@@ -60,6 +79,15 @@ def create_app() -> Flask:
     def _stamp(resp: Response) -> Response:
         resp.headers.update(stamp)
         return resp
+
+    floor_delay = float(env.get("STORM_FLOOR_DELAY", "0.5"))
+    floors: SingleFlight[None] = SingleFlight()
+
+    @app.get("/floor")
+    def floor() -> Response:
+        burst = request.args.get("burst", "")
+        floors.run(burst, lambda: time.sleep(floor_delay), 60)
+        return app.response_class(FLOOR_BODY, mimetype="application/json")
 
     Path(env["STORM_READY_DIR"], str(os.getpid())).touch()
     return app
