@@ -30,6 +30,30 @@ from .forks import reset_in_child
 log = logging.getLogger("flask_zis_connections")
 
 
+def start_soon(thread: threading.Thread, *, failed: Callable[[], None] | None = None) -> None:
+    """Start ``thread`` without waiting for it to run.
+
+    ``thread.start()`` is called from a short-lived helper thread of its own (started
+    with :func:`_thread.start_new_thread`, which returns at once), so it is that helper,
+    not the caller, that waits for the GIL until the new thread has run.  For the
+    process's listener threads, started by the first request that needs one - in a
+    refresh storm, the one request every other one waits for.  Until it runs, the
+    thread is not alive; it must end by itself when told to stop before it ran (a
+    listener looks at its ``stopped`` event first).  Should the start fail (the
+    process is out of threads), it is logged and ``failed()`` called.
+    """
+
+    def start() -> None:
+        try:
+            thread.start()
+        except Exception:
+            log.exception("Could not start the %s thread of flask-zis-connections.", thread.name)
+            if failed is not None:
+                failed()
+
+    _thread.start_new_thread(start, ())
+
+
 class Timer:
     """A scheduled callback; :meth:`cancel` keeps it from running (if it has not yet)."""
 

@@ -13,7 +13,8 @@ import pytest
 
 from flask_zis_connections.domain import Lease
 from flask_zis_connections.lease import LeaseKeeper
-from flask_zis_connections.timers import TIMERS, Timers
+from flask_zis_connections.storage.releases import LeaseReleases, ReleaseListener
+from flask_zis_connections.timers import TIMERS, Timers, start_soon
 
 
 def _wait_for(predicate: object, timeout: float = 5.0) -> None:
@@ -59,6 +60,54 @@ def test_the_first_timer_does_not_wait_for_the_thread_to_start(monkeypatch: pyte
         sys.setswitchinterval(interval)
     assert not ran_before_return
     assert ran.wait(5)
+
+
+class _Entered(threading.Thread):
+    def __init__(self) -> None:
+        super().__init__(name="zis-test-started", daemon=True)
+        self.entered = threading.Event()
+
+    def run(self) -> None:
+        self.entered.set()
+
+
+def test_start_soon_returns_before_the_thread_has_run() -> None:
+    """As the timer thread's own start: ``Thread.start`` would wait for the new thread to
+    run (with a long switch interval only a caller that blocks lets it run)."""
+    thread = _Entered()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(5.0)
+    try:
+        start_soon(thread)
+        ran_before_return = thread.entered.is_set()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not ran_before_return
+    assert thread.entered.wait(5)
+    thread.join(5)
+
+
+def test_start_soon_logs_a_start_that_fails_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    thread = _Entered()
+    thread.start()
+    thread.join(5)
+    failed = threading.Event()
+    with caplog.at_level(logging.ERROR, logger="flask_zis_connections"):
+        start_soon(thread, failed=failed.set)  # a thread starts only once
+        assert failed.wait(5)
+    assert "Could not start the zis-test-started thread" in caplog.text
+
+
+def test_a_lease_listener_that_cannot_start_lets_its_waiters_poll() -> None:
+    """Waiters sleep while the listener connects (it wakes them once it is up); one that
+    never starts wakes them at once and leaves them polling."""
+    releases = LeaseReleases()
+    listener = ReleaseListener(lambda: None, "channel", releases)
+    releases.connecting.set()
+    with releases.watch("refresh:1") as released:
+        listener.unavailable()
+        assert released.is_set()
+    assert not releases.connecting.is_set() and not releases.across_processes.is_set()
 
 
 def test_an_earlier_timer_wakes_a_thread_sleeping_towards_a_later_one() -> None:

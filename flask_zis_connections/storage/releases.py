@@ -126,6 +126,10 @@ class ReleaseListener(threading.Thread):
                 pause = min(pause * 2, 5.0)
         self._heard(None, listening=False)
 
+    def unavailable(self) -> None:
+        """The thread could not start: the waiters poll, as while it reconnects."""
+        self._heard(None, listening=False)
+
     def _heard(self, key: str | None, *, listening: bool) -> bool:
         """Pass one happening on; False when the storage is gone (the thread ends)."""
         releases = self._releases()

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ...domain import PendingFlow, RefreshBackoff, RefreshState, VerificationCode
+from ...timers import start_soon
 from ..conflicts import code_conflict, flow_conflict
 from ..releases import LeaseReleases, ReleaseListener
 from ..times import to_ms
@@ -212,7 +213,8 @@ class CoordinationHooks(SQLBackend):
         listener = ReleaseListener(connect, LEASE_CHANNEL, releases)
         self._listeners.append(listener)
         releases.connecting.set()
-        listener.start()
+        # Its first caller is about to try a lease: it does not wait for the thread.
+        start_soon(listener, failed=listener.unavailable)
 
     def _lease_holder(self, key: str, now: datetime) -> str | None:
         rows = self._read(q.LEASE_HOLDER, {"key": key, "now": to_ms(now)})

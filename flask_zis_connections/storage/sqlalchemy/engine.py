@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from ... import token_cache
 from ...errors import StorageUnavailable
 from ...forks import reset_in_child
+from ...timers import start_soon
 from ..base import Storage
 from .driver_sql import DriverSQL, RefreshSQL
 from .hot import HotReader
@@ -153,7 +154,7 @@ class SQLBackend(Storage):
             return
         listener = token_cache.ChangeListener(connect, cache)
         self._listeners.append(listener)
-        listener.start()
+        start_soon(listener)  # the get_token that made the cache's first entry goes on
 
     def _listen_connector(self) -> Callable[[], Any] | None:
         """How a ``LISTEN`` thread opens its own autocommit connection, opened as the
