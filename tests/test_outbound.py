@@ -46,7 +46,7 @@ from flask_zis_connections.outbound import (
     harden,
     is_public_address,
 )
-from flask_zis_connections.outbound.resolver import MAX_THREADS, RESOLVER
+from flask_zis_connections.outbound.resolver import MAX_THREADS, RESOLVER, Resolver
 
 MiB = 1024 * 1024
 QUERY_SECRET = "q-s3cr3t"
@@ -914,6 +914,26 @@ def test_a_resolver_outage_holds_a_bounded_number_of_threads(
         assert session.get(f"http://api.example:{server.port}/").json() == {"ok": True}
     # Lookups are served in order: the ones abandoned in line would have run by now.
     assert len([name for name in asked if name != "api.example"]) <= MAX_THREADS
+
+
+def test_a_lookup_thread_that_cannot_start_fails_the_call_and_is_not_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Out of threads, the caller gets the error at once (not a wait for a lookup no
+    thread will run), and the resolver starts a thread for the next lookup as usual."""
+    resolver = Resolver(max_threads=2)
+
+    def refuse(*args: Any) -> int:
+        raise RuntimeError("can't start new thread")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_thread, "start_new_thread", refuse)
+        with pytest.raises(RuntimeError):
+            resolver.resolve("localhost", 80, socket.AF_INET, lambda: 5.0)
+    assert resolver.threads == 0
+    infos = resolver.resolve("localhost", 80, socket.AF_INET, lambda: 5.0)
+    assert infos and all(info[4][0] == "127.0.0.1" for info in infos)
+    assert resolver.threads == 1
 
 
 def test_lookups_after_the_first_start_no_thread(

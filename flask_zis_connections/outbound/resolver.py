@@ -105,10 +105,7 @@ class Resolver:
                 lookup = self._pending[key] = _Lookup(key)
                 self._queue.append(lookup)
                 if len(self._queue) > self._idle and self.threads < self.max_threads:
-                    self.threads += 1
-                    self._idle += 1
-                    # Not threading.Thread.start, which waits for the new thread to run.
-                    _thread.start_new_thread(self._serve, ())
+                    self._add_thread(lookup)
                 self._work.notify()
             lookup.waiters += 1
         try:
@@ -118,6 +115,22 @@ class Resolver:
         finally:
             self._leave(lookup)
         return lookup.answer()
+
+    def _add_thread(self, lookup: _Lookup) -> None:
+        """Start one more thread for ``lookup`` (under the lock).  Not with
+        ``threading.Thread.start``, which waits for the new thread to run.  When the
+        process has no thread to give, the lookup is taken back and the caller gets the
+        error, as it did when it started a thread of its own."""
+        self.threads += 1
+        self._idle += 1
+        try:
+            _thread.start_new_thread(self._serve, ())
+        except BaseException:
+            self.threads -= 1
+            self._idle -= 1
+            self._queue.remove(lookup)
+            del self._pending[lookup.key]
+            raise
 
     def _leave(self, lookup: _Lookup) -> None:
         """A caller stops waiting: a lookup nobody waits for any more, still in line,
