@@ -25,25 +25,9 @@ from flask_zis_connections.storage import SQLAlchemyStorage
 from flask_zis_connections.storage.releases import LeaseReleases, ReleaseListener
 from flask_zis_connections.token_cache import TokenCache
 
+from .helpers import in_forked_child
+
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-
-
-def _in_child(check: Callable[[], bool]) -> bool:
-    """``check()`` in a forked child, which leaves without any cleanup."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        ok = False
-        try:
-            ok = check()
-        finally:
-            os.write(write, b"1" if ok else b"0")
-            os._exit(0)
-    os.close(write)
-    _, status = os.waitpid(pid, 0)
-    answer = os.read(read, 1)
-    os.close(read)
-    return answer == b"1" and status == 0
 
 
 def _registries() -> list[tuple[str, Any, Callable[[Any], bool]]]:
@@ -87,7 +71,7 @@ def test_a_forked_child_starts_each_registry_afresh(index: int) -> None:
                 lock.release()
             return bool(taken and fresh(registry))
 
-        assert _in_child(check)
+        assert in_forked_child(check)
     lock = getattr(registry, name)
     assert lock.acquire(timeout=2)  # the parent's own lock is untouched
     lock.release()
@@ -103,7 +87,7 @@ def test_a_forked_child_publishes_on_a_redis_client_of_its_own() -> None:
     def check() -> bool:
         return channel._publisher is None and channel.listeners == [] and channel._inherited == [parents]
 
-    assert _in_child(check)
+    assert in_forked_child(check)
     assert channel._publisher is parents and channel._inherited == []
 
 
@@ -118,4 +102,4 @@ def test_the_hook_keeps_nothing_alive() -> None:
     del owner
     gc.collect()
     assert ref() is None
-    assert _in_child(lambda: seen == [])  # the dropped owner's reset did not run
+    assert in_forked_child(lambda: seen == [])  # the dropped owner's reset did not run

@@ -26,6 +26,8 @@ from flask_zis_connections.storage import SQLAlchemyStorage
 from flask_zis_connections.storage.sqlalchemy import hot as hot_module
 from flask_zis_connections.storage.sqlalchemy.hot import HotReader, _PqConnection
 
+from .helpers import in_forked_child
+
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest) -> str:
@@ -312,20 +314,12 @@ def test_a_forked_child_never_uses_its_parents_connections(app: Flask) -> None:
     assert storage.read_token("acme", "c8") is not None
     hot = _hot(app)
     parents = list(hot._idle)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: read, report, leave without cleanup
-        ok = False
-        try:
-            found = storage.read_token("acme", "c8")
-            ok = found is not None and all(c not in hot._idle for c in parents) and hot._inherited == parents
-        finally:
-            os.write(write, b"1" if ok else b"0")
-            os._exit(0)
-    os.close(write)
-    _, status = os.waitpid(pid, 0)
-    assert os.read(read, 1) == b"1" and status == 0
-    os.close(read)
+
+    def child_reads_on_its_own() -> bool:
+        found = storage.read_token("acme", "c8")
+        return found is not None and all(c not in hot._idle for c in parents) and hot._inherited == parents
+
+    assert in_forked_child(child_reads_on_its_own)
     gc.collect()
     # The parent's connection still answers: the child neither closed nor used it.
     assert hot._idle == parents

@@ -48,6 +48,8 @@ from flask_zis_connections.outbound import (
 )
 from flask_zis_connections.outbound.resolver import MAX_THREADS, RESOLVER, Resolver
 
+from .helpers import in_forked_child
+
 MiB = 1024 * 1024
 QUERY_SECRET = "q-s3cr3t"
 BODY_SECRET = "b-s3cr3t"
@@ -984,20 +986,12 @@ def test_a_forked_child_resolves_on_threads_of_its_own(
         parent_callers.append(threading.Thread(target=stuck_call))
         parent_callers[-1].start()
     time.sleep(0.2)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        ok = False
-        try:
-            with guarded_session(policy) as session:
-                ok = session.get(f"http://api.example:{server.port}/", timeout=1).json() == {"ok": True}
-        finally:
-            os.write(write, b"1" if ok else b"0")
-            os._exit(0)
-    os.close(write)
-    _, status = os.waitpid(pid, 0)
-    assert os.read(read, 1) == b"1" and status == 0
-    os.close(read)
+
+    def child_resolves() -> bool:
+        with guarded_session(policy) as session:
+            return bool(session.get(f"http://api.example:{server.port}/", timeout=1).json() == {"ok": True})
+
+    assert in_forked_child(child_resolves)
     stuck_dns.set()
     for t in parent_callers:
         t.join(5)
