@@ -1,7 +1,7 @@
 """A worker's memory stays flat from 1,000 to 1,000,000 connections with the token cache on.
 
-The token cache keeps at most ``ZIS_TOKEN_CACHE_SIZE`` decrypted tokens (least recently
-used dropped first), so a worker that serves a million connections should hold no more
+The token cache keeps at most ``ZIS_TOKEN_CACHE_SIZE`` decrypted tokens (past that, one
+not used lately is dropped first), so a worker that serves a million connections should hold no more
 than one that serves a thousand.  For each size (1,000 .. 1,000,000; ``--quick``: 200 and
 2,000) one SQLite table is grown in place, then a fresh worker process (nothing left
 over from the last size: no allocator arenas, no cache) opens the app with the cache on
@@ -188,7 +188,7 @@ def _section(results: list[dict[str, Any]], plot: Path) -> Section:
             table(header, rows),
             f"RSS after the calls at {last['size']:,} over {first['size']:,} connections: "
             f"{growth:.2f}. The cache's size, not the table's, bounds what a worker keeps: "
-            "past the cache's size a new name evicts the least recently used one.",
+            "past the cache's size a new name evicts one not used lately (second chance).",
         ]
     )
     goals = [

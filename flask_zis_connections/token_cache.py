@@ -1,8 +1,9 @@
 """An in-process cache of decrypted access tokens for ``get_token``.
 
-Bounded in size (``ZIS_TOKEN_CACHE_SIZE`` entries, least recently used evicted first)
-and in time: an entry is served until ``ZIS_TOKEN_CACHE_TTL`` seconds have passed on
-the monotonic clock, and never past the moment its token becomes due for a refresh.
+Bounded in size (``ZIS_TOKEN_CACHE_SIZE`` entries; past that, an entry not used since
+eviction last passed it goes first) and in time: an entry is served until
+``ZIS_TOKEN_CACHE_TTL`` seconds have passed on the monotonic clock, and never past the
+moment its token becomes due for a refresh.
 
 Every write that changes a connection's token or existence drops its entry at once in
 this process (``Lifecycle.changed``) and tells the other processes through the cache's
@@ -21,7 +22,10 @@ instead of sharing the parent's socket.  After every (re)subscription it clears 
 whole cache: invalidations sent while it was away are lost.
 
 A hit costs one dict lookup and two clock reads (monotonic for the TTL, the wall
-clock for the due time, since a token's expiry is a wall-clock moment).  A miss remembers the cache's
+clock for the due time, since a token's expiry is a wall-clock moment), and takes no
+lock: eviction is *second chance* (CLOCK), an approximation of least-recently-used in
+which a hit only marks its entry used, where moving it to the end of the order under
+the lock had been most of a hit's cost (0.55 of 0.9 us).  A miss remembers the cache's
 generation before it reads storage; every invalidation moves the generation, and an
 entry read before an invalidation is never stored after it.
 """
@@ -58,6 +62,19 @@ PAUSE_MAX: Final = 5.0
 _Key = tuple[str, str]
 
 
+class _Entry:
+    """A cached token, the monotonic instant its TTL ends, the wall-clock instant it
+    becomes due, and whether it was used since eviction last passed it."""
+
+    __slots__ = ("due", "token", "until", "used")
+
+    def __init__(self, token: str, until: float, due: float) -> None:
+        self.token = token
+        self.until = until
+        self.due = due
+        self.used = False
+
+
 class Channel(Protocol):
     """How a cache's invalidations reach the caches of other processes."""
 
@@ -91,7 +108,8 @@ class StorageChannel:
 
 
 class TokenCache:
-    """A thread-safe LRU of ``(integration, name) -> (token, TTL end, due time)``."""
+    """A thread-safe bounded map of ``(integration, name)`` to a token, its TTL end and
+    its due time, evicting by second chance."""
 
     def __init__(
         self,
@@ -107,7 +125,9 @@ class TokenCache:
         self.clock = clock
         self.wall_clock = wall_clock
         self.generation = 0
-        self._entries: OrderedDict[_Key, tuple[str, float, float]] = OrderedDict()
+        #: In eviction order: put order, an entry used since it was last passed by
+        #: eviction moved to the end then.
+        self._entries: OrderedDict[_Key, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self.channel = channel
         #: This process's listener was started (a forked child starts its own).
@@ -145,15 +165,13 @@ class TokenCache:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if self.clock() >= entry[1] or self.wall_clock() >= entry[2]:
+        if self.clock() >= entry.until or self.wall_clock() >= entry.due:
             with self._lock:
                 if self._entries.get(key) is entry:
                     del self._entries[key]
             return None
-        with self._lock:
-            if key in self._entries:
-                self._entries.move_to_end(key)
-        return entry[0]
+        entry.used = True  # one attribute store: no lock, nothing reordered
+        return entry.token
 
     def put(self, integration: str, name: str, token: str, seconds: float | None, generation: int) -> None:
         """Keep ``token`` for at most the TTL, and at most ``seconds`` (until it is due).
@@ -163,7 +181,7 @@ class TokenCache:
         """
         self._ensure_listener()
         lifetime = self.ttl if seconds is None else min(self.ttl, seconds)
-        if lifetime <= 0:
+        if lifetime <= 0 or self.size <= 0:
             return
         until = self.clock() + lifetime
         # The due time also on the wall clock, which the token's expiry is measured on.
@@ -172,10 +190,19 @@ class TokenCache:
         with self._lock:
             if generation != self.generation:
                 return
-            self._entries[key] = (token, until, due)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
+            entries = self._entries
+            if key not in entries:
+                # Room first, so the new entry is never the one evicted.  Second chance:
+                # an entry used since eviction last passed it goes to the end, unmarked,
+                # and the next one is looked at; a pass marks none, so this ends within
+                # one round of the cache.
+                while entries and len(entries) >= self.size:
+                    oldest, entry = entries.popitem(last=False)
+                    if entry.used:
+                        entry.used = False
+                        entries[oldest] = entry
+            entries[key] = _Entry(token, until, due)
+            entries.move_to_end(key)
 
     def invalidate(self, integration: str, name: str | None = None) -> None:
         """Drop the entry of one connection, or (``name`` None) of every one of ``integration``."""

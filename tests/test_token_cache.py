@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import queue
+import random
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -183,16 +185,64 @@ def test_a_due_token_is_not_cached(make_env: Callable[..., Env]) -> None:
     assert len(env.cache) == 0
 
 
-def test_the_cache_is_bounded_and_evicts_the_least_recently_used() -> None:
+def test_the_cache_is_bounded_and_evicts_an_entry_not_used_first() -> None:
     cache = TokenCache(5, 2)
     for name in ("a", "b"):
         cache.put("acme", name, f"tok-{name}", None, cache.generation)
-    assert cache.get("acme", "a") == "tok-a"  # "b" is now the oldest
+    assert cache.get("acme", "a") == "tok-a"  # "b" is now the one not used
     cache.put("acme", "c", "tok-c", None, cache.generation)
     assert len(cache) == 2
     assert cache.get("acme", "b") is None
     assert cache.get("acme", "a") == "tok-a"
     assert cache.get("acme", "c") == "tok-c"
+
+
+def test_eviction_gives_a_used_entry_a_second_chance_and_only_one() -> None:
+    """Second chance (CLOCK): eviction passes over an entry used since it last came by
+    (moving it to the end, unmarked) and takes the first one not used."""
+    cache = TokenCache(5, 3)
+    for name in ("a", "b", "c"):
+        cache.put("acme", name, f"tok-{name}", None, cache.generation)
+    cache.get("acme", "a")
+    cache.get("acme", "c")
+    cache.put("acme", "d", "tok-d", None, cache.generation)  # passes "a", takes "b"
+    assert [cache.get("acme", n) for n in "abcd"] == ["tok-a", None, "tok-c", "tok-d"]
+    # All three were used just now: one round unmarks them, then the oldest goes, and
+    # never the entry being put.
+    cache.put("acme", "e", "tok-e", None, cache.generation)
+    assert len(cache) == 3
+    assert cache.get("acme", "c") is None
+    assert [cache.get("acme", n) for n in "ade"] == ["tok-a", "tok-d", "tok-e"]
+
+
+def test_many_threads_hitting_and_filling_the_cache_keep_it_bounded_and_right() -> None:
+    """Hits take no lock: under threads that read and write at once every answer is the
+    name's own token or nothing, and the cache never holds more than its size."""
+    cache = TokenCache(60, 100)
+    names = [f"n{i}" for i in range(1_000)]
+    stop = time.monotonic() + 0.5
+    wrong: list[tuple[str, str]] = []
+    sizes: list[int] = []
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        while time.monotonic() < stop:
+            name = rng.choice(names)
+            token = cache.get("acme", name)
+            if token is None:
+                cache.put("acme", name, f"tok-{name}", None, cache.generation)
+            elif token != f"tok-{name}":
+                wrong.append((name, token))
+            sizes.append(len(cache))
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not wrong
+    assert sizes and max(sizes) <= 100
+    assert len(cache) == 100
 
 
 def test_a_read_from_before_an_invalidation_is_not_kept() -> None:
