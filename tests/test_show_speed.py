@@ -569,7 +569,8 @@ def test_the_answer_cache_is_bounded_in_bytes() -> None:
     # Served only for an equal row: the same uuid and version read again, nothing else.
     assert cache.get(records["u12"]) == body
     assert cache.get(records["u12"].replace(metadata={"changed": True})) is None
-    # The least recently served goes first.
+    # One served since eviction last passed it is passed over once: the oldest one not
+    # served goes first.
     cache.put(records["u20"], body)
     assert "u12" in cache and "u13" not in cache
     # A body over an eighth of the budget is never kept.
@@ -582,6 +583,19 @@ def test_the_answer_cache_is_bounded_in_bytes() -> None:
     assert len(cache) == 8 and cache.bytes == 7 * 1_000 + 10
     cache.drop("u12")
     assert "u12" not in cache and cache.bytes == 7_000
+
+
+def test_a_full_answer_cache_of_served_answers_evicts_the_oldest_never_the_new_one() -> None:
+    cache = AnswerCache(8_000)
+    body = b"x" * 1_000
+    records = [_record(f"u{i}") for i in range(9)]
+    for rec in records[:8]:
+        cache.put(rec, body)
+    for rec in reversed(records[:8]):
+        assert cache.get(rec) == body  # every one served since it was kept
+    cache.put(records[8], body)
+    assert "u8" in cache and "u0" not in cache
+    assert len(cache) == 8 and cache.bytes == 8_000
 
 
 def test_no_token_reaches_a_log_or_a_repr(

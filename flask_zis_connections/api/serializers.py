@@ -158,6 +158,19 @@ def _state_of(rec: ConnectionRecord) -> _State:
     return (rec.integration, rec.name, rec.version, rec.access_token_enc, to_ms(rec.updated_at))
 
 
+class _Answer:
+    """A kept answer: the row, its body, the row's state as a narrow read shows it, and
+    whether it was served since eviction last passed it."""
+
+    __slots__ = ("body", "rec", "state", "used")
+
+    def __init__(self, rec: ConnectionRecord, body: bytes, state: _State) -> None:
+        self.rec = rec
+        self.body = body
+        self.state = state
+        self.used = False
+
+
 class AnswerCache:
     """Serialized show answers (the JSON bytes of :func:`connection_json`), per process.
 
@@ -173,16 +186,18 @@ class AnswerCache:
     and, with the narrow read, the whole row's read.
 
     The bodies hold tokens: the cache is bounded in bytes (``max_bytes``; a body over an
-    eighth of it is never kept, so one large answer cannot flush the rest), the least
-    recently served entry goes first, an entry is dropped when its connection is
-    deleted (:meth:`drop`), nothing here is ever logged, and ``repr`` shows sizes only.
+    eighth of it is never kept, so one large answer cannot flush the rest), an entry
+    not served since eviction last passed it goes first (second chance, as in the
+    token cache: serving one only marks it, without the lock), an entry is dropped
+    when its connection is deleted (:meth:`drop`), nothing here is ever logged, and
+    ``repr`` shows sizes only.
     """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        #: uuid -> (the row, its answer, the row's state as a narrow read shows it)
-        self._entries: OrderedDict[str, tuple[ConnectionRecord, bytes, _State]] = OrderedDict()
+        #: uuid -> the row, its answer, the row's state as a narrow read shows it
+        self._entries: OrderedDict[str, _Answer] = OrderedDict()
         self._lock = threading.Lock()
         fresh_lock_in_child(self)
 
@@ -204,12 +219,10 @@ class AnswerCache:
         """The answer made from a row equal to ``rec``, or None (the whole row at hand:
         compared whole)."""
         entry = self._entries.get(rec.uuid)
-        if entry is None or entry[0] != rec:
+        if entry is None or entry.rec != rec:
             return None
-        with self._lock:
-            if rec.uuid in self._entries:
-                self._entries.move_to_end(rec.uuid)
-        return entry[1]
+        entry.used = True
+        return entry.body
 
     def current(self, integration: str, name: str, head: TokenRead) -> tuple[ConnectionRecord, bytes] | None:
         """The row a narrow read ``head`` shows, and the answer made from it; or None.
@@ -220,7 +233,7 @@ class AnswerCache:
         without reading either.
         """
         entry = self._entries.get(head.uuid)
-        if entry is None or entry[2] != (
+        if entry is None or entry.state != (
             integration,
             name,
             head.version,
@@ -228,31 +241,36 @@ class AnswerCache:
             head.updated_at_ms,
         ):
             return None
-        with self._lock:
-            if head.uuid in self._entries:
-                self._entries.move_to_end(head.uuid)
-        return entry[0], entry[1]
+        entry.used = True
+        return entry.rec, entry.body
 
     def put(self, rec: ConnectionRecord, body: bytes) -> None:
         size = len(body)
         if size > self.max_bytes // 8:
             return
         with self._lock:
-            old = self._entries.pop(rec.uuid, None)
+            entries = self._entries
+            old = entries.pop(rec.uuid, None)
             if old is not None:
-                self.bytes -= len(old[1])
-            self._entries[rec.uuid] = (rec, body, _state_of(rec))
+                self.bytes -= len(old.body)
+            # Room first, so the new answer is never the one evicted; a served entry is
+            # passed over once (unmarked), so this ends within one round of the cache.
+            while entries and self.bytes + size > self.max_bytes:
+                uuid, entry = entries.popitem(last=False)
+                if entry.used:
+                    entry.used = False
+                    entries[uuid] = entry
+                else:
+                    self.bytes -= len(entry.body)
+            entries[rec.uuid] = _Answer(rec, body, _state_of(rec))
             self.bytes += size
-            while self.bytes > self.max_bytes:
-                _, (_, dropped, _) = self._entries.popitem(last=False)
-                self.bytes -= len(dropped)
 
     def drop(self, uuid: str) -> None:
         """Forget the answer of one connection (it was deleted)."""
         with self._lock:
             old = self._entries.pop(uuid, None)
             if old is not None:
-                self.bytes -= len(old[1])
+                self.bytes -= len(old.body)
 
     def drop_client(self, integration: str, client_uuid: str) -> None:
         """Forget the answers of every connection made with one OAuth client (it was
@@ -260,10 +278,10 @@ class AnswerCache:
         with self._lock:
             for uuid in [
                 uuid
-                for uuid, (rec, _, _) in self._entries.items()
-                if rec.integration == integration and rec.oauth_client_uuid == client_uuid
+                for uuid, entry in self._entries.items()
+                if entry.rec.integration == integration and entry.rec.oauth_client_uuid == client_uuid
             ]:
-                self.bytes -= len(self._entries.pop(uuid)[1])
+                self.bytes -= len(self._entries.pop(uuid).body)
 
     def clear(self) -> None:
         with self._lock:
