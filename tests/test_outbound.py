@@ -48,7 +48,7 @@ from flask_zis_connections.outbound import (
 )
 from flask_zis_connections.outbound.resolver import MAX_THREADS, RESOLVER, Resolver
 
-from .helpers import in_forked_child
+from .helpers import in_forked_child, run_threads
 
 MiB = 1024 * 1024
 QUERY_SECRET = "q-s3cr3t"
@@ -825,19 +825,13 @@ def test_callers_of_one_name_at_once_share_one_lookup(
     asked = fake_dns(monkeypatch, {"shared.example": slow_answer})
     policy = replace(STRICT, timeout=5.0, allowed_private_hosts=frozenset({"shared.example"}))
     callers = 16
-    barrier = threading.Barrier(callers)
-    bodies: list[Any] = []
 
-    def call() -> None:
+    def call(_: int) -> Any:
         with guarded_session(policy) as session:
-            barrier.wait()
-            bodies.append(session.get(f"http://shared.example:{server.port}/").json())
+            return session.get(f"http://shared.example:{server.port}/").json()
 
-    threads = [threading.Thread(target=call) for _ in range(callers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
+    bodies, errors = run_threads(callers, call)
+    assert errors == []
     assert bodies == [{"ok": True}] * callers
     assert asked == ["shared.example"]
     with guarded_session(policy) as session:
@@ -856,22 +850,12 @@ def test_a_name_that_does_not_resolve_fails_each_of_its_callers(monkeypatch: pyt
 
     asked = fake_dns(monkeypatch, {"gone.example": gone})
     callers = 8
-    barrier = threading.Barrier(callers)
-    failures: list[BaseException] = []
 
-    def call() -> None:
+    def call(_: int) -> None:
         with guarded_session(STRICT) as session:
-            barrier.wait()
-            try:
-                session.get(f"http://gone.example/token?x={QUERY_SECRET}")
-            except BaseException as exc:
-                failures.append(exc)
+            session.get(f"http://gone.example/token?x={QUERY_SECRET}")
 
-    threads = [threading.Thread(target=call) for _ in range(callers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
+    _, failures = run_threads(callers, call)
     assert asked == ["gone.example"]
     assert len(failures) == callers and len({id(f) for f in failures}) == callers
     for failure in failures:
@@ -890,23 +874,14 @@ def test_a_resolver_outage_holds_a_bounded_number_of_threads(
     answers = {**{n: _hangs(stuck_dns) for n in names}, "api.example": lambda: ["127.0.0.1"]}
     asked = fake_dns(monkeypatch, answers)
     policy = replace(STRICT, timeout=0.5, allowed_private_hosts=frozenset({"api.example"}))
-    outcomes: list[BaseException | None] = []
 
-    def call(name: str) -> None:
+    def call(index: int) -> None:
         with guarded_session(policy) as session:
-            try:
-                session.get(f"http://{name}/")
-                outcomes.append(None)
-            except BaseException as exc:
-                outcomes.append(exc)
+            session.get(f"http://{names[index]}/")
 
-    threads = [threading.Thread(target=call, args=(n,)) for n in names]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(5)
-    assert len(outcomes) == len(names)
-    assert all(isinstance(o, DeadlineExceeded) for o in outcomes), outcomes
+    _, failures = run_threads(len(names), call)
+    assert len(failures) == len(names)
+    assert all(isinstance(f, DeadlineExceeded) for f in failures), failures
     assert 0 < len(asked) <= MAX_THREADS
     assert RESOLVER.threads <= MAX_THREADS and _resolver_threads() <= MAX_THREADS
 

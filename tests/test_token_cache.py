@@ -12,7 +12,6 @@ import json
 import multiprocessing
 import queue
 import random
-import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -31,7 +30,7 @@ from flask_zis_connections.storage import Storage
 from flask_zis_connections.token_cache import TokenCache
 
 from .flow_driver import auth_header, connect, register, zis_of
-from .helpers import PREFIX
+from .helpers import PREFIX, run_threads
 from .live_provider import LiveProvider
 
 POSTGRES = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
@@ -235,11 +234,8 @@ def test_many_threads_hitting_and_filling_the_cache_keep_it_bounded_and_right() 
                 wrong.append((name, token))
             sizes.append(len(cache))
 
-    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
+    _, errors = run_threads(8, work)
+    assert errors == []
     assert not wrong
     assert sizes and max(sizes) <= 100
     assert len(cache) == 100
