@@ -23,9 +23,8 @@ whole cache: invalidations sent while it was away are lost.
 
 A hit costs one dict lookup and two clock reads (monotonic for the TTL, the wall
 clock for the due time, since a token's expiry is a wall-clock moment), and takes no
-lock: eviction is *second chance* (CLOCK), an approximation of least-recently-used in
-which a hit only marks its entry used, where moving it to the end of the order under
-the lock had been most of a hit's cost (0.55 of 0.9 us).  A miss remembers the cache's
+lock: eviction is *second chance* (:mod:`.eviction`), in which a hit only marks its
+entry used.  A miss remembers the cache's
 generation before it reads storage; every invalidation moves the generation, and an
 entry read before an invalidation is never stored after it.
 """
@@ -41,6 +40,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from .eviction import Marked, make_room
 from .forks import reset_in_child
 
 if TYPE_CHECKING:
@@ -62,17 +62,17 @@ PAUSE_MAX: Final = 5.0
 _Key = tuple[str, str]
 
 
-class _Entry:
-    """A cached token, the monotonic instant its TTL ends, the wall-clock instant it
-    becomes due, and whether it was used since eviction last passed it."""
+class _Entry(Marked):
+    """A cached token, the monotonic instant its TTL ends and the wall-clock instant it
+    becomes due."""
 
-    __slots__ = ("due", "token", "until", "used")
+    __slots__ = ("due", "token", "until")
 
     def __init__(self, token: str, until: float, due: float) -> None:
+        super().__init__()
         self.token = token
         self.until = until
         self.due = due
-        self.used = False
 
 
 class Channel(Protocol):
@@ -192,15 +192,7 @@ class TokenCache:
                 return
             entries = self._entries
             if key not in entries:
-                # Room first, so the new entry is never the one evicted.  Second chance:
-                # an entry used since eviction last passed it goes to the end, unmarked,
-                # and the next one is looked at; a pass marks none, so this ends within
-                # one round of the cache.
-                while entries and len(entries) >= self.size:
-                    oldest, entry = entries.popitem(last=False)
-                    if entry.used:
-                        entry.used = False
-                        entries[oldest] = entry
+                make_room(entries, lambda: len(entries) >= self.size)
             entries[key] = _Entry(token, until, due)
             entries.move_to_end(key)
 

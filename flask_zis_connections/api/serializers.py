@@ -20,6 +20,7 @@ from ..domain import (
     ProviderQuirks,
     TokenRead,
 )
+from ..eviction import Marked, make_room
 from ..forks import fresh_lock_in_child
 from ..storage.times import to_ms
 
@@ -158,17 +159,16 @@ def _state_of(rec: ConnectionRecord) -> _State:
     return (rec.integration, rec.name, rec.version, rec.access_token_enc, to_ms(rec.updated_at))
 
 
-class _Answer:
-    """A kept answer: the row, its body, the row's state as a narrow read shows it, and
-    whether it was served since eviction last passed it."""
+class _Answer(Marked):
+    """A kept answer: the row, its body and the row's state as a narrow read shows it."""
 
-    __slots__ = ("body", "rec", "state", "used")
+    __slots__ = ("body", "rec", "state")
 
     def __init__(self, rec: ConnectionRecord, body: bytes, state: _State) -> None:
+        super().__init__()
         self.rec = rec
         self.body = body
         self.state = state
-        self.used = False
 
 
 class AnswerCache:
@@ -187,8 +187,8 @@ class AnswerCache:
 
     The bodies hold tokens: the cache is bounded in bytes (``max_bytes``; a body over an
     eighth of it is never kept, so one large answer cannot flush the rest), an entry
-    not served since eviction last passed it goes first (second chance, as in the
-    token cache: serving one only marks it, without the lock), an entry is dropped
+    not served since eviction last passed it goes first (second chance,
+    :mod:`~flask_zis_connections.eviction`: serving one only marks it, without a lock), an entry is dropped
     when its connection is deleted (:meth:`drop`), nothing here is ever logged, and
     ``repr`` shows sizes only.
     """
@@ -253,17 +253,12 @@ class AnswerCache:
             old = entries.pop(rec.uuid, None)
             if old is not None:
                 self.bytes -= len(old.body)
-            # Room first, so the new answer is never the one evicted; a served entry is
-            # passed over once (unmarked), so this ends within one round of the cache.
-            while entries and self.bytes + size > self.max_bytes:
-                uuid, entry = entries.popitem(last=False)
-                if entry.used:
-                    entry.used = False
-                    entries[uuid] = entry
-                else:
-                    self.bytes -= len(entry.body)
+            make_room(entries, lambda: self.bytes + size > self.max_bytes, self._dropped)
             entries[rec.uuid] = _Answer(rec, body, _state_of(rec))
             self.bytes += size
+
+    def _dropped(self, entry: _Answer) -> None:
+        self.bytes -= len(entry.body)
 
     def drop(self, uuid: str) -> None:
         """Forget the answer of one connection (it was deleted)."""

@@ -26,13 +26,10 @@ from urllib3.util.timeout import Timeout
 from urllib3.util.wait import wait_for_write
 
 from ..timers import TIMERS, Timer
-from .policy import OutboundPolicy
+from .policy import DEADLINE_POLL_SECONDS, OutboundPolicy
 from .resolver import RESOLVER
 
 __all__ = ["OutboundCall", "SockAddr"]
-
-#: How often the watchdog re-reads a caller-supplied deadline (it may move earlier).
-_POLL_SECONDS = 0.05
 
 SockAddr = tuple[Any, ...]
 
@@ -76,14 +73,14 @@ class OutboundCall:
     def _watch(self) -> None:
         """On the timer thread (first from :meth:`start`): expire the call, or look
         again at the deadline or - when the caller's may move - within
-        ``_POLL_SECONDS``."""
+        ``DEADLINE_POLL_SECONDS``."""
         if self._finished:
             return
         remaining = self.remaining()
         if remaining <= 0:
             self._expire()
             return
-        wait = remaining if self._deadline is None else min(remaining, _POLL_SECONDS)
+        wait = remaining if self._deadline is None else min(remaining, DEADLINE_POLL_SECONDS)
         with self._lock:
             if not self._finished:
                 self._watchdog = TIMERS.call_later(wait, self._watch)
@@ -173,7 +170,7 @@ class OutboundCall:
                 left = min(left, started + timeout - time.monotonic())
             if left <= 0 or self._expired:
                 raise TimeoutError("connect timed out")
-            if wait_for_write(sock, timeout=min(left, _POLL_SECONDS)):
+            if wait_for_write(sock, timeout=min(left, DEADLINE_POLL_SECONDS)):
                 code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if code:
                     raise OSError(code, errno.errorcode.get(code, "connect failed"))

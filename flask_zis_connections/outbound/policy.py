@@ -22,6 +22,9 @@ __all__ = [
 
 #: Default for ``ZIS_MAX_PROVIDER_RESPONSE_BYTES``.
 DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
+#: How often a call's waits (watchdog, connect, name lookup) re-read a caller-supplied
+#: deadline, which may move earlier.
+DEADLINE_POLL_SECONDS = 0.05
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

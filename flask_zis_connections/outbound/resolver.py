@@ -38,13 +38,12 @@ from typing import Any, Final
 from ..forks import reset_in_child
 from ..singleflight import copied
 from .errors import DeadlineExceeded
+from .policy import DEADLINE_POLL_SECONDS
 
 __all__ = ["MAX_THREADS", "RESOLVER", "Resolver"]
 
 #: Most lookup threads a process keeps (and most a resolver outage can hold).
 MAX_THREADS: Final = 16
-#: How often a waiting caller re-reads its deadline (it may move earlier).
-_POLL_SECONDS: Final = 0.05
 
 AddrInfo = list[tuple[Any, ...]]
 _Key = tuple[str, int, int]
@@ -109,7 +108,7 @@ class Resolver:
                 self._work.notify()
             lookup.waiters += 1
         try:
-            while not lookup.done.wait(max(0.0, min(remaining(), _POLL_SECONDS))):
+            while not lookup.done.wait(max(0.0, min(remaining(), DEADLINE_POLL_SECONDS))):
                 if remaining() <= 0:
                     raise DeadlineExceeded(f"Resolving {host} took longer than the deadline.", host=host)
         finally:
