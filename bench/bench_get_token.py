@@ -71,9 +71,9 @@ DANCE = "Flask-Dance get, no index"
 DANCE_INDEXED = "Flask-Dance get, indexed"
 CONTENDERS = (CACHED, DICT, UNCACHED, RAW, CORE, DANCE, DANCE_INDEXED)
 
-#: Targets.  The cached call runs Flask's ``current_app`` lookup, the extension's
-#: method and the cache's two clock reads around the dict lookup: 60x a bare dict
-#: is about 2 us on this kind of machine.  Uncached, the row read dominates: the
+#: Targets.  The cached call reads Flask's app context variable and runs the
+#: extension's methods and the cache's two clock reads around the dict lookup: 60x a
+#: bare dict is about 2 us on this kind of machine.  Uncached, the row read dominates: the
 #: rest (dataclass, due check, decrypt) may cost 2x the read on SQLite, where the
 #: read is a few microseconds in-process, but only 30% on PostgreSQL, where a
 #: read is a network round trip.
@@ -442,8 +442,8 @@ def _section(
     if "PostgreSQL" not in results:
         parts.append("PostgreSQL was not measured (no server in this run).")
     parts.append(
-        "Reading the table: the cached call's cost is Flask's `current_app` lookup, the "
-        "extension's method and the cache's clock reads around one dict lookup, and does not "
+        "Reading the table: the cached call's cost is reading Flask's app context, the "
+        "extension's methods and the cache's clock reads around one dict lookup, and does not "
         "depend on the table's size. Uncached, every indexed read stays flat from the smallest "
         "to the largest table; Flask-Dance's documented model has no index on the columns it "
         "filters on, so each of its reads scans the table and grows with it."

@@ -9,12 +9,21 @@ lives under one key of ``app.extensions``.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
 
 from .errors import ConfigurationError
+
+try:
+    # The context variable behind ``current_app``.  Reading it directly costs a tenth
+    # of the proxy's attribute lookup (0.13 against 1.45 us here), which was most of a
+    # cached ``get_token``.
+    from flask.globals import _cv_app
+except ImportError:  # pragma: no cover - a Flask that renamed it: never set, so the proxy
+    _cv_app = ContextVar("flask_zis_connections.no_app_context")
 
 if TYPE_CHECKING:
     from .api.auth import ApiTokenCache
@@ -55,7 +64,12 @@ class AppState:
 
 def state(app: Flask | None = None) -> AppState:
     """The extension state of ``app`` (default: ``current_app``)."""
-    extensions = app.extensions if app is not None else current_app.extensions
+    if app is None:
+        ctx = _cv_app.get(None)
+        # No app context: the proxy raises Flask's own "outside of application context".
+        extensions = ctx.app.extensions if ctx is not None else current_app.extensions
+    else:
+        extensions = app.extensions
     try:
         found: AppState = extensions[EXTENSION_KEY]
         return found

@@ -422,13 +422,7 @@ def _one_of(name: str | None, uuid: str | None) -> dict[str, str]:
 
 def get_token(integration: str, name: str) -> str:
     """Module-level shortcut for ``current_app``'s extension: the host's hot path."""
-    try:
-        st: AppState = current_app.extensions[EXTENSION_KEY]
-    except KeyError:
-        raise ConfigurationError(
-            "flask_zis_connections is not initialised on this app. Did you call zis.init_app(app)?"
-        ) from None
-    return st.lifecycle.get_token(integration, name)
+    return state().lifecycle.get_token(integration, name)
 
 
 __all__ = ["ZISConnections", "get_token"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -57,6 +58,34 @@ def test_app_factory_and_two_apps_in_one_process(tmp_path: object) -> None:
     # The default storage is a SQLite file in each app's instance folder.
     for index, app in enumerate(apps):
         assert (tmp_path / f"inst{index}" / "zis_connections.sqlite3").exists()  # type: ignore[operator]
+        app.extensions["zis_connections"].storage.close()
+
+
+def test_get_token_follows_the_innermost_app_context(tmp_path: Path) -> None:
+    """The module-level ``get_token`` reads Flask's context variable directly: it must
+    find the app ``current_app`` would, through nested contexts of two apps."""
+    apps = []
+    for index in range(2):
+        app = Flask(f"host{index}", instance_path=str(tmp_path / f"inst{index}"))
+        app.config.update(SECRET_KEY=f"k{index}", ZIS_ENCRYPTION_KEYS=[Fernet.generate_key().decode()])
+        ZISConnections(app)
+        apps.append(app)
+        with app.app_context():
+            app.extensions["zis_connections"].ext.create_connection(
+                "acme",
+                "main",
+                type="bearer_token",
+                token=f"token-of-app-{index}",
+                allowed_domain="api.example",
+            )
+    with apps[0].app_context():
+        assert get_token("acme", "main") == "token-of-app-0"
+        with apps[1].app_context():
+            assert get_token("acme", "main") == "token-of-app-1"
+        assert get_token("acme", "main") == "token-of-app-0"
+    with pytest.raises(RuntimeError, match="outside of application context"):
+        get_token("acme", "main")
+    for app in apps:
         app.extensions["zis_connections"].storage.close()
 
 
