@@ -682,14 +682,42 @@ def test_a_release_in_another_process_wakes_the_waiter(postgres_url: str) -> Non
     assert LEASE_CHANNEL == "zis_lease_released"
 
 
+@pytest.mark.postgres
+def test_the_release_listener_is_up_before_the_first_refresh(postgres_url: str) -> None:
+    """A process's first read of a token starts its release listener, so a burst on an
+    expired token does not wait for that connection, nor look again when it is up: a
+    release made right after the read reaches a watcher with no lease ever tried."""
+    reader, holder = SQLAlchemyStorage(postgres_url), SQLAlchemyStorage(postgres_url)
+    try:
+        reader.create_tables()
+        releases = reader.lease_releases()
+        assert not releases.connecting.is_set() and not releases.across_processes.is_set()
+        assert reader.read_token("acme", "nobody") is None
+        assert releases.across_processes.wait(JOIN_TIMEOUT), "the first read started no listener"
+        listeners = list(reader._listeners)
+        assert len(listeners) == 1
+        assert holder.acquire_lease("refresh:y", "holder", 30, utcnow())
+        with reader.watch_lease("refresh:y") as released:
+            holder.release_lease("refresh:y", "holder")
+            assert released.wait(JOIN_TIMEOUT)
+        reader.read_token("acme", "nobody")
+        assert reader._listeners == listeners  # one per process, however many reads
+    finally:
+        reader.close()
+        holder.close()
+
+
 def test_without_a_channel_a_waiter_polls(tmp_path: Path) -> None:
     """SQLite has no channel between processes: the registry says so, and a waiter of
     another process's lease falls back to polling (the lifecycle's pause)."""
     storage = SQLAlchemyStorage(f"sqlite:///{tmp_path / 'zis.sqlite3'}")
     try:
+        storage.create_tables()
+        assert storage.read_token("acme", "nobody") is None  # where PostgreSQL starts its listener
         with storage.watch_lease("refresh:x"):
             assert not storage.lease_releases().across_processes.is_set()
             assert not storage.lease_releases().connecting.is_set()
+        assert storage._listeners == []
     finally:
         storage.close()
 

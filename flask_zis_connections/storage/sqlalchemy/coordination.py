@@ -199,21 +199,23 @@ class CoordinationHooks(SQLBackend):
             self._refresh_sql.release_lease.run(conn, params)
 
     def _listen_for_lease_releases(self, releases: LeaseReleases) -> None:
-        """One listener thread per process, started by the first caller about to try a
-        lease; only PostgreSQL through psycopg 3 has the channel."""
+        """One listener thread per process, started by its first read of a token (or,
+        failing that, its first caller about to try a lease); only PostgreSQL through
+        psycopg 3 has the channel.  Elsewhere the first call settles that there is
+        nothing to start."""
         if self._lease_listening:
             return
         connect = self._listen_connector()
-        if connect is None:
-            return
         with self._start_lock:
             if self._lease_listening:
                 return
             self._lease_listening = True
+        if connect is None:
+            return
         listener = ReleaseListener(connect, LEASE_CHANNEL, releases)
         self._listeners.append(listener)
         releases.connecting.set()
-        # Its first caller is about to try a lease: it does not wait for the thread.
+        # Its first caller is about to read or lease: it does not wait for the thread.
         start_soon(listener, failed=listener.unavailable)
 
     def _lease_holder(self, key: str, now: datetime) -> str | None:

@@ -64,6 +64,7 @@ class SQLBackend(Storage):
         #: This process's listener threads (token cache changes, lease releases): a
         #: forked child has none of them and starts its own.
         self._listeners: list[_Stoppable] = []
+        #: The lease release listener was started, or there is none to start.
         self._lease_listening = False
         self._start_lock = threading.Lock()
         reset_in_child(self, SQLBackend._after_fork)
