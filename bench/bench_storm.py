@@ -514,10 +514,6 @@ class Round:
     app_errors: list[str] = field(default_factory=list)
 
     @property
-    def storm(self) -> bool:
-        return self.kind == "storm"
-
-    @property
     def seconds(self) -> list[float]:
         return sorted(a.seconds for a in self.answers)
 

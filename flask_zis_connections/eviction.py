@@ -14,16 +14,19 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 
+@dataclass(slots=True, eq=False)
 class Marked:
-    """An entry that remembers whether it was used since eviction last passed it."""
+    """An entry that remembers whether it was used since eviction last passed it.
 
-    __slots__ = ("used",)
+    A cache's entry is a slotted dataclass deriving from it (``eq=False``: an entry is
+    compared by identity); ``used`` is keyword-only, so it comes after the entry's own
+    fields and starts unmarked."""
 
-    def __init__(self) -> None:
-        self.used = False
+    used: bool = field(default=False, kw_only=True)
 
 
 K = TypeVar("K", bound=Hashable)

@@ -38,6 +38,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from .eviction import Marked, make_room
@@ -62,17 +63,14 @@ PAUSE_MAX: Final = 5.0
 _Key = tuple[str, str]
 
 
+@dataclass(slots=True, eq=False)
 class _Entry(Marked):
     """A cached token, the monotonic instant its TTL ends and the wall-clock instant it
     becomes due."""
 
-    __slots__ = ("due", "token", "until")
-
-    def __init__(self, token: str, until: float, due: float) -> None:
-        super().__init__()
-        self.token = token
-        self.until = until
-        self.due = due
+    token: str
+    until: float
+    due: float
 
 
 class Channel(Protocol):

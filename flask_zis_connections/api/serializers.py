@@ -159,16 +159,13 @@ def _state_of(rec: ConnectionRecord) -> _State:
     return (rec.integration, rec.name, rec.version, rec.access_token_enc, to_ms(rec.updated_at))
 
 
+@dataclasses.dataclass(slots=True, eq=False)
 class _Answer(Marked):
     """A kept answer: the row, its body and the row's state as a narrow read shows it."""
 
-    __slots__ = ("body", "rec", "state")
-
-    def __init__(self, rec: ConnectionRecord, body: bytes, state: _State) -> None:
-        super().__init__()
-        self.rec = rec
-        self.body = body
-        self.state = state
+    rec: ConnectionRecord
+    body: bytes
+    state: _State
 
 
 class AnswerCache:
