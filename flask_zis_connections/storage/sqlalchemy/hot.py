@@ -72,8 +72,10 @@ class HotReader:
     """Runs the token read on pooled-by-us DBAPI connections; ``None`` from
     :meth:`fetch` means "not here, read through the engine"."""
 
-    def __init__(self, engine: Engine, limit: int) -> None:
+    def __init__(self, engine: Engine, limit: int, opened: Callable[[], None] | None = None) -> None:
         self.limit = limit
+        #: Told each time the reader opens a connection (not on every read).
+        self._opened = opened
         dialect = engine.dialect
         stmt = sa.select(*(connections.c[name] for name in _COLUMNS)).where(
             connections.c.integration == sa.bindparam("integration"),
@@ -105,8 +107,9 @@ class HotReader:
         reset_in_child(self, HotReader._after_fork)
 
     @classmethod
-    def for_engine(cls, engine: Engine) -> HotReader | None:
-        """A reader for ``engine``, or None for a driver this module does not know."""
+    def for_engine(cls, engine: Engine, opened: Callable[[], None] | None = None) -> HotReader | None:
+        """A reader for ``engine``, or None for a driver this module does not know;
+        ``opened()`` is called each time it opens a connection."""
         dialect = engine.dialect
         if (dialect.name, dialect.driver) not in _DRIVERS:
             return None
@@ -114,9 +117,9 @@ class HotReader:
             database = engine.url.database
             if not database or database == ":memory:" or "mode=memory" in str(engine.url):
                 return None  # every connection would be a database of its own
-            return cls(engine, SQLITE_LIMIT)
+            return cls(engine, SQLITE_LIMIT, opened)
         size = getattr(engine.pool, "size", None)
-        return cls(engine, size() if callable(size) else POSTGRES_LIMIT)
+        return cls(engine, size() if callable(size) else POSTGRES_LIMIT, opened)
 
     def fetch(self, integration: str, name: str) -> Sequence[Any] | None:
         """The matching rows (one, or none), or ``None``: no connection to spare, or
@@ -154,11 +157,14 @@ class HotReader:
                 return None
             self._open += 1
         try:
-            return self._connect()
+            conn = self._connect()
         except Exception:
             with self._lock:
                 self._open -= 1
             return None
+        if self._opened is not None:
+            self._opened()
+        return conn
 
     def _give_back(self, conn: Any) -> None:
         """Make ``conn`` idle again; while callers wait, the first of them gets an idle

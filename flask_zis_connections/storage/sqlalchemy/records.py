@@ -129,14 +129,6 @@ class RecordHooks(SQLBackend):
         return connection_from_row(rows[0]) if rows else None
 
     def _read_token(self, integration: str, name: str) -> TokenRead | None:
-        if not self._lease_listening:
-            # Up before this process's first refresh rather than in the middle of it:
-            # started by the lease, the listener opened its connection while a burst of
-            # requests for an expired token was arriving, and when it was up it woke
-            # every waiter to look again (a release could have been missed), each one
-            # a read and a lease attempt more.  On PostgreSQL, 4 workers: 0-2 new
-            # sessions per storm instead of 4-9.
-            self._listen_for_lease_releases(self.lease_releases())
         hot = self._hot
         rows: Sequence[Any] | None = None if hot is None else hot.fetch(integration, name)
         if rows is None:
