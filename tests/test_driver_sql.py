@@ -7,7 +7,9 @@ ahead promises."""
 from __future__ import annotations
 
 import functools
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -82,6 +84,44 @@ def test_a_pipeline_on_a_dropped_connection_says_the_storage_is_unavailable(post
         said = str(caught.value)
         assert said.startswith("The connections database is unavailable (OperationalError)"), said
         assert "127.0.0.1" not in said and "INSERT" not in said
+        taken, state = take("refresh:b", "b", 30, T0)
+        assert taken and state is not None and state.record.uuid == record.uuid
+    finally:
+        storage.close()
+
+
+def test_a_failing_lease_on_sqlite_says_the_storage_is_unavailable(tmp_path: Path) -> None:
+    """On SQLite the lease and its read are sent on a pooled connection's own
+    ``sqlite3`` handle: a failure there is reported as the storage being unavailable
+    (no SQL, no driver text), the connection is closed rather than pooled again, and
+    the next attempt goes through."""
+    path = tmp_path / "zis.sqlite3"
+    storage = SQLAlchemyStorage(f"sqlite:///{path}")
+    used: list[Any] = []
+    sa.event.listen(storage.engine, "checkout", lambda dbapi, _rec, _proxy: used.append(dbapi))
+    try:
+        storage.create_tables()
+        client = storage.add_client(make_client())
+        record = storage.upsert_connection(make_record(client))
+        take = functools.partial(storage.take_lease_and_read, integration="acme_crm", uuid=record.uuid)
+        assert take("refresh:a", "a", 30, T0)[0]
+        other = sqlite3.connect(path)  # another process changing the file under it
+        try:
+            other.execute("ALTER TABLE zis_refresh_leases RENAME TO zis_elsewhere")
+            other.commit()
+            del used[:]
+            with pytest.raises(StorageUnavailable) as caught:
+                take("refresh:b", "b", 30, T0)
+            said = str(caught.value)
+            assert said.startswith("The connections database is unavailable (OperationalError)"), said
+            assert "INSERT" not in said and "zis_refresh_leases" not in said
+            assert len(used) == 1
+            with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+                used[0].execute("SELECT 1")
+            other.execute("ALTER TABLE zis_elsewhere RENAME TO zis_refresh_leases")
+            other.commit()
+        finally:
+            other.close()
         taken, state = take("refresh:b", "b", 30, T0)
         assert taken and state is not None and state.record.uuid == record.uuid
     finally:

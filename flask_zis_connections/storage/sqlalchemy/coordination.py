@@ -22,6 +22,7 @@ from ..conflicts import code_conflict, flow_conflict
 from ..releases import LeaseReleases, ReleaseListener
 from ..times import to_ms
 from . import queries as q
+from .driver_sql import DriverSQL
 from .engine import SQLBackend
 from .records import refresh_state_of
 from .rows import backoff_from_row, code_from_row, code_row, flow_from_row, flow_row
@@ -155,34 +156,73 @@ class CoordinationHooks(SQLBackend):
     def _take_lease_and_read(
         self, key: str, owner: str, now: datetime, expires_at: datetime, integration: str, uuid: str
     ) -> tuple[bool, RefreshState | None]:
-        """PostgreSQL through psycopg 3: the upsert and the read in one pipeline, one
-        round trip instead of two on the way to the provider.
+        """The upsert and the read on one connection, as the driver's own statements:
+        in one pipeline through psycopg 3 (:meth:`_pipelined`), one after the other
+        through :mod:`sqlite3` (:meth:`_on_sqlite`); elsewhere each on its own.
+
+        The caller holding the lease is what every caller waiting for the refresh waits
+        for, and under a burst each millisecond of CPU it needs before the provider call
+        is many milliseconds of waiting for the GIL: through the engine the two
+        statements took two pool checkouts and SQLAlchemy's execution and result
+        machinery, about as much CPU again as the statements themselves.
+        """
+        upsert = self._refresh_sql.lease_upsert_unless_backed_off
+        if upsert is not None:
+            lease = _lease_params(key, owner, now, expires_at, uuid)
+            read = {"integration": integration, "uuid": uuid}
+            if self._pipelines:
+                return self._pipelined(upsert, lease, read)
+            if self._sqlite_driver:
+                return self._on_sqlite(upsert, lease, read)
+        return super()._take_lease_and_read(key, owner, now, expires_at, integration, uuid)
+
+    def _pipelined(
+        self, upsert: DriverSQL, lease: dict[str, Any], read: dict[str, Any]
+    ) -> tuple[bool, RefreshState | None]:
+        """PostgreSQL through psycopg 3: one round trip instead of two on the way to the
+        provider.
 
         With no Sync between them they share an implicit transaction, committed at the
         pipeline's end (another process's upsert of the key waits for it, as for any
         uncommitted row).  Under READ COMMITTED the read still takes its snapshot
         after the upsert has taken the row, so it shows every write committed before.
         """
-        sqls = self._refresh_sql
-        upsert = sqls.lease_upsert_unless_backed_off
-        if upsert is None or not self._pipelines:
-            return super()._take_lease_and_read(key, owner, now, expires_at, integration, uuid)
         import psycopg
 
-        lease = _lease_params(key, owner, now, expires_at, uuid)
-        read = {"integration": integration, "uuid": uuid}
+        state_sql = self._refresh_sql.refresh_state
         with self._one_statement().connect() as conn:
             driver = conn.connection.driver_connection
             assert isinstance(driver, psycopg.Connection)
             try:
                 with driver.pipeline():
                     took = driver.execute(upsert.sql, upsert.params(lease))
-                    state = driver.execute(sqls.refresh_state.sql, sqls.refresh_state.params(read))
+                    state = driver.execute(state_sql.sql, state_sql.params(read))
                 taken = took.fetchone() is not None
                 rows = state.fetchall()
             except psycopg.Error as exc:
                 conn.invalidate()  # in whatever state the failure left it
                 raise DBAPIError.instance(upsert.sql, None, exc, psycopg.Error, hide_parameters=True) from exc
+        return taken, refresh_state_of(rows)
+
+    def _on_sqlite(
+        self, upsert: DriverSQL, lease: dict[str, Any], read: dict[str, Any]
+    ) -> tuple[bool, RefreshState | None]:
+        """SQLite through :mod:`sqlite3`, on one pooled connection outside any
+        transaction: the upsert takes the file's write lock and commits within its own
+        call (its row count is exact), then the read sees every write committed before
+        it and is read to the end, so no statement keeps a WAL snapshot open."""
+        import sqlite3
+
+        state_sql = self._refresh_sql.refresh_state
+        with self._one_statement().connect() as conn:
+            driver = conn.connection.driver_connection
+            assert isinstance(driver, sqlite3.Connection)
+            try:
+                taken = driver.execute(upsert.sql, upsert.params(lease)).rowcount == 1
+                rows = driver.execute(state_sql.sql, state_sql.params(read)).fetchall()
+            except sqlite3.Error as exc:
+                conn.invalidate()  # a connection the file failed under is not pooled again
+                raise DBAPIError.instance(upsert.sql, None, exc, sqlite3.Error, hide_parameters=True) from exc
         return taken, refresh_state_of(rows)
 
     def _renew_lease(self, key: str, owner: str, now: datetime, expires_at: datetime) -> bool:

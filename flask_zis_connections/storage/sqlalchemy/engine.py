@@ -88,6 +88,8 @@ class SQLBackend(Storage):
         self._refresh_sql = RefreshSQL.for_dialect(engine.dialect)
         #: Whether statements can be sent in a pipeline: psycopg 3 on a libpq with it.
         self._pipelines = _pipelines(engine)
+        #: Whether the refresh's lease and read run on :mod:`sqlite3` directly.
+        self._sqlite_driver = (engine.dialect.name, engine.dialect.driver) == ("sqlite", "pysqlite")
 
     def _one_statement(self) -> Engine:
         """Where a write that is a single statement runs: outside an explicit
