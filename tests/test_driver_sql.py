@@ -126,3 +126,37 @@ def test_a_failing_lease_on_sqlite_says_the_storage_is_unavailable(tmp_path: Pat
         assert taken and state is not None and state.record.uuid == record.uuid
     finally:
         storage.close()
+
+
+def test_the_sqlite_lease_is_committed_on_a_connection_that_opens_transactions(tmp_path: Path) -> None:
+    """A host's own connect hook may hand its connections back to :mod:`sqlite3`'s
+    implicit transactions (an ``isolation_level`` other than None, set after ours).
+    The lease is still committed when the attempt returns - seen by another process
+    at once, and not rolled back when its connection goes back to the pool."""
+    path = tmp_path / "zis.sqlite3"
+    storage = SQLAlchemyStorage(f"sqlite:///{path}")
+
+    def implicit(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = "DEFERRED"
+
+    try:
+        storage.create_tables()
+        client = storage.add_client(make_client())
+        record = storage.upsert_connection(make_record(client))
+        sa.event.listen(storage.engine, "connect", implicit)
+        storage.engine.dispose()
+        taken, state = storage.take_lease_and_read(
+            "refresh:x", "me", 30, T0, integration="acme_crm", uuid=record.uuid
+        )
+        assert taken and state is not None
+        other = sqlite3.connect(path)
+        try:
+            rows = other.execute("SELECT owner FROM zis_refresh_leases WHERE key = 'refresh:x'").fetchall()
+        finally:
+            other.close()
+        assert rows == [("me",)]
+        assert not storage.take_lease_and_read(
+            "refresh:x", "you", 30, T0, integration="acme_crm", uuid=record.uuid
+        )[0]
+    finally:
+        storage.close()

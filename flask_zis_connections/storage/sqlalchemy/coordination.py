@@ -219,6 +219,10 @@ class CoordinationHooks(SQLBackend):
             assert isinstance(driver, sqlite3.Connection)
             try:
                 taken = driver.execute(upsert.sql, upsert.params(lease)).rowcount == 1
+                if driver.in_transaction:
+                    # Opened by sqlite3 itself: a host's connect hook handed the
+                    # connection back to its implicit transactions after ours.
+                    driver.commit()
                 rows = driver.execute(state_sql.sql, state_sql.params(read)).fetchall()
             except sqlite3.Error as exc:
                 conn.invalidate()  # a connection the file failed under is not pooled again
