@@ -9,7 +9,8 @@ the committed row); on SQLite writers queue on the file lock (:mod:`.sqlite`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -190,18 +191,13 @@ class CoordinationHooks(SQLBackend):
         import psycopg
 
         state_sql = self._refresh_sql.refresh_state
-        with self._one_statement().connect() as conn:
-            driver = conn.connection.driver_connection
+        with self._on_driver(psycopg.Error, upsert.sql) as driver:
             assert isinstance(driver, psycopg.Connection)
-            try:
-                with driver.pipeline():
-                    took = driver.execute(upsert.sql, upsert.params(lease))
-                    state = driver.execute(state_sql.sql, state_sql.params(read))
-                taken = took.fetchone() is not None
-                rows = state.fetchall()
-            except psycopg.Error as exc:
-                conn.invalidate()  # in whatever state the failure left it
-                raise DBAPIError.instance(upsert.sql, None, exc, psycopg.Error, hide_parameters=True) from exc
+            with driver.pipeline():
+                took = driver.execute(upsert.sql, upsert.params(lease))
+                state = driver.execute(state_sql.sql, state_sql.params(read))
+            taken = took.fetchone() is not None
+            rows = state.fetchall()
         return taken, refresh_state_of(rows)
 
     def _on_sqlite(
@@ -214,20 +210,29 @@ class CoordinationHooks(SQLBackend):
         import sqlite3
 
         state_sql = self._refresh_sql.refresh_state
-        with self._one_statement().connect() as conn:
-            driver = conn.connection.driver_connection
+        with self._on_driver(sqlite3.Error, upsert.sql) as driver:
             assert isinstance(driver, sqlite3.Connection)
-            try:
-                taken = driver.execute(upsert.sql, upsert.params(lease)).rowcount == 1
-                if driver.in_transaction:
-                    # Opened by sqlite3 itself: a host's connect hook handed the
-                    # connection back to its implicit transactions after ours.
-                    driver.commit()
-                rows = driver.execute(state_sql.sql, state_sql.params(read)).fetchall()
-            except sqlite3.Error as exc:
-                conn.invalidate()  # a connection the file failed under is not pooled again
-                raise DBAPIError.instance(upsert.sql, None, exc, sqlite3.Error, hide_parameters=True) from exc
+            taken = driver.execute(upsert.sql, upsert.params(lease)).rowcount == 1
+            if driver.in_transaction:
+                # Opened by sqlite3 itself: a host's connect hook handed the
+                # connection back to its implicit transactions after ours.
+                driver.commit()
+            rows = driver.execute(state_sql.sql, state_sql.params(read)).fetchall()
         return taken, refresh_state_of(rows)
+
+    @contextlib.contextmanager
+    def _on_driver(self, error: type[Exception], sql: str) -> Iterator[Any]:
+        """A pooled connection's own driver handle, for statements sent past
+        SQLAlchemy's execution.  A driver error is raised as SQLAlchemy's own (which
+        the storage reports as unavailable, without ``sql`` or its parameters), and the
+        connection, in whatever state the failure left it, is closed rather than pooled
+        again."""
+        with self._one_statement().connect() as conn:
+            try:
+                yield conn.connection.driver_connection
+            except error as exc:
+                conn.invalidate()
+                raise DBAPIError.instance(sql, None, exc, error, hide_parameters=True) from exc
 
     def _renew_lease(self, key: str, owner: str, now: datetime, expires_at: datetime) -> bool:
         params = _lease_params(key, owner, now, expires_at)
