@@ -93,10 +93,22 @@ class Lifecycle:
         return due_at is not None and due_at <= (now or utcnow())
 
     def get_token(self, integration: str, name: str) -> str:
-        """The hot path: one indexed read and one decrypt while the token is fresh."""
+        """The hot path: a cache hit, else one indexed read and one decrypt while the
+        token is fresh.
+
+        An unobserved hit returns from here: each call layer more was about a tenth of
+        a hit's time.
+        """
         observe = self.observe_get_token
         if observe is None:
-            return self._get_token(integration, name)
+            cache = self.token_cache
+            if cache is None:
+                return self._read_token(integration, name, None, 0)
+            token = cache.get(integration, name)
+            if token is not None:
+                return token
+            # Before the read: a write meanwhile wins.
+            return self._read_token(integration, name, cache, cache.generation)
         started = time.perf_counter()
         try:
             return self._get_token(integration, name)
@@ -111,6 +123,10 @@ class Lifecycle:
             if token is not None:
                 return token
             generation = cache.generation  # before the read: a write meanwhile wins
+        return self._read_token(integration, name, cache, generation)
+
+    def _read_token(self, integration: str, name: str, cache: TokenCache | None, generation: int) -> str:
+        """``get_token`` from storage (``cache`` missed, as of ``generation``)."""
         # A refresh of it under way in this process: its result, without a read.
         running = self._refresher.joined(integration, name)
         if running is not None:

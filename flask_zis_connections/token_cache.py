@@ -160,8 +160,9 @@ class TokenCache:
     def get(self, integration: str, name: str) -> str | None:
         """The cached token, or None when absent or no longer valid."""
         key = (integration, name)
-        entry = self._entries.get(key)
-        if entry is None:
+        try:
+            entry = self._entries[key]  # an OrderedDict's get() is slower than its subscript
+        except KeyError:
             return None
         if self.clock() >= entry.until or self.wall_clock() >= entry.due:
             with self._lock:
