@@ -173,7 +173,7 @@ class Metrics:
             # Bound methods are held weakly by blinker: they live as long as this object,
             # which lives as long as its extension.
             signal.connect(receiver, sender=app)
-        state.lifecycle.observe_get_token = self.get_token_seconds.observe
+        state.lifecycle.time_get_token(self.get_token_seconds.observe)
 
     def _receivers(self) -> Iterable[tuple[Any, Callable[..., None]]]:
         return (

@@ -28,7 +28,12 @@ from werkzeug.serving import make_server
 
 from flask_zis_connections import ZISConnections, signals
 from flask_zis_connections.domain import CONNECTION_STATUSES, connection_status, utcnow
-from flask_zis_connections.errors import ConfigurationError, ProviderError, ReauthorizationRequired
+from flask_zis_connections.errors import (
+    ConfigurationError,
+    ConnectionNotFound,
+    ProviderError,
+    ReauthorizationRequired,
+)
 from flask_zis_connections.metrics import EXPIRING_SOON
 from flask_zis_connections.storage import MemoryStorage, Storage
 from flask_zis_connections.storage.contract.status import StatusContract
@@ -363,6 +368,32 @@ def test_zis_metrics_collects_from_init_app_on(make_app: Callable[..., Flask], b
         zis.get_token("acme", "k")
     got = parse(generate_latest(zis.metrics_registry()).decode())
     assert value(got, "zis_get_token_seconds_count") == 1
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=True)
+def test_get_token_timing_covers_hits_misses_and_failures_and_comes_off(
+    make_app: Callable[..., Flask], backend: str
+) -> None:
+    """The timing wraps every call - a cache miss, a hit, a call that raises - and
+    taking it off leaves the plain method, whose answers are the same."""
+    app = make_app()
+    zis = zis_of(app)
+    life = app.extensions["zis_connections"].lifecycle
+    seconds: list[float] = []
+    with app.app_context():
+        zis.create_connection(
+            "acme", "k", type="api_key", allowed_domain="api.example.com", api_key="x", header_name="X"
+        )
+        life.time_get_token(seconds.append)
+        assert life.observe_get_token is not None
+        assert [zis.get_token("acme", "k") for _ in range(3)] == ["x", "x", "x"]
+        with pytest.raises(ConnectionNotFound):
+            zis.get_token("acme", "nobody")
+        assert len(seconds) == 4 and all(s > 0 for s in seconds)
+        life.time_get_token(None)
+        assert life.observe_get_token is None
+        assert zis.get_token("acme", "k") == "x"
+    assert len(seconds) == 4
 
 
 @pytest.mark.parametrize("backend", ["memory"], indirect=True)
