@@ -29,7 +29,11 @@ class EventHooks(SQLBackend):
     """Hooks for the event log."""
 
     def _add_event(self, event: Event) -> Event:
-        with self._writer.begin() as conn:
+        """One statement, a transaction of its own: on PostgreSQL one round trip
+        instead of ``BEGIN``, the ``INSERT`` and ``COMMIT`` (a refresh, a flow and a
+        delete each append one after their own write); on SQLite the write lock is held
+        for the statement alone (:meth:`~.engine.SQLBackend._one_statement`)."""
+        with self._one_statement().begin() as conn:
             key = conn.execute(sa.insert(events).values(**event_row(event))).inserted_primary_key
         assert key is not None
         return event.replace(id=int(key[0]))
