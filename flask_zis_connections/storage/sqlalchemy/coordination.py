@@ -4,7 +4,10 @@ Pending flows, verification codes, refresh leases and back-off: every single-win
 step here is one conditional ``UPDATE``/``DELETE``/``INSERT`` whose row count
 decides the winner.  On PostgreSQL that is correct under the default READ COMMITTED
 (a second writer blocks on the row lock, then re-checks the ``WHERE`` clause against
-the committed row); on SQLite writers queue on the file lock (:mod:`.sqlite`).
+the committed row); on SQLite writers queue on the file lock (:mod:`.sqlite`).  A
+write that is one statement runs outside an explicit transaction
+(:meth:`~.engine.SQLBackend._one_statement`): one round trip on PostgreSQL, and SQLite's
+write lock held for the statement alone.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ class CoordinationHooks(SQLBackend):
     # -- flows -----------------------------------------------------------------
     def _add_flow(self, flow: PendingFlow) -> None:
         try:
-            with self._writer.begin() as conn:
+            with self._one_statement().begin() as conn:
                 conn.execute(sa.insert(flows).values(**flow_row(flow)))
         except IntegrityError as exc:
             raise flow_conflict(flow) from exc
@@ -84,7 +87,7 @@ class CoordinationHooks(SQLBackend):
     # -- verification codes ----------------------------------------------------
     def _add_verification_code(self, code: VerificationCode) -> None:
         try:
-            with self._writer.begin() as conn:
+            with self._one_statement().begin() as conn:
                 conn.execute(sa.insert(verification_codes).values(**code_row(code)))
         except IntegrityError as exc:
             raise code_conflict() from exc
@@ -305,7 +308,7 @@ class CoordinationHooks(SQLBackend):
 
     def _clear_refresh_backoff(self, connection_uuid: str) -> None:
         b = refresh_backoff
-        with self._writer.begin() as conn:
+        with self._one_statement().begin() as conn:
             conn.execute(sa.delete(b).where(b.c.connection_uuid == connection_uuid))
 
 

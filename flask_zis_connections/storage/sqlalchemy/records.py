@@ -257,7 +257,7 @@ class RecordHooks(SQLBackend):
     # -- API tokens --------------------------------------------------------------
     def _add_api_token(self, token: ApiToken) -> None:
         try:
-            with self._writer.begin() as conn:
+            with self._one_statement().begin() as conn:
                 conn.execute(sa.insert(api_tokens).values(**token_row(token)))
         except IntegrityError as exc:
             raise token_conflict() from exc
@@ -268,7 +268,7 @@ class RecordHooks(SQLBackend):
 
     def _revoke_api_token(self, token_id_or_hash: str) -> bool:
         t = api_tokens
-        with self._writer.begin() as conn:
+        with self._one_statement().begin() as conn:
             matched = conn.execute(
                 sa.update(t)
                 .where(sa.or_(t.c.id == token_id_or_hash, t.c.token_hash == token_id_or_hash))
