@@ -28,8 +28,6 @@ from flask_zis_connections.storage.contract.builders import (
 )
 from flask_zis_connections.testing import T0
 
-from .conftest import reset_postgres
-
 
 @dataclass
 class Heard:
@@ -40,14 +38,10 @@ class Heard:
     autocommit: list[bool]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def storage(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[SQLAlchemyStorage]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'writes.sqlite3'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-        reset_postgres(url)
-    backend = SQLAlchemyStorage(url)
+@pytest.fixture
+def storage(database_uri: str | None) -> Iterator[SQLAlchemyStorage]:
+    assert database_uri is not None
+    backend = SQLAlchemyStorage(database_uri)
     try:
         backend.create_tables()
         yield backend
@@ -147,6 +141,7 @@ WRITES = {
 }
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
 @pytest.mark.parametrize("write", list(WRITES))
 def test_a_one_statement_write_is_its_own_transaction(storage: SQLAlchemyStorage, write: str) -> None:
     run, done = WRITES[write](storage)

@@ -29,10 +29,9 @@ class EventHooks(SQLBackend):
     """Hooks for the event log."""
 
     def _add_event(self, event: Event) -> Event:
-        """One statement, a transaction of its own: on PostgreSQL one round trip
-        instead of ``BEGIN``, the ``INSERT`` and ``COMMIT`` (a refresh, a flow and a
-        delete each append one after their own write); on SQLite the write lock is held
-        for the statement alone (:meth:`~.engine.SQLBackend._one_statement`)."""
+        """One statement, a transaction of its own
+        (:meth:`~.engine.SQLBackend._one_statement`): a refresh, a flow and a delete
+        each append one after their own write."""
         with self._one_statement().begin() as conn:
             key = conn.execute(sa.insert(events).values(**event_row(event))).inserted_primary_key
         assert key is not None
