@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -85,10 +86,13 @@ def _flow(storage: SQLAlchemyStorage) -> tuple[Callable[[], object], Callable[[]
     return (lambda: storage.add_flow(flow)), (lambda: storage.get_flow(flow.id) == flow)
 
 
+def _connection_uuid(storage: SQLAlchemyStorage) -> str:
+    """A stored connection (with its client) for the rows that refer to one."""
+    return storage.add_connection(make_record(storage.add_client(make_client()))).uuid
+
+
 def _code(storage: SQLAlchemyStorage) -> tuple[Callable[[], object], Callable[[], bool]]:
-    client = storage.add_client(make_client())
-    rec = storage.add_connection(make_record(client))
-    code = make_code(connection_uuid=rec.uuid)
+    code = make_code(connection_uuid=_connection_uuid(storage))
     return (
         lambda: storage.add_verification_code(code),
         lambda: storage.consume_verification_code(code.code_hash, code.integration, T0) is not None,
@@ -121,14 +125,27 @@ def _revoke(storage: SQLAlchemyStorage) -> tuple[Callable[[], object], Callable[
 
 
 def _backoff_cleared(storage: SQLAlchemyStorage) -> tuple[Callable[[], object], Callable[[], bool]]:
-    client = storage.add_client(make_client())
-    rec = storage.add_connection(make_record(client))
-    storage.record_refresh_failure(rec.uuid, "provider_error", T0, base=1.0, cap=60.0)
-    assert storage.get_refresh_backoff(rec.uuid) is not None
+    uuid = _connection_uuid(storage)
+    storage.record_refresh_failure(uuid, "provider_error", T0, base=1.0, cap=60.0)
+    assert storage.get_refresh_backoff(uuid) is not None
     return (
-        lambda: storage.clear_refresh_backoff(rec.uuid),
-        lambda: storage.get_refresh_backoff(rec.uuid) is None,
+        lambda: storage.clear_refresh_backoff(uuid),
+        lambda: storage.get_refresh_backoff(uuid) is None,
     )
+
+
+def _events_purged(storage: SQLAlchemyStorage) -> tuple[Callable[[], object], Callable[[], bool]]:
+    """Fewer old events than a batch: one ``DELETE``, one transaction of its own."""
+    old, kept = make_event(created_at=T0), make_event(created_at=T0 + timedelta(days=1))
+    for event in (old, kept):
+        storage.add_event(event)
+
+    def only_kept() -> bool:
+        return [e.connection_uuid for e in storage.list_events("acme_crm", limit=5).items] == [
+            kept.connection_uuid
+        ]
+
+    return (lambda: storage.purge_events(T0 + timedelta(hours=1))), only_kept
 
 
 WRITES = {
@@ -138,6 +155,7 @@ WRITES = {
     "add_api_token": _api_token,
     "revoke_api_token": _revoke,
     "clear_refresh_backoff": _backoff_cleared,
+    "purge_events": _events_purged,
 }
 
 

@@ -2,9 +2,9 @@
 
 Appending is one ``INSERT`` whose generated id is the event's place in the log (an
 auto-incrementing key that SQLite, too, never hands out twice); listing is a keyset
-read down the ``(integration, id)`` index.  Purging deletes in batches of short write
-transactions, so trimming a large log never holds SQLite's write lock, or a long
-PostgreSQL transaction, while flows and refreshes wait.
+read down the ``(integration, id)`` index.  Purging deletes in batches, each one
+statement that is its own transaction, so trimming a large log never holds SQLite's
+write lock, or a long PostgreSQL transaction, while flows and refreshes wait.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class EventHooks(SQLBackend):
         batch = sa.delete(e).where(e.c.id.in_(sa.select(old.subquery().c.id)))
         purged = 0
         while True:
-            with self._writer.begin() as conn:
+            with self._one_statement().begin() as conn:  # each batch its own transaction
                 deleted = conn.execute(batch).rowcount
             purged += deleted
             if deleted < _PURGE_BATCH:
