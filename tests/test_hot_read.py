@@ -1,6 +1,7 @@
-"""``get_token``'s narrow read on connections of its own, outside the engine's pool.
+"""``get_token``'s narrow read, and a connection's whole row, on connections of their own
+outside the engine's pool.
 
-What must hold: the same answer as the full record, a write seen by the very next read
+What must hold: the same answer as the engine's read, a write seen by the very next read
 (no transaction or snapshot left open), a broken or exhausted reader falling back to the
 engine, a bounded number of connections under many threads, and a forked child never
 touching its parent's connections.
@@ -24,7 +25,7 @@ from sqlalchemy import event
 from flask_zis_connections import ZISConnections, get_token
 from flask_zis_connections.storage import SQLAlchemyStorage
 from flask_zis_connections.storage.sqlalchemy import hot as hot_module
-from flask_zis_connections.storage.sqlalchemy.hot import HotReader, _PqConnection
+from flask_zis_connections.storage.sqlalchemy.hot import _STATEMENT, HotReader, _PqConnection
 
 from .helpers import in_forked_child
 
@@ -227,10 +228,98 @@ def test_psycopg_reads_through_libpq_as_the_engine_does(
             assert storage.read_token("acme", name) == _engine_read(storage, "acme", name), name
     (reader,) = _hot(app)._idle
     assert isinstance(reader, _PqConnection)
-    assert reader._prepared is prepared
+    assert (_STATEMENT in reader._prepared) is prepared
     oauth = storage.read_token("acme", "oauth")
     assert oauth is not None and oauth.needs_reauth is True and oauth.version == 7
     assert oauth.token_expiry_ms == 1798771828723
+
+
+def _engine_record(storage: SQLAlchemyStorage, integration: str, **key: str) -> Any:
+    """A connection's whole row through SQLAlchemy's engine (the reader set aside)."""
+    hot, storage._hot = storage._hot, None
+    try:
+        return storage.get_connection(integration, **key)
+    finally:
+        storage._hot = hot
+
+
+def _odd_rows(app: Flask) -> list[str]:
+    """Rows that test each column's loading: an OAuth row with an expiry, needs_reauth
+    and metadata, a name beyond ASCII; the names to read them by."""
+    _add(app, "oauth", "x")
+    _add(app, "ascii", "y")
+    with _storage(app).engine.begin() as db:
+        db.execute(
+            sa.text(
+                "UPDATE zis_connections SET type = 'oauth', token_expiry = 1798771828723, "
+                "refresh_token_expiry = 1798771829000, needs_reauth = true, version = 7, "
+                "metadata = :m WHERE name = 'oauth'"
+            ),
+            {"m": '{"team":"\u00e9quipe","n":1}'},
+        )
+        db.execute(sa.text("UPDATE zis_connections SET name = :n WHERE name = 'ascii'"), {"n": WIDE})
+    return ["c1", "oauth", WIDE]
+
+
+def test_whole_rows_are_read_on_the_readers_connections(app: Flask, checkouts: list[int]) -> None:
+    storage = _storage(app)
+    names = _odd_rows(app)
+    expected = {name: _engine_record(storage, "acme", name=name) for name in names}
+    before = checkouts[0]
+    for name in names:
+        for _ in range(3):
+            rec = storage.get_connection("acme", name=name)
+            assert rec == expected[name] and rec is not None, name
+            assert storage.get_connection("acme", uuid=rec.uuid) == rec
+    assert storage.get_connection("acme", name="missing") is None
+    assert storage.get_connection("acme", uuid="0" * 32) is None
+    assert storage.get_connection("other", name="c1") is None
+    assert checkouts[0] == before  # none through the engine's pool
+    oauth = expected["oauth"]
+    assert oauth.needs_reauth is True and oauth.version == 7 and oauth.metadata["team"] == "\u00e9quipe"
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+@pytest.mark.parametrize("prepared", [True, False])
+def test_psycopg_whole_rows_through_libpq_as_the_engine_reads_them(
+    make_app: Callable[..., Flask], prepared: bool
+) -> None:
+    options = {} if prepared else {"connect_args": {"prepare_threshold": None}}
+    app = make_app(ZIS_TOKEN_CACHE_TTL=0, ZIS_ENGINE_OPTIONS=options)
+    _add(app, "c1", "token-1")
+    storage = _storage(app)
+    names = _odd_rows(app)
+    for name in names:
+        expected = _engine_record(storage, "acme", name=name)
+        assert expected is not None
+        for _ in range(3):  # the first read prepares, the next ones reuse it
+            assert storage.get_connection("acme", name=name) == expected, name
+            assert storage.get_connection("acme", uuid=expected.uuid) == expected, name
+        assert storage.read_token("acme", name) == _engine_read(storage, "acme", name)
+    (reader,) = _hot(app)._idle
+    assert isinstance(reader, _PqConnection)
+    statements = {_STATEMENT, b"zis_connection_by_name", b"zis_connection_by_uuid"}
+    assert reader._prepared == (statements if prepared else set())
+
+
+def test_whole_rows_fall_back_to_the_engine(
+    app: Flask, checkouts: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader with no connection to spare, or one the server dropped: the engine reads."""
+    storage = _storage(app)
+    expected = _engine_record(storage, "acme", name="c7")
+    assert storage.get_connection("acme", name="c7") == expected
+    hot = _hot(app)
+    (broken,) = hot._idle
+    broken.close()
+    before = checkouts[0]
+    assert storage.get_connection("acme", name="c7") == expected
+    assert checkouts[0] == before + 1 and broken not in hot._idle and hot._open == 0
+    monkeypatch.setattr(hot_module, "WAIT", 0.02)
+    hot.limit = 0
+    hot.close()
+    assert storage.get_connection("acme", uuid=expected.uuid) == expected
+    assert checkouts[0] == before + 2 and hot._idle == []
 
 
 def test_many_threads_stay_within_the_limit(app: Flask) -> None:

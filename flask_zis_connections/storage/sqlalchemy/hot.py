@@ -6,7 +6,10 @@ the autocommit switch of the reader view, SQLAlchemy's execution and row machine
 on SQLite about ten times the driver's own time.  This reader keeps a few DBAPI
 connections of its own, idle in a LIFO stack (taking and returning one is a list
 ``pop``/``append``, atomic under the GIL, so threads share them without a lock), and
-runs the one statement compiled once for the engine's dialect:
+runs statements compiled once for the engine's dialect: the token read, and a
+connection's whole row by name or uuid (what the API's views, ``zis.session`` and a
+refresh's waiters read; through the engine it took 230 us of CPU on SQLite, of which
+the driver and the row's decoding needed 35):
 
 * **SQLite** (``sqlite3``): ``isolation_level=None`` (no transaction around a read),
   the backend's pragmas (``busy_timeout``, WAL); each result is read to the end so no
@@ -46,6 +49,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ...forks import reset_in_child
+from . import queries as q
 from .driver_sql import DriverSQL
 from .schema import connections
 
@@ -90,11 +94,17 @@ class HotReader:
         #: Whether the connections are :class:`_PqConnection`s (psycopg 3 through libpq)
         #: rather than the driver's own, read with a cursor.
         self._libpq = False
-        if (dialect.name, dialect.driver) == ("postgresql", "psycopg"):
-            pq_read = _PqRead.of(stmt, dialect)
+        libpq = (dialect.name, dialect.driver) == ("postgresql", "psycopg")
+        if libpq:
+            pq_read = _PqRead.of(stmt, dialect, _STATEMENT, "name")
             if pq_read is not None:
                 self._connect = _pq_opener(self._connect, pq_read)
                 self._libpq = True
+        #: A connection's whole row, by ``"name"`` or ``"uuid"``.
+        self._whole = {
+            key: _Whole(stmt, dialect, key, self._libpq)
+            for key, stmt in (("name", q.CONNECTION_BY_NAME), ("uuid", q.CONNECTION_BY_UUID))
+        }
         self._idle: list[Any] = []
         self._open = 0
         self._lock = threading.Lock()
@@ -124,14 +134,9 @@ class HotReader:
     def fetch(self, integration: str, name: str) -> Sequence[Any] | None:
         """The matching rows (one, or none), or ``None``: no connection to spare, or
         the driver failed - read through the engine."""
-        try:
-            conn = self._idle.pop()
-        except IndexError:
-            conn = self._new()
-            if conn is None:
-                conn = self._wait_idle()
-                if conn is None:
-                    return None
+        conn = self._take()
+        if conn is None:
+            return None
         try:
             if self._libpq:
                 rows: list[Any] = conn.rows(integration, name)
@@ -145,6 +150,32 @@ class HotReader:
             return None
         self._give_back(conn)
         return rows
+
+    def fetch_whole(self, integration: str, by: str, value: str) -> Sequence[Any] | None:
+        """The whole row (:data:`~.queries.CONNECTION_BY_NAME`'s columns) of the
+        connection whose ``by`` (``"name"`` or ``"uuid"``) is ``value``, as
+        :meth:`fetch`: ``None`` means "read through the engine"."""
+        whole = self._whole[by]
+        conn = self._take()
+        if conn is None:
+            return None
+        try:
+            rows = whole.rows(conn, integration, value)
+        except Exception:  # whatever the driver raised: the engine path reports it
+            self._discard(conn)
+            return None
+        self._give_back(conn)
+        return rows
+
+    def _take(self) -> Any | None:
+        """An idle connection, a new one, or one given back within :data:`WAIT`; None
+        when there is none to spare."""
+        try:
+            return self._idle.pop()
+        except IndexError:
+            pass
+        conn = self._new()
+        return conn if conn is not None else self._wait_idle()
 
     def close(self) -> None:
         """Close every idle connection (the storage is closing)."""
@@ -286,24 +317,52 @@ class _Psycopg2:
 _STATEMENT: Final = b"zis_token_read"
 
 
+class _Whole:
+    """A whole-row read (by ``key``: the connection's name or uuid) as the reader's
+    connections run it: through libpq where they are libpq connections and the
+    columns have loaders, else through the driver's cursor."""
+
+    __slots__ = ("key", "order", "positional", "pq", "sql")
+
+    def __init__(self, stmt: sa.Select[Any], dialect: Any, key: str, libpq: bool) -> None:
+        self.key = key
+        driver_sql = DriverSQL(stmt, dialect)
+        self.sql = driver_sql.sql
+        self.positional = driver_sql.positional
+        self.order = driver_sql.order
+        name = f"zis_connection_by_{key}".encode()
+        self.pq = _PqRead.of(stmt, dialect, name, key) if libpq else None
+
+    def rows(self, conn: Any, integration: str, value: str) -> Sequence[Any]:
+        if self.pq is not None:
+            return conn.run(self.pq, integration, value)  # type: ignore[no-any-return]
+        params: Any = {"integration": integration, self.key: value}
+        if self.positional:
+            params = tuple(params[key] for key in self.order)
+        return conn.execute(self.sql, params).fetchall()  # type: ignore[no-any-return]
+
+
 class _PqRead:
     """The read as libpq runs it: ``$n`` placeholders and a loader per column."""
 
-    __slots__ = ("loaders", "prepared", "rows", "sql")
+    __slots__ = ("loaders", "name", "prepared", "rows", "sql")
 
-    def __init__(self, sql: bytes, loaders: tuple[Callable[[bytes, str], Any], ...]) -> None:
+    def __init__(self, sql: bytes, loaders: tuple[Callable[[bytes, str], Any], ...], name: bytes) -> None:
         from psycopg import pq
 
         self.sql = sql
         self.loaders = loaders
+        #: What it is prepared as on each connection.
+        self.name = name
         #: The result statuses of a prepared statement and of rows.
         self.prepared = pq.ExecStatus.COMMAND_OK
         self.rows = pq.ExecStatus.TUPLES_OK
 
     @classmethod
-    def of(cls, stmt: sa.Select[Any], dialect: Any) -> _PqRead | None:
-        """The read of ``stmt`` for libpq, or None when a column's type has no loader
-        here (its rows then go through the cursor as before)."""
+    def of(cls, stmt: sa.Select[Any], dialect: Any, name: bytes, key: str) -> _PqRead | None:
+        """The read of ``stmt`` (parameters ``integration`` and ``key``) for libpq,
+        prepared as ``name``; or None when a column's type has no loader here (its rows
+        then go through the cursor)."""
         loaders = []
         for column in stmt.selected_columns:
             load = _text_loader(column.type)
@@ -314,9 +373,9 @@ class _PqRead:
             numbered = stmt.compile(dialect=type(dialect)(paramstyle="numeric_dollar"))
         except Exception:  # a dialect that cannot number its parameters: the cursor reads
             return None
-        if list(numbered.positiontup or ()) != ["integration", "name"]:
+        if list(numbered.positiontup or ()) != ["integration", key]:
             return None
-        return cls(str(numbered).encode(), tuple(loaders))
+        return cls(str(numbered).encode(), tuple(loaders), name)
 
 
 def _text_loader(kind: Any) -> Callable[[bytes, str], Any] | None:
@@ -357,20 +416,30 @@ class _PqConnection:
         self._pgconn = conn.pgconn
         self._encoding: str = conn.info.encoding
         self._read = read
-        self._prepared = False
+        #: The statements prepared on this connection, by name.
+        self._prepared: set[bytes] = set()
 
     def rows(self, integration: str, name: str) -> list[tuple[Any, ...]]:
-        encoding, read, pgconn = self._encoding, self._read, self._pgconn
-        params = [integration.encode(encoding), name.encode(encoding)]
+        """The token read's rows."""
+        return self.run(self._read, integration, name)
+
+    def execute(self, sql: str, params: Any) -> Any:
+        """A statement with no libpq read here, through the connection's cursor."""
+        return self._conn.execute(sql, params)
+
+    def run(self, read: _PqRead, integration: str, key: str) -> list[tuple[Any, ...]]:
+        """The rows of ``read`` for ``integration`` and its second parameter ``key``."""
+        encoding, pgconn = self._encoding, self._pgconn
+        params = [integration.encode(encoding), key.encode(encoding)]
         if self._conn.prepare_threshold is None:
             result = pgconn.exec_params(read.sql, params)
         else:
-            if not self._prepared:
-                done = pgconn.prepare(_STATEMENT, read.sql)
+            if read.name not in self._prepared:
+                done = pgconn.prepare(read.name, read.sql)
                 if done.status != read.prepared:
                     raise _PqFailed(done.status)
-                self._prepared = True
-            result = pgconn.exec_prepared(_STATEMENT, params)
+                self._prepared.add(read.name)
+            result = pgconn.exec_prepared(read.name, params)
         if result.status != read.rows:
             raise _PqFailed(result.status)
         value = result.get_value

@@ -121,11 +121,20 @@ class RecordHooks(SQLBackend):
 
     # -- connections -----------------------------------------------------------
     def _get_connection_by_uuid(self, integration: str, uuid: str) -> ConnectionRecord | None:
-        rows = self._read(q.CONNECTION_BY_UUID, {"integration": integration, "uuid": uuid})
-        return connection_from_row(rows[0]) if rows else None
+        return self._whole_row(q.CONNECTION_BY_UUID, integration, "uuid", uuid)
 
     def _get_connection_by_name(self, integration: str, name: str) -> ConnectionRecord | None:
-        rows = self._read(q.CONNECTION_BY_NAME, {"integration": integration, "name": name})
+        return self._whole_row(q.CONNECTION_BY_NAME, integration, "name", name)
+
+    def _whole_row(
+        self, stmt: sa.Select[Any], integration: str, by: str, value: str
+    ) -> ConnectionRecord | None:
+        """A connection's row on the hot reader's connections, or through the engine
+        when it has none to spare (or none at all: an in-memory SQLite database)."""
+        hot = self._hot
+        rows: Sequence[Any] | None = None if hot is None else hot.fetch_whole(integration, by, value)
+        if rows is None:
+            rows = self._read(stmt, {"integration": integration, by: value})
         return connection_from_row(rows[0]) if rows else None
 
     def _read_token(self, integration: str, name: str) -> TokenRead | None:
