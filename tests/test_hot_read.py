@@ -27,7 +27,7 @@ from flask_zis_connections.storage import SQLAlchemyStorage
 from flask_zis_connections.storage.sqlalchemy import hot as hot_module
 from flask_zis_connections.storage.sqlalchemy.hot import _STATEMENT, HotReader, _PqConnection
 
-from .helpers import in_forked_child
+from .helpers import client_body, in_forked_child
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -187,11 +187,11 @@ def test_postgres_backend_killed_under_the_reader(app: Flask) -> None:
 WIDE = "n\u00e4me-\u6771\u4eac"
 
 
-def _engine_read(storage: SQLAlchemyStorage, integration: str, name: str) -> Any:
-    """The same read through SQLAlchemy's engine (the reader set aside)."""
+def _engine(storage: SQLAlchemyStorage, method: str, *args: Any, **kwargs: Any) -> Any:
+    """``storage.<method>(...)`` through SQLAlchemy's engine (the reader set aside)."""
     hot, storage._hot = storage._hot, None
     try:
-        return storage.read_token(integration, name)
+        return getattr(storage, method)(*args, **kwargs)
     finally:
         storage._hot = hot
 
@@ -225,22 +225,13 @@ def test_psycopg_reads_through_libpq_as_the_engine_does(
         db.execute(sa.text("UPDATE zis_connections SET name = :n WHERE name = 'ascii'"), {"n": WIDE})
     for name in ("plain", WIDE, "oauth", "missing"):
         for _ in range(3):  # the first read prepares, the next ones reuse it
-            assert storage.read_token("acme", name) == _engine_read(storage, "acme", name), name
+            assert storage.read_token("acme", name) == _engine(storage, "read_token", "acme", name), name
     (reader,) = _hot(app)._idle
     assert isinstance(reader, _PqConnection)
     assert (_STATEMENT in reader._prepared) is prepared
     oauth = storage.read_token("acme", "oauth")
     assert oauth is not None and oauth.needs_reauth is True and oauth.version == 7
     assert oauth.token_expiry_ms == 1798771828723
-
-
-def _engine_record(storage: SQLAlchemyStorage, integration: str, **key: str) -> Any:
-    """A connection's whole row through SQLAlchemy's engine (the reader set aside)."""
-    hot, storage._hot = storage._hot, None
-    try:
-        return storage.get_connection(integration, **key)
-    finally:
-        storage._hot = hot
 
 
 def _odd_rows(app: Flask) -> list[str]:
@@ -264,7 +255,7 @@ def _odd_rows(app: Flask) -> list[str]:
 def test_whole_rows_are_read_on_the_readers_connections(app: Flask, checkouts: list[int]) -> None:
     storage = _storage(app)
     names = _odd_rows(app)
-    expected = {name: _engine_record(storage, "acme", name=name) for name in names}
+    expected = {name: _engine(storage, "get_connection", "acme", name=name) for name in names}
     before = checkouts[0]
     for name in names:
         for _ in range(3):
@@ -290,16 +281,49 @@ def test_psycopg_whole_rows_through_libpq_as_the_engine_reads_them(
     storage = _storage(app)
     names = _odd_rows(app)
     for name in names:
-        expected = _engine_record(storage, "acme", name=name)
+        expected = _engine(storage, "get_connection", "acme", name=name)
         assert expected is not None
         for _ in range(3):  # the first read prepares, the next ones reuse it
             assert storage.get_connection("acme", name=name) == expected, name
             assert storage.get_connection("acme", uuid=expected.uuid) == expected, name
-        assert storage.read_token("acme", name) == _engine_read(storage, "acme", name)
+        assert storage.read_token("acme", name) == _engine(storage, "read_token", "acme", name)
     (reader,) = _hot(app)._idle
     assert isinstance(reader, _PqConnection)
     statements = {_STATEMENT, b"zis_connection_by_name", b"zis_connection_by_uuid"}
     assert reader._prepared == (statements if prepared else set())
+
+
+def test_client_rows_are_read_on_the_readers_connections(app: Flask, checkouts: list[int]) -> None:
+    """Both booleans and JSON columns beyond ASCII, as the engine reads them."""
+    storage = _storage(app)
+    with app.app_context():
+        made = [
+            _zis(app).create_oauth_client("acme", **client_body(name="plain")),
+            _zis(app).create_oauth_client(
+                "acme",
+                **client_body(
+                    name="second",
+                    pkce=False,
+                    per_client_callback=True,
+                    authorize_params={"prompt": "consent", "team": "\u00e9quipe"},
+                ),
+            ),
+        ]
+    expected = {c.uuid: _engine(storage, "get_client", "acme", uuid=c.uuid) for c in made}
+    before = checkouts[0]
+    for client in made:
+        for _ in range(3):
+            assert storage.get_client("acme", uuid=client.uuid) == expected[client.uuid]
+            assert storage.get_client("acme", name=client.name) == expected[client.uuid]
+    assert storage.get_client("acme", name="missing") is None
+    assert storage.get_client("other", uuid=made[0].uuid) is None
+    assert checkouts[0] == before
+    wide = expected[made[1].uuid]
+    assert wide.per_client_callback is True and wide.pkce is False
+    assert wide.authorize_params["team"] == "\u00e9quipe"
+    (reader,) = _hot(app)._idle
+    if isinstance(reader, _PqConnection):  # psycopg 3: each read prepared once
+        assert {b"zis_client_by_uuid", b"zis_client_by_name"} <= reader._prepared
 
 
 def test_whole_rows_fall_back_to_the_engine(
@@ -307,7 +331,7 @@ def test_whole_rows_fall_back_to_the_engine(
 ) -> None:
     """A reader with no connection to spare, or one the server dropped: the engine reads."""
     storage = _storage(app)
-    expected = _engine_record(storage, "acme", name="c7")
+    expected = _engine(storage, "get_connection", "acme", name="c7")
     assert storage.get_connection("acme", name="c7") == expected
     hot = _hot(app)
     (broken,) = hot._idle

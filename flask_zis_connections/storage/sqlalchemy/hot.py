@@ -6,10 +6,10 @@ the autocommit switch of the reader view, SQLAlchemy's execution and row machine
 on SQLite about ten times the driver's own time.  This reader keeps a few DBAPI
 connections of its own, idle in a LIFO stack (taking and returning one is a list
 ``pop``/``append``, atomic under the GIL, so threads share them without a lock), and
-runs statements compiled once for the engine's dialect: the token read, and a
-connection's whole row by name or uuid (what the API's views, ``zis.session`` and a
-refresh's waiters read; through the engine it took 230 us of CPU on SQLite, of which
-the driver and the row's decoding needed 35):
+runs statements compiled once for the engine's dialect: the token read, and the whole
+row of a connection or an OAuth client by name or uuid (what the API's views,
+``zis.session`` and a refresh's waiters read; through the engine a connection's took
+230 us of CPU on SQLite, of which the driver and the row's decoding needed 35):
 
 * **SQLite** (``sqlite3``): ``isolation_level=None`` (no transaction around a read),
   the backend's pragmas (``busy_timeout``, WAL); each result is read to the end so no
@@ -100,10 +100,17 @@ class HotReader:
             if pq_read is not None:
                 self._connect = _pq_opener(self._connect, pq_read)
                 self._libpq = True
-        #: A connection's whole row, by ``"name"`` or ``"uuid"``.
+        #: Whole rows of a connection or an OAuth client, by its name or uuid: each
+        #: read's name (what it is prepared as, after ``zis_``), its statement and the
+        #: parameter beside ``integration``.
         self._whole = {
-            key: _Whole(stmt, dialect, key, self._libpq)
-            for key, stmt in (("name", q.CONNECTION_BY_NAME), ("uuid", q.CONNECTION_BY_UUID))
+            read: _Whole(stmt, dialect, read, key, self._libpq)
+            for read, stmt, key in (
+                ("connection_by_name", q.CONNECTION_BY_NAME, "name"),
+                ("connection_by_uuid", q.CONNECTION_BY_UUID, "uuid"),
+                ("client_by_name", q.CLIENT_BY_NAME, "name"),
+                ("client_by_uuid", q.CLIENT_BY_UUID, "uuid"),
+            )
         }
         self._idle: list[Any] = []
         self._open = 0
@@ -151,11 +158,12 @@ class HotReader:
         self._give_back(conn)
         return rows
 
-    def fetch_whole(self, integration: str, by: str, value: str) -> Sequence[Any] | None:
-        """The whole row (:data:`~.queries.CONNECTION_BY_NAME`'s columns) of the
-        connection whose ``by`` (``"name"`` or ``"uuid"``) is ``value``, as
+    def fetch_whole(self, read: str, integration: str, value: str) -> Sequence[Any] | None:
+        """The rows of the whole-row ``read`` (``"connection_by_name"``,
+        ``"connection_by_uuid"``, ``"client_by_name"`` or ``"client_by_uuid"``: the
+        columns of :mod:`.queries`' statement of that name) for ``value``, as
         :meth:`fetch`: ``None`` means "read through the engine"."""
-        whole = self._whole[by]
+        whole = self._whole[read]
         conn = self._take()
         if conn is None:
             return None
@@ -318,20 +326,19 @@ _STATEMENT: Final = b"zis_token_read"
 
 
 class _Whole:
-    """A whole-row read (by ``key``: the connection's name or uuid) as the reader's
+    """A whole-row read (by ``key``: the row's name or uuid) as the reader's
     connections run it: through libpq where they are libpq connections and the
     columns have loaders, else through the driver's cursor."""
 
     __slots__ = ("key", "order", "positional", "pq", "sql")
 
-    def __init__(self, stmt: sa.Select[Any], dialect: Any, key: str, libpq: bool) -> None:
+    def __init__(self, stmt: sa.Select[Any], dialect: Any, read: str, key: str, libpq: bool) -> None:
         self.key = key
         driver_sql = DriverSQL(stmt, dialect)
         self.sql = driver_sql.sql
         self.positional = driver_sql.positional
         self.order = driver_sql.order
-        name = f"zis_connection_by_{key}".encode()
-        self.pq = _PqRead.of(stmt, dialect, name, key) if libpq else None
+        self.pq = _PqRead.of(stmt, dialect, f"zis_{read}".encode(), key) if libpq else None
 
     def rows(self, conn: Any, integration: str, value: str) -> Sequence[Any]:
         if self.pq is not None:

@@ -86,11 +86,11 @@ class RecordHooks(SQLBackend):
         return client_from_row(row)
 
     def _get_client_by_uuid(self, integration: str, uuid: str) -> OAuthClient | None:
-        rows = self._read(q.CLIENT_BY_UUID, {"integration": integration, "uuid": uuid})
+        rows = self._whole_rows("client_by_uuid", q.CLIENT_BY_UUID, integration, "uuid", uuid)
         return client_from_row(rows[0]) if rows else None
 
     def _get_client_by_name(self, integration: str, name: str) -> OAuthClient | None:
-        rows = self._read(q.CLIENT_BY_NAME, {"integration": integration, "name": name})
+        rows = self._whole_rows("client_by_name", q.CLIENT_BY_NAME, integration, "name", name)
         return client_from_row(rows[0]) if rows else None
 
     def _list_clients(self, integration: str | None) -> list[OAuthClient]:
@@ -121,21 +121,24 @@ class RecordHooks(SQLBackend):
 
     # -- connections -----------------------------------------------------------
     def _get_connection_by_uuid(self, integration: str, uuid: str) -> ConnectionRecord | None:
-        return self._whole_row(q.CONNECTION_BY_UUID, integration, "uuid", uuid)
+        rows = self._whole_rows("connection_by_uuid", q.CONNECTION_BY_UUID, integration, "uuid", uuid)
+        return connection_from_row(rows[0]) if rows else None
 
     def _get_connection_by_name(self, integration: str, name: str) -> ConnectionRecord | None:
-        return self._whole_row(q.CONNECTION_BY_NAME, integration, "name", name)
-
-    def _whole_row(
-        self, stmt: sa.Select[Any], integration: str, by: str, value: str
-    ) -> ConnectionRecord | None:
-        """A connection's row on the hot reader's connections, or through the engine
-        when it has none to spare (or none at all: an in-memory SQLite database)."""
-        hot = self._hot
-        rows: Sequence[Any] | None = None if hot is None else hot.fetch_whole(integration, by, value)
-        if rows is None:
-            rows = self._read(stmt, {"integration": integration, by: value})
+        rows = self._whole_rows("connection_by_name", q.CONNECTION_BY_NAME, integration, "name", name)
         return connection_from_row(rows[0]) if rows else None
+
+    def _whole_rows(
+        self, read: str, stmt: sa.Select[Any], integration: str, key: str, value: str
+    ) -> Sequence[Any]:
+        """The rows of ``stmt`` (the hot reader's ``read``) on the hot reader's
+        connections, or through the engine when it has none to spare (or none at all:
+        an in-memory SQLite database)."""
+        hot = self._hot
+        rows = None if hot is None else hot.fetch_whole(read, integration, value)
+        if rows is None:
+            rows = self._read(stmt, {"integration": integration, key: value})
+        return rows
 
     def _read_token(self, integration: str, name: str) -> TokenRead | None:
         hot = self._hot
