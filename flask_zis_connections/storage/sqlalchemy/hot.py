@@ -94,23 +94,15 @@ class HotReader:
         #: Whether the connections are :class:`_PqConnection`s (psycopg 3 through libpq)
         #: rather than the driver's own, read with a cursor.
         self._libpq = False
-        libpq = (dialect.name, dialect.driver) == ("postgresql", "psycopg")
-        if libpq:
+        if (dialect.name, dialect.driver) == ("postgresql", "psycopg"):
             pq_read = _PqRead.of(stmt, dialect, _STATEMENT, "name")
             if pq_read is not None:
                 self._connect = _pq_opener(self._connect, pq_read)
                 self._libpq = True
-        #: Whole rows of a connection or an OAuth client, by its name or uuid: each
-        #: read's name (what it is prepared as, after ``zis_``), its statement and the
-        #: parameter beside ``integration``.
+        #: Whole rows of a connection or an OAuth client, by its name or uuid
+        #: (:data:`~.queries.WHOLE_ROWS`), each prepared as ``zis_`` and its name.
         self._whole = {
-            read: _Whole(stmt, dialect, read, key, self._libpq)
-            for read, stmt, key in (
-                ("connection_by_name", q.CONNECTION_BY_NAME, "name"),
-                ("connection_by_uuid", q.CONNECTION_BY_UUID, "uuid"),
-                ("client_by_name", q.CLIENT_BY_NAME, "name"),
-                ("client_by_uuid", q.CLIENT_BY_UUID, "uuid"),
-            )
+            read: _Whole(stmt, dialect, read, key, self._libpq) for read, (stmt, key) in q.WHOLE_ROWS.items()
         }
         self._idle: list[Any] = []
         self._open = 0
@@ -330,23 +322,19 @@ class _Whole:
     connections run it: through libpq where they are libpq connections and the
     columns have loaders, else through the driver's cursor."""
 
-    __slots__ = ("key", "order", "positional", "pq", "sql")
+    __slots__ = ("driver_sql", "key", "pq")
 
     def __init__(self, stmt: sa.Select[Any], dialect: Any, read: str, key: str, libpq: bool) -> None:
         self.key = key
-        driver_sql = DriverSQL(stmt, dialect)
-        self.sql = driver_sql.sql
-        self.positional = driver_sql.positional
-        self.order = driver_sql.order
+        self.driver_sql = DriverSQL(stmt, dialect)
         self.pq = _PqRead.of(stmt, dialect, f"zis_{read}".encode(), key) if libpq else None
 
     def rows(self, conn: Any, integration: str, value: str) -> Sequence[Any]:
         if self.pq is not None:
             return conn.run(self.pq, integration, value)  # type: ignore[no-any-return]
-        params: Any = {"integration": integration, self.key: value}
-        if self.positional:
-            params = tuple(params[key] for key in self.order)
-        return conn.execute(self.sql, params).fetchall()  # type: ignore[no-any-return]
+        sql = self.driver_sql
+        params = sql.params({"integration": integration, self.key: value})
+        return conn.execute(sql.sql, params).fetchall()  # type: ignore[no-any-return]
 
 
 class _PqRead:

@@ -67,6 +67,15 @@ TOKEN_READ: Final = sa.select(
 CONNECTION_BY_UUID: Final = sa.select(*columns(_c, CONNECTION_FIELDS)).where(
     _c.c.integration == _bp("integration"), _c.c.uuid == _bp("uuid")
 )
+#: The whole-row reads by a row's name or uuid: the statement and the parameter beside
+#: ``integration``, by the read's name (the storage's own read connections prepare each
+#: under it).
+WHOLE_ROWS: Final = {
+    "connection_by_name": (CONNECTION_BY_NAME, "name"),
+    "connection_by_uuid": (CONNECTION_BY_UUID, "uuid"),
+    "client_by_name": (CLIENT_BY_NAME, "name"),
+    "client_by_uuid": (CLIENT_BY_UUID, "uuid"),
+}
 #: The sequence number (``id``) first, then the connection.
 CONNECTION_PAGE: Final = (
     sa.select(_c.c.id, *columns(_c, CONNECTION_FIELDS))

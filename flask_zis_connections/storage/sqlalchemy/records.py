@@ -86,11 +86,11 @@ class RecordHooks(SQLBackend):
         return client_from_row(row)
 
     def _get_client_by_uuid(self, integration: str, uuid: str) -> OAuthClient | None:
-        rows = self._whole_rows("client_by_uuid", q.CLIENT_BY_UUID, integration, "uuid", uuid)
+        rows = self._whole_rows("client_by_uuid", integration, uuid)
         return client_from_row(rows[0]) if rows else None
 
     def _get_client_by_name(self, integration: str, name: str) -> OAuthClient | None:
-        rows = self._whole_rows("client_by_name", q.CLIENT_BY_NAME, integration, "name", name)
+        rows = self._whole_rows("client_by_name", integration, name)
         return client_from_row(rows[0]) if rows else None
 
     def _list_clients(self, integration: str | None) -> list[OAuthClient]:
@@ -121,22 +121,21 @@ class RecordHooks(SQLBackend):
 
     # -- connections -----------------------------------------------------------
     def _get_connection_by_uuid(self, integration: str, uuid: str) -> ConnectionRecord | None:
-        rows = self._whole_rows("connection_by_uuid", q.CONNECTION_BY_UUID, integration, "uuid", uuid)
+        rows = self._whole_rows("connection_by_uuid", integration, uuid)
         return connection_from_row(rows[0]) if rows else None
 
     def _get_connection_by_name(self, integration: str, name: str) -> ConnectionRecord | None:
-        rows = self._whole_rows("connection_by_name", q.CONNECTION_BY_NAME, integration, "name", name)
+        rows = self._whole_rows("connection_by_name", integration, name)
         return connection_from_row(rows[0]) if rows else None
 
-    def _whole_rows(
-        self, read: str, stmt: sa.Select[Any], integration: str, key: str, value: str
-    ) -> Sequence[Any]:
-        """The rows of ``stmt`` (the hot reader's ``read``) on the hot reader's
-        connections, or through the engine when it has none to spare (or none at all:
-        an in-memory SQLite database)."""
+    def _whole_rows(self, read: str, integration: str, value: str) -> Sequence[Any]:
+        """The rows of the whole-row ``read`` (:data:`~.queries.WHOLE_ROWS`) on the hot
+        reader's connections, or through the engine when it has none to spare (or none
+        at all: an in-memory SQLite database)."""
         hot = self._hot
         rows = None if hot is None else hot.fetch_whole(read, integration, value)
         if rows is None:
+            stmt, key = q.WHOLE_ROWS[read]
             rows = self._read(stmt, {"integration": integration, key: value})
         return rows
 
