@@ -346,6 +346,34 @@ def test_whole_rows_fall_back_to_the_engine(
     assert checkouts[0] == before + 2 and hot._idle == []
 
 
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_a_column_libpq_cannot_load_is_read_with_the_cursor(app: Flask) -> None:
+    """A whole-row read with a column of a type the libpq path has no loader for (here a
+    NUMERIC) runs through the connection's cursor on the same connection, with psycopg's
+    own types, and the connection stays usable for the prepared reads."""
+    from decimal import Decimal
+
+    from flask_zis_connections.storage.sqlalchemy.schema import connections
+
+    storage = _storage(app)
+    stmt = sa.select(connections.c.name, sa.cast(connections.c.version, sa.Numeric(10, 2))).where(
+        connections.c.integration == sa.bindparam("integration"),
+        connections.c.name == sa.bindparam("name"),
+    )
+    whole = hot_module._Whole(stmt, storage.engine.dialect, "probe", "name", libpq=True)
+    assert whole.pq is None  # no loader for NUMERIC: the cursor reads it
+    hot = _hot(app)
+    conn = hot._take()
+    assert isinstance(conn, _PqConnection)
+    try:
+        assert whole.rows(conn, "acme", "c3") == [("c3", Decimal("1.00"))]
+        assert whole.rows(conn, "acme", "missing") == []
+        assert conn.rows("acme", "c3")[0][-1] == 1  # the prepared token read, after it
+    finally:
+        hot._give_back(conn)
+    assert storage.read_token("acme", "c3") == _engine(storage, "read_token", "acme", "c3")
+
+
 def test_many_threads_stay_within_the_limit(app: Flask) -> None:
     hot = _hot(app)
     errors: list[BaseException] = []
