@@ -21,7 +21,7 @@ try:
     # The context variable behind ``current_app``.  Reading it directly costs a tenth
     # of the proxy's attribute lookup (0.13 against 1.45 us here), which was most of a
     # cached ``get_token``.
-    from flask.globals import _cv_app
+    from flask.globals import _cv_app as _cv_app  # re-exported: the module-level get_token reads it
 except ImportError:  # pragma: no cover - a Flask that renamed it: never set, so the proxy
     _cv_app = ContextVar("flask_zis_connections.no_app_context")
 

@@ -27,7 +27,7 @@ from flask import Blueprint, Flask, current_app
 
 from . import clients, credentials, events, signals
 from . import config as cfg
-from ._state import EXTENSION_KEY, AppState, state
+from ._state import EXTENSION_KEY, AppState, _cv_app, state
 from .admin import bp as admin_blueprint
 from .api import bp as api_blueprint
 from .api.auth import AdminSessionLoader, ApiTokenCache
@@ -421,8 +421,19 @@ def _one_of(name: str | None, uuid: str | None) -> dict[str, str]:
 
 
 def get_token(integration: str, name: str) -> str:
-    """Module-level shortcut for ``current_app``'s extension: the host's hot path."""
-    return state().lifecycle.get_token(integration, name)
+    """Module-level shortcut for ``current_app``'s extension: the host's hot path.
+
+    The app's state is looked up here rather than through :func:`~._state.state`: on
+    a cached token that call was about a fourteenth of the whole (0.12 of 1.66 us).
+    Whatever the lookup misses - no app context, an app without the extension - goes
+    to :func:`~._state.state`, which raises Flask's error or says to call ``init_app``.
+    """
+    ctx = _cv_app.get(None)
+    try:
+        lifecycle: Lifecycle = ctx.app.extensions[EXTENSION_KEY].lifecycle  # type: ignore[union-attr]
+    except (AttributeError, KeyError):
+        lifecycle = state().lifecycle
+    return lifecycle.get_token(integration, name)
 
 
 __all__ = ["ZISConnections", "get_token"]
