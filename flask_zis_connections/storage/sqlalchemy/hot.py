@@ -91,18 +91,18 @@ class HotReader:
         self._positional = driver_sql.positional
         self._order = driver_sql.order
         self._connect = _opener(engine)
-        #: Whether the connections are :class:`_PqConnection`s (psycopg 3 through libpq)
-        #: rather than the driver's own, read with a cursor.
-        self._libpq = False
+        #: The token read as libpq runs it, when the connections are
+        #: :class:`_PqConnection`s (psycopg 3); None: the driver's own, read with a cursor.
+        self._pq_read: _PqRead | None = None
         if (dialect.name, dialect.driver) == ("postgresql", "psycopg"):
-            pq_read = _PqRead.of(stmt, dialect, _STATEMENT, "name")
-            if pq_read is not None:
-                self._connect = _pq_opener(self._connect, pq_read)
-                self._libpq = True
+            self._pq_read = _PqRead.of(stmt, dialect, _STATEMENT, "name")
+            if self._pq_read is not None:
+                self._connect = _pq_opener(self._connect)
+        libpq = self._pq_read is not None
         #: Whole rows of a connection or an OAuth client, by its name or uuid
         #: (:data:`~.queries.WHOLE_ROWS`), each prepared as ``zis_`` and its name.
         self._whole = {
-            read: _Whole(stmt, dialect, read, key, self._libpq) for read, (stmt, key) in q.WHOLE_ROWS.items()
+            read: _Whole(stmt, dialect, read, key, libpq) for read, (stmt, key) in q.WHOLE_ROWS.items()
         }
         self._idle: list[Any] = []
         self._open = 0
@@ -133,12 +133,16 @@ class HotReader:
     def fetch(self, integration: str, name: str) -> Sequence[Any] | None:
         """The matching rows (one, or none), or ``None``: no connection to spare, or
         the driver failed - read through the engine."""
-        conn = self._take()
-        if conn is None:
-            return None
         try:
-            if self._libpq:
-                rows: list[Any] = conn.rows(integration, name)
+            conn = self._idle.pop()  # the common case, without a call more
+        except IndexError:
+            conn = self._take()
+            if conn is None:
+                return None
+        pq = self._pq_read
+        try:
+            if pq is not None:
+                rows: list[Any] = conn.run(pq, integration, name)
             else:
                 params: Any = {"integration": integration, "name": name}
                 if self._positional:
@@ -399,24 +403,19 @@ def _load_text(value: bytes, encoding: str) -> str:
 class _PqConnection:
     """A ``psycopg`` 3 connection whose reads go through its libpq handle.
 
-    The statement is prepared on first use (or, with ``prepare_threshold`` None, sent
-    unprepared every time, as psycopg itself would); any result but rows raises, and
-    the reader then drops the connection and reads through the engine.
+    Each statement is prepared on its first use (or, with ``prepare_threshold`` None,
+    sent unprepared every time, as psycopg itself would); any result but rows raises,
+    and the reader then drops the connection and reads through the engine.
     """
 
-    __slots__ = ("_conn", "_encoding", "_pgconn", "_prepared", "_read")
+    __slots__ = ("_conn", "_encoding", "_pgconn", "_prepared")
 
-    def __init__(self, conn: Any, read: _PqRead) -> None:
+    def __init__(self, conn: Any) -> None:
         self._conn = conn
         self._pgconn = conn.pgconn
         self._encoding: str = conn.info.encoding
-        self._read = read
         #: The statements prepared on this connection, by name.
         self._prepared: set[bytes] = set()
-
-    def rows(self, integration: str, name: str) -> list[tuple[Any, ...]]:
-        """The token read's rows."""
-        return self.run(self._read, integration, name)
 
     def execute(self, sql: str, params: Any) -> Any:
         """A statement with no libpq read here, through the connection's cursor."""
@@ -457,8 +456,8 @@ class _PqFailed(Exception):
     the server's message, which may quote the query, is left out)."""
 
 
-def _pq_opener(connect: Callable[[], Any], read: _PqRead) -> Callable[[], Any]:
+def _pq_opener(connect: Callable[[], Any]) -> Callable[[], Any]:
     def opened() -> _PqConnection:
-        return _PqConnection(connect(), read)
+        return _PqConnection(connect())
 
     return opened
