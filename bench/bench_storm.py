@@ -26,6 +26,7 @@ compare before and after a change.
     python -m bench.bench_storm                 # SQLite, and PostgreSQL if ZIS_TEST_POSTGRES_URL
     python -m bench.bench_storm --quick         # smoke: 2 workers x 8 threads, 16 clients
     python -m bench.bench_storm --code /other/checkout --pg-log /tmp/zis-services/pg.log
+    python -m bench.bench_storm --trace         # and where each storm's time went (bench/storm_trace.py)
 """
 
 from __future__ import annotations
@@ -234,6 +235,7 @@ class Gunicorn:
         app_dir = workdir / "app"
         app_dir.mkdir()
         shutil.copy(ROOT / "bench" / "storm_app.py", app_dir / "zis_storm_app.py")
+        shutil.copy(ROOT / "bench" / "storm_trace.py", app_dir / "storm_trace.py")
         self.env = {
             **os.environ,
             **env,
@@ -512,6 +514,8 @@ class Round:
     sessions: int | None = None
     pg_errors: list[str] = field(default_factory=list)
     app_errors: list[str] = field(default_factory=list)
+    #: ``time.monotonic()`` when the burst was released (storms only).
+    released: float | None = None
 
     @property
     def seconds(self) -> list[float]:
@@ -542,6 +546,7 @@ def run_round(
     warm: bool,
     code: Path | None,
     overhead: tuple[int, int],
+    trace: Path | None = None,
 ) -> list[Round]:
     """Boot gunicorn and meet a storm on an expired connection: at once (cold pools,
     as after a deploy), or (``warm``) after two bursts on the fresh connection - the
@@ -555,6 +560,8 @@ def run_round(
         "ZIS_ENCRYPTION_KEYS": setup.key,
         "STORM_FLOOR_DELAY": str(shape.delay),
     }
+    if trace is not None:
+        env["STORM_TRACE_DIR"] = str(trace)
     workdir = Path(tempfile.mkdtemp(prefix="storm-", dir=ctx.tmp))
     rounds: list[Round] = []
     setup.set_expiry(expired=not warm)
@@ -588,6 +595,7 @@ def run_round(
         setup.version() - before_version,
         pg_errors=[line for line in pg_lines if "ERROR:" in line],
         app_errors=server.error_lines(),
+        released=released,
     )
     if pg:
         storm.transactions = after[0] - counted[0] - overhead[0]
@@ -616,7 +624,7 @@ def _check_code(rounds: list[Round], code: Path | None) -> None:
         raise RuntimeError(f"the workers ran the package from {sorted(ran)}, not {expected}")
 
 
-def run(ctx: Context, *, code: Path | None = None) -> Section:
+def run(ctx: Context, *, code: Path | None = None, trace: Path | None = None) -> Section:
     shape = QUICK if ctx.quick else FULL
     urls = [f"sqlite:///{ctx.tmp / 'storm.sqlite3'}"]
     if ctx.postgres_url:
@@ -627,10 +635,37 @@ def run(ctx: Context, *, code: Path | None = None) -> Section:
             setup = Setup(url, provider.url)
             overhead = calibrate(url) if url.startswith("postgresql") else (0, 0)
             for warm in [True] * shape.warm_rounds + [False] * shape.cold_rounds:
-                rounds += run_round(ctx, shape, setup, provider, warm=warm, code=code, overhead=overhead)
+                rounds += run_round(
+                    ctx, shape, setup, provider, warm=warm, code=code, overhead=overhead, trace=trace
+                )
             setup.storage.close()
     _check_code(rounds, code)
-    return report(ctx, shape, rounds, code)
+    section = report(ctx, shape, rounds, code)
+    if trace is not None:
+        section.markdown += "\n\n" + traced(trace, rounds)
+    return section
+
+
+def traced(directory: Path, rounds: list[Round]) -> str:
+    """The table of where each storm's time went, from the workers' marks
+    (:mod:`bench.storm_trace`)."""
+    from bench import storm_trace
+
+    marks = storm_trace.read_marks(directory)
+    traces = []
+    for r in rounds:
+        if r.released is None:
+            continue
+        pids = {a.pid for a in r.answers if a.pid}
+        found = storm_trace.storm_trace(marks, r.released, r.released + 60, pids)
+        if found is not None:
+            traces.append((f"{r.backend}, {r.pools} pools", found))
+    header, rows = storm_trace.storm_rows(traces)
+    return (
+        "Traced (marks in every worker, `--trace`; the marks themselves slow the burst): "
+        "ms from the burst's release to each step of the request that held the lease, "
+        "each worker's median answer, and the garbage collector's pauses over 2 ms.\n\n" + table(header, rows)
+    )
 
 
 def report(ctx: Context, shape: Shape, rounds: list[Round], code: Path | None) -> Section:
@@ -799,10 +834,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-log", type=Path, help="that server's log, to count its ERROR lines")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
+    parser.add_argument(
+        "--trace", action="store_true", help="mark the refresh's steps in the workers: where time went"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="zis-storm-") as tmp:
         ctx = Context(args.quick, args.out, Path(tmp), postgres_url=args.pg_url, postgres_log=args.pg_log)
-        section = run(ctx, code=args.code.resolve() if args.code else None)
+        trace = Path(tmp, "trace") if args.trace else None
+        if trace is not None:
+            trace.mkdir()
+        section = run(ctx, code=args.code.resolve() if args.code else None, trace=trace)
     print(f"## {section.title}\n\n{section.markdown}\n")
     for path in section.plots:
         print(f"plot: {path}")

@@ -12,6 +12,8 @@ database transaction and session counted during a run is one a request caused.
 ``STORM_READY_DIR``       each worker that has built the app touches ``<dir>/<pid>``
 ``STORM_CODE``            a checkout whose package to run instead of the installed one
 ``STORM_FLOOR_DELAY``     seconds the floor's flight takes (the provider's delay)
+``STORM_TRACE_DIR``       each worker marks the refresh's steps and writes them here when
+                          it exits (``bench/storm_trace.py``, copied beside this file)
 
 Besides the extension's API it serves ``GET /floor?burst=<id>``: the floor any refresh
 under this server can reach.  The first request of a burst in each worker sleeps the
@@ -89,5 +91,11 @@ def create_app() -> Flask:
         floors.run(burst, lambda: time.sleep(floor_delay), 60)
         return app.response_class(FLOOR_BODY, mimetype="application/json")
 
+    if env.get("STORM_TRACE_DIR"):
+        import atexit
+
+        from storm_trace import Tracer
+
+        atexit.register(Tracer(env["STORM_TRACE_DIR"]).install().dump)
     Path(env["STORM_READY_DIR"], str(os.getpid())).touch()
     return app
