@@ -123,7 +123,7 @@ class StormTrace:
 
     #: The holder's steps (:data:`HOLDER_STEPS`), those it passed.
     holder: dict[str, float]
-    #: Per worker, when its median request ended (None: no request ended there).
+    #: When each worker's median request ended, for the workers where one ended, earliest first.
     answered: list[float]
     #: Collections of the garbage collector in the burst, in seconds each.
     pauses: list[float]

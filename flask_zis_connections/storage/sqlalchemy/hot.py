@@ -136,7 +136,7 @@ class HotReader:
         try:
             conn = self._idle.pop()  # the common case, without a call more
         except IndexError:
-            conn = self._take()
+            conn = self._spare()
             if conn is None:
                 return None
         pq = self._pq_read
@@ -177,7 +177,10 @@ class HotReader:
         try:
             return self._idle.pop()
         except IndexError:
-            pass
+            return self._spare()
+
+    def _spare(self) -> Any | None:
+        """With none idle: a new connection, or one given back within :data:`WAIT`."""
         conn = self._new()
         return conn if conn is not None else self._wait_idle()
 
