@@ -2,15 +2,13 @@
 
 A hit must not touch storage (``get_connection`` is wrapped with a counter).  The
 cache's monotonic clock is injected where a test needs time to pass, since
-time-machine leaves ``time.monotonic`` alone.  Across processes on PostgreSQL a write
-in one process reaches the other's cache through ``LISTEN/NOTIFY`` well before the TTL.
+time-machine leaves ``time.monotonic`` alone.  Every write reaching another process's
+cache (PostgreSQL's ``LISTEN/NOTIFY``, Redis pub/sub) is in ``test_token_cache_processes``.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
-import queue
 import random
 import time
 from collections.abc import Callable
@@ -405,82 +403,7 @@ def _revoke(env: Env, token: str) -> None:
     assert answer.status_code == 200, answer.text
 
 
-# -- invalidation across processes on PostgreSQL ------------------------------------------
-def _watch(database_uri: str, keys: list[str], ready: Any, go: Any, results: Any) -> None:
-    """Process A: cache the token, then see how long a write elsewhere takes to reach it."""
-    try:
-        app = Flask("cache_watcher")
-        app.config.update(
-            SECRET_KEY="test-secret-key",
-            ZIS_DATABASE_URI=database_uri,
-            ZIS_ENCRYPTION_KEYS=keys,
-            ZIS_ALLOW_INSECURE_HTTP=True,
-            ZIS_TOKEN_CACHE_TTL=60,
-        )
-        ZISConnections(app)
-        storage = app.extensions["zis_connections"].storage
-        reads = [0]
-        read = storage.get_connection
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            reads[0] += 1
-            return read(*args, **kwargs)
-
-        storage.get_connection = counted
-        with app.app_context():
-            get_token("acme", "main")  # starts the listener
-            assert change_listener(storage).listening.wait(20), "the listener never connected"
-            first = get_token("acme", "main")
-            before = reads[0]
-            assert get_token("acme", "main") == first
-            assert reads[0] == before, "the second call read storage"
-            ready.put(first)
-            expected = go.get(timeout=60)
-            started = time.monotonic()
-            token = first
-            while token != expected and time.monotonic() - started < 10:
-                time.sleep(0.005)
-                token = get_token("acme", "main")
-            results.put((token, time.monotonic() - started, None))
-    except BaseException as exc:  # report every failure to the parent
-        results.put((None, 0.0, repr(exc)))
-
-
-@POSTGRES
-@pytest.mark.slow
-def test_a_refresh_in_another_process_reaches_the_cache_at_once(
-    make_env: Callable[..., Env], database_uri: str
-) -> None:
-    env = make_env(ZIS_TOKEN_CACHE_TTL=60)
-    ctx = multiprocessing.get_context("spawn")
-    ready: Any = ctx.Queue()
-    go: Any = ctx.Queue()
-    results: Any = ctx.Queue()
-    keys = list(env.app.config["ZIS_ENCRYPTION_KEYS"])
-    proc = ctx.Process(target=_watch, args=(database_uri, keys, ready, go, results))
-    proc.start()
-    try:
-        try:
-            cached = ready.get(timeout=60)
-        except queue.Empty:
-            pytest.fail(
-                f"process A never cached the token: {results.get(timeout=1) if not results.empty() else ''}"
-            )
-        with env.app.app_context():
-            new = env.zis.refresh("acme", "main").access_token
-        assert new != cached
-        go.put(new)
-        token, seconds, error = results.get(timeout=60)
-    finally:
-        proc.join(30)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-    assert error is None, error
-    assert token == new
-    assert seconds < 2.0
-
-
+# -- the PostgreSQL listener (writes across processes: test_token_cache_processes.py) ---
 @POSTGRES
 def test_the_listener_reconnects_after_losing_its_connection_and_clears_the_cache(
     make_env: Callable[..., Env], postgres_url: str

@@ -1,14 +1,17 @@
-"""Token cache invalidations between processes over Redis pub/sub.
+"""Token cache invalidations between processes: over Redis pub/sub, and over
+PostgreSQL's ``NOTIFY`` where no Redis URL is set.
 
-Two processes share one SQLite file and a real Redis (``ZIS_TEST_REDIS_URL``;
-``.ci/services.sh`` starts one, CI always sets it): process B caches a token for 60 s,
-process A writes, and B must drop the entry within 2 s - only the Redis message can do
-that.  Outages use a throwaway ``redis-server`` of the test's own (with a password, to
-check it never reaches a log line), stopped and started again mid-test.
+Two processes share one database and a channel - a SQLite file and a real Redis
+(``ZIS_TEST_REDIS_URL``; ``.ci/services.sh`` starts one, CI always sets it), or a real
+PostgreSQL and its ``LISTEN``: process B caches a token for 60 s, process A writes, and B
+must drop the entry within 2 s - only the channel's message can do that.  Outages use a
+throwaway ``redis-server`` of the test's own (with a password, to check it never reaches
+a log line), stopped and started again mid-test.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -28,9 +31,10 @@ from cryptography.fernet import Fernet
 from flask import Flask
 
 from flask_zis_connections import ConnectionNotFound, ReauthorizationRequired, ZISConnections, get_token
-from flask_zis_connections.cache_channel import RedisChannel, RedisListener
+from flask_zis_connections.cache_channel import RedisChannel
 from flask_zis_connections.errors import ConfigurationError
-from flask_zis_connections.token_cache import CHANNEL, ChangeListener, StorageChannel, TokenCache
+from flask_zis_connections.importing import import_jsonl
+from flask_zis_connections.token_cache import CHANNEL, ChangeListener, Listener, StorageChannel, TokenCache
 
 from .conftest import free_port
 from .flow_driver import auth_header, connect, register, zis_of
@@ -64,8 +68,13 @@ def cache_of(app: Flask) -> TokenCache:
     return cache  # type: ignore[no-any-return]
 
 
-def listener_of(app: Flask) -> RedisListener:
+def listener_of(app: Flask) -> Listener:
+    """The cache's one listener: Redis's, or the storage's ``LISTEN`` connection."""
     channel = cache_of(app).channel
+    if isinstance(channel, StorageChannel):
+        storage = channel.storage
+        (change,) = [t for t in storage._listeners if isinstance(t, ChangeListener)]  # type: ignore[attr-defined]
+        return change
     assert isinstance(channel, RedisChannel)
     (listener,) = channel.listeners
     return listener
@@ -141,8 +150,9 @@ def test_without_a_url_the_storage_channel_is_used(make_app: Callable[..., Flask
 
 
 # -- the processes of one app --------------------------------------------------------------
-def _reader(database_uri: str, keys: list[str], url: str, commands: Any, results: Any) -> None:
-    """Process B: caches tokens on request, then reports how soon a write elsewhere dropped them."""
+def _reader(database_uri: str, keys: list[str], url: str | None, commands: Any, results: Any) -> None:
+    """Process B: caches tokens on request, then reports how soon a write elsewhere
+    dropped them.  ``url``: Redis's; None, the storage's own channel."""
     try:
         app = Flask("cache_reader")
         app.config.update(
@@ -151,8 +161,9 @@ def _reader(database_uri: str, keys: list[str], url: str, commands: Any, results
             ZIS_ENCRYPTION_KEYS=keys,
             ZIS_ALLOW_INSECURE_HTTP=True,
             ZIS_TOKEN_CACHE_TTL=60,
-            ZIS_TOKEN_CACHE_REDIS_URL=url,
         )
+        if url is not None:
+            app.config[KEY] = url
         zis = ZISConnections(app)
         storage = app.extensions["zis_connections"].storage
         cache = cache_of(app)
@@ -207,7 +218,7 @@ def _outcome(name: str) -> tuple[str, str]:
 class Reader:
     """Process B, spawned (a fresh interpreter, as another worker would be)."""
 
-    def __init__(self, database_uri: str, keys: list[str], url: str) -> None:
+    def __init__(self, database_uri: str, keys: list[str], url: str | None) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.commands: Any = ctx.Queue()
         self.results: Any = ctx.Queue()
@@ -256,19 +267,30 @@ class Writer:
         return connect(self.app, self.provider, self.headers, name=name, allow_offline_access=True)
 
 
+#: The two channels between processes, each on the database it is meant for: Redis
+#: beside SQLite (which has none of its own), PostgreSQL's ``NOTIFY`` on its own.
+CHANNELS = pytest.mark.parametrize(
+    ("backend", "channel"), [("sqlite", "redis"), ("postgres", "notify")], indirect=["backend"]
+)
+
+
 @pytest.fixture
 def pair(
     closing: Callable[..., Flask],
     provider_factory: Callable[..., LiveProvider],
     database_uri: str,
-    redis_url: str,
+    channel: str,
+    request: pytest.FixtureRequest,
 ) -> Iterator[tuple[Writer, Reader]]:
     keys = [Fernet.generate_key().decode()]
-    app = closing(ZIS_TOKEN_CACHE_TTL=60, ZIS_TOKEN_CACHE_REDIS_URL=redis_url, ZIS_ENCRYPTION_KEYS=keys)
+    url: str | None = request.getfixturevalue("redis_url") if channel == "redis" else None
+    app = closing(ZIS_TOKEN_CACHE_TTL=60, ZIS_ENCRYPTION_KEYS=keys, **({KEY: url} if url else {}))
     provider = provider_factory()
     register(app, provider)
+    expected = RedisChannel if url else StorageChannel
+    assert isinstance(cache_of(app).channel, expected)
     writer = Writer(app, provider)
-    reader = Reader(database_uri, keys, redis_url)
+    reader = Reader(database_uri, keys, url)
     try:
         yield writer, reader
     finally:
@@ -311,6 +333,20 @@ def _client_delete(a: Writer, conn: dict[str, Any]) -> dict[str, tuple[str, str]
     return {"main": ("gone", ""), "two": ("gone", "")}
 
 
+def _import(a: Writer, conn: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    with a.app.app_context():
+        client = a.zis.list_oauth_clients("acme")[0]
+        line = {
+            "integration": "acme",
+            "name": "main",
+            "oauth_client_name": client.name,
+            "access_token": "imported",
+        }
+        report = import_jsonl([json.dumps(line)], replace=True)
+    assert report.ok, report.results
+    return {"main": ("token", "imported")}
+
+
 WRITES: dict[str, tuple[Callable[[Writer, dict[str, Any]], dict[str, tuple[str, str]]], tuple[str, ...]]] = {
     "refresh": (_refresh, ("main",)),
     "re-authorization marking": (_reauth_marking, ("main",)),
@@ -318,10 +354,11 @@ WRITES: dict[str, tuple[Callable[[Writer, dict[str, Any]], dict[str, tuple[str, 
     "metadata change": (_metadata, ("main",)),
     "delete": (_delete, ("main",)),
     "OAuth client delete (the whole integration)": (_client_delete, ("main", "two")),
+    "import over the connection": (_import, ("main",)),
 }
 
 
-@SQLITE
+@CHANNELS
 @pytest.mark.slow
 @pytest.mark.parametrize("write", list(WRITES))
 def test_every_write_in_one_process_reaches_the_other_within_2_s(
@@ -343,7 +380,7 @@ def test_every_write_in_one_process_reaches_the_other_within_2_s(
         assert outcome["main"][1] != cached["main"]
 
 
-@SQLITE
+@CHANNELS
 @pytest.mark.slow
 def test_a_credential_change_and_delete_reach_the_other_process(pair: tuple[Writer, Reader]) -> None:
     a, b = pair
