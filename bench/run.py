@@ -60,6 +60,47 @@ class Outcome:
     missing: bool = False
     seconds: float = 0.0
     goals: list[Goal] = field(default_factory=list)
+    #: The share of the machine's CPU time its host took while the module ran.
+    stolen: float | None = None
+
+
+# -- the host's share ----------------------------------------------------------------------
+#: Where Linux counts every core's time by state since boot.
+PROC_STAT = Path("/proc/stat")
+
+
+def cpu_ticks(path: Path = PROC_STAT) -> tuple[int, int] | None:
+    """``(stolen, all)`` clock ticks of every core since boot, from ``/proc/stat``'s
+    ``cpu`` line; None where there is none (not Linux, or a kernel without ``steal``).
+
+    On a virtual machine *steal* is the time a core was ready to run but its host ran
+    something else: work a benchmark waited for that no code of its own caused.  The
+    sum is of the first eight states (user, nice, system, idle, iowait, irq, softirq,
+    steal); ``guest`` time is already inside ``user``, as proc(5) says.
+    """
+    try:
+        with path.open() as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    try:
+        ticks = [int(value) for value in fields[1:9]]
+    except ValueError:
+        return None
+    return ticks[7], sum(ticks)
+
+
+def stolen_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of all CPU time between two :func:`cpu_ticks` readings that was stolen."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def _stolen_text(share: float | None) -> str:
+    return "" if share is None else f", {share:.1%} of the machine's CPU time stolen by its host"
 
 
 # -- PostgreSQL --------------------------------------------------------------------------
@@ -248,14 +289,20 @@ def run_module(module: str, ctx: Context) -> Outcome:
         return Outcome(module, error=traceback.format_exc())
     except Exception:
         return Outcome(module, error=traceback.format_exc())
-    started = time.perf_counter()
+    started, ticks = time.perf_counter(), cpu_ticks()
     try:
         section = mod.run(ctx)
     except Exception:
         return Outcome(module, error=traceback.format_exc(), seconds=time.perf_counter() - started)
     if not isinstance(section, Section):
         return Outcome(module, error=f"run() returned {type(section).__name__}, not a Section")
-    return Outcome(module, section=section, seconds=time.perf_counter() - started, goals=list(section.goals))
+    return Outcome(
+        module,
+        section=section,
+        seconds=time.perf_counter() - started,
+        goals=list(section.goals),
+        stolen=stolen_share(ticks, cpu_ticks()),
+    )
 
 
 def render(
@@ -268,13 +315,14 @@ def render(
     machine_rows: list[list[str]],
     notes: list[str],
     out: Path,
+    stolen: float | None = None,
 ) -> str:
     """The whole of ``BENCHMARKS.md``."""
     lines = [
         "# Benchmarks",
         "",
         f"- command: `{command}` ({'quick smoke run: goals are not judged' if quick else 'full run'})",
-        f"- date: {started.strftime('%Y-%m-%d %H:%M UTC')}, {seconds:.0f} s in all",
+        f"- date: {started.strftime('%Y-%m-%d %H:%M UTC')}, {seconds:.0f} s in all{_stolen_text(stolen)}",
         f"- commit: {_git_commit()}",
         "",
         "Each module measures its subject and its baselines in the same process and run "
@@ -308,7 +356,8 @@ def render(
             lines += [f"## {_short(o.module)}", "", "The benchmark failed:", ""]
             lines += ["```", (o.error or "").rstrip(), "```", ""]
             continue
-        lines += [f"## {o.section.title}", "", f"_{o.seconds:.0f} s_", "", o.section.markdown.strip(), ""]
+        timing = f"_{o.seconds:.0f} s{_stolen_text(o.stolen)}_"
+        lines += [f"## {o.section.title}", "", timing, "", o.section.markdown.strip(), ""]
         for plot in o.section.plots:
             link = os.path.relpath(plot, out)
             lines += [f"![{plot.stem}]({Path(link).as_posix()})", ""]
@@ -353,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     modules = _selected(args.only)
     _exit_on_signals()
     started_at = datetime.now(UTC)
-    started = time.perf_counter()
+    started, ticks = time.perf_counter(), cpu_ticks()
     out: Path = args.out or (Path(tempfile.mkdtemp(prefix="zis-bench-out-")) if args.quick else ROOT)
     out = out.resolve()
     plots = out / PLOTS
@@ -387,6 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         machine_rows=machine_rows,
         notes=notes,
         out=out,
+        stolen=stolen_share(ticks, cpu_ticks()),
     )
     (out / "BENCHMARKS.md").write_text(report)
     print(f"# bench: wrote {out / 'BENCHMARKS.md'}", file=sys.stderr)

@@ -150,3 +150,35 @@ def test_a_round_one_gthread_worker_served_alone_is_run_again() -> None:
     assert not _lopsided([2.0, 0.9])  # uneven, but both served the round
     assert not _lopsided([3.1])  # one worker cannot be lopsided
     assert not _lopsided([0.0, 0.0])  # nothing ran: no share to judge
+
+
+def test_each_section_says_how_much_cpu_time_the_host_took(report: tuple[Path, str]) -> None:
+    """On a virtual machine the host's share (steal) moves every figure; the report
+    carries it, for the whole run and for each module, wherever Linux counts it."""
+    _, text = report
+    if bench_run.cpu_ticks() is None:
+        pytest.skip("no steal counter on this machine (/proc/stat)")
+    stolen = r"\d+\.\d% of the machine's CPU time stolen by its host"
+    assert re.search(rf"- date: .*, \d+ s in all, {stolen}\n", text)
+    for module in _available():
+        section = text[text.index(f"<!-- module: {module} -->") :]
+        assert re.search(rf"\A<!-- module: {module} -->\n## [^\n]+\n\n_\d+ s, {stolen}_\n", section), module
+
+
+def test_the_steal_share_is_read_from_proc_stat(tmp_path: Path) -> None:
+    """``/proc/stat``'s first line as proc(5) lays it out: user nice system idle iowait
+    irq softirq steal guest guest_nice (guest already counted in user)."""
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  3427591 5040 449891 10911880 42097 0 79312 780167 120 0\ncpu0 1 2 3 4 5 6 7 8 9\n")
+    before = bench_run.cpu_ticks(stat)
+    assert before == (780167, 3427591 + 5040 + 449891 + 10911880 + 42097 + 0 + 79312 + 780167)
+    stat.write_text("cpu  3428591 5040 449891 10912380 42097 0 79312 780667 120 0\n")
+    after = bench_run.cpu_ticks(stat)
+    # 1,000 ticks user, 500 idle, 500 stolen: a quarter of the time between the readings.
+    assert bench_run.stolen_share(before, after) == pytest.approx(0.25)
+    assert bench_run.stolen_share(after, after) is None  # no time passed: no share
+    assert bench_run.stolen_share(None, after) is None
+    for broken in ("", "intr 1 2 3\n", "cpu  1 2 3 4 5 6 7\n", "cpu  1 2 3 4 5 6 7 x\n"):
+        stat.write_text(broken)
+        assert bench_run.cpu_ticks(stat) is None, broken
+    assert bench_run.cpu_ticks(tmp_path / "absent") is None
