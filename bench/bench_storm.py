@@ -64,6 +64,7 @@ from cryptography.fernet import Fernet  # noqa: E402
 from flask import Flask  # noqa: E402
 
 from bench.report import Context, Goal, Section, table  # noqa: E402
+from bench.steal import cpu_ticks, stolen_share  # noqa: E402
 from flask_zis_connections import ZISConnections  # noqa: E402
 from flask_zis_connections.domain import utcnow  # noqa: E402
 from flask_zis_connections.importing import import_jsonl  # noqa: E402
@@ -516,6 +517,8 @@ class Round:
     app_errors: list[str] = field(default_factory=list)
     #: ``time.monotonic()`` when the burst was released (storms only).
     released: float | None = None
+    #: The share of the machine's CPU time its host took during the burst (None: unknown).
+    stolen: float | None = None
 
     @property
     def seconds(self) -> list[float]:
@@ -568,12 +571,16 @@ def run_round(
     with Gunicorn(workdir, shape, env, code) as server:
         if warm:
             fire(server.port, setup.bearer, shape.clients)
+            ticks = cpu_ticks()
             answers, _ = fire(server.port, setup.bearer, shape.clients)
-            rounds.append(Round(backend, pools, "baseline", answers, 0, None, 0))
+            stolen = stolen_share(ticks, cpu_ticks())
+            rounds.append(Round(backend, pools, "baseline", answers, 0, None, 0, stolen=stolen))
             calls = len(provider.calls)
+            ticks = cpu_ticks()
             answers, _ = fire(server.port, setup.bearer, shape.clients, f"/floor?burst={uuid.uuid4().hex}")
+            stolen = stolen_share(ticks, cpu_ticks())
             assert len(provider.calls) == calls  # the floor calls nobody
-            rounds.append(Round(backend, pools, "floor", answers, 0, None, 0))
+            rounds.append(Round(backend, pools, "floor", answers, 0, None, 0, stolen=stolen))
             setup.set_expiry(expired=True)
             if pg:
                 time.sleep(STATS_IDLE_FLUSH)
@@ -581,7 +588,9 @@ def run_round(
         with log_growth(ctx.postgres_log if pg else None) as pg_lines:
             counted = pg_counters(setup.url, quiet=not warm) if pg else (0, 0)
             calls = len(provider.calls)
+            ticks = cpu_ticks()
             answers, released = fire(server.port, setup.bearer, shape.clients)
+            stolen = stolen_share(ticks, cpu_ticks())
             made = provider.calls[calls:]
             server.stop()
             after = pg_counters(setup.url) if pg else (0, 0)
@@ -596,6 +605,7 @@ def run_round(
         pg_errors=[line for line in pg_lines if "ERROR:" in line],
         app_errors=server.error_lines(),
         released=released,
+        stolen=stolen,
     )
     if pg:
         storm.transactions = after[0] - counted[0] - overhead[0]
@@ -689,6 +699,7 @@ def report(ctx: Context, shape: Shape, rounds: list[Round], code: Path | None) -
         pg_errors = sum(len(r.pg_errors) for r in group)
         app_errors = sum(len(r.app_errors) for r in group)
         workers = min(len({a.pid for a in r.answers if a.pid}) for r in group)
+        stolen = [r.stolen for r in group if r.stolen is not None]
         rows.append(
             [
                 f"{backend}, {pools} pools, {KIND_LABELS[kind]}",
@@ -705,6 +716,7 @@ def report(ctx: Context, shape: Shape, rounds: list[Round], code: Path | None) -
                 "/".join(map(str, sessions)) if sessions else "-",
                 str(pg_errors) if storm and backend == "postgresql" else "-",
                 str(app_errors) if storm else "-",
+                "/".join(f"{x:.0%}" for x in stolen) if stolen else "-",
             ]
         )
         if not storm:
@@ -756,6 +768,7 @@ def report(ctx: Context, shape: Shape, rounds: list[Round], code: Path | None) -
         "new sessions",
         "PG ERROR lines",
         "app errors",
+        "host's steal",
     ]
     code_note = f"the package from `{code}`" if code is not None else "this checkout's package"
     markdown = "\n\n".join(
@@ -775,7 +788,9 @@ def report(ctx: Context, shape: Shape, rounds: list[Round], code: Path | None) -
             "`/floor` - the first request in each worker sleeps the provider's delay in the "
             "extension's single flight and the others wait their turn, as a storm's do, with "
             "no authentication, database, lease, provider call or encryption: the lowest a "
-            "refresh storm can reach on this server, machine and load.",
+            "refresh storm can reach on this server, machine and load.  *Host's steal*: the "
+            "share of the machine's CPU time its virtual machine host took during each burst "
+            "(`/proc/stat`, in ticks of 10 ms per core: about 1% each over a 0.6 s burst).",
             table(header, rows),
             *(
                 [f"Storm p50 over the floor's, warm rounds (median, then each round): {gaps}."]

@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.report import Context, Goal, Section, table
+from bench.steal import cpu_ticks, stolen_share, stolen_text
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = ("bench_get_token", "bench_memory", "bench_show", "bench_storm")
@@ -62,45 +63,6 @@ class Outcome:
     goals: list[Goal] = field(default_factory=list)
     #: The share of the machine's CPU time its host took while the module ran.
     stolen: float | None = None
-
-
-# -- the host's share ----------------------------------------------------------------------
-#: Where Linux counts every core's time by state since boot.
-PROC_STAT = Path("/proc/stat")
-
-
-def cpu_ticks(path: Path = PROC_STAT) -> tuple[int, int] | None:
-    """``(stolen, all)`` clock ticks of every core since boot, from ``/proc/stat``'s
-    ``cpu`` line; None where there is none (not Linux, or a kernel without ``steal``).
-
-    On a virtual machine *steal* is the time a core was ready to run but its host ran
-    something else: work a benchmark waited for that no code of its own caused.  The
-    sum is of the first eight states (user, nice, system, idle, iowait, irq, softirq,
-    steal); ``guest`` time is already inside ``user``, as proc(5) says.
-    """
-    try:
-        with path.open() as f:
-            fields = f.readline().split()
-    except OSError:
-        return None
-    if len(fields) < 9 or fields[0] != "cpu":
-        return None
-    try:
-        ticks = [int(value) for value in fields[1:9]]
-    except ValueError:
-        return None
-    return ticks[7], sum(ticks)
-
-
-def stolen_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
-    """The share of all CPU time between two :func:`cpu_ticks` readings that was stolen."""
-    if before is None or after is None or after[1] <= before[1]:
-        return None
-    return (after[0] - before[0]) / (after[1] - before[1])
-
-
-def _stolen_text(share: float | None) -> str:
-    return "" if share is None else f", {share:.1%} of the machine's CPU time stolen by its host"
 
 
 # -- PostgreSQL --------------------------------------------------------------------------
@@ -322,7 +284,7 @@ def render(
         "# Benchmarks",
         "",
         f"- command: `{command}` ({'quick smoke run: goals are not judged' if quick else 'full run'})",
-        f"- date: {started.strftime('%Y-%m-%d %H:%M UTC')}, {seconds:.0f} s in all{_stolen_text(stolen)}",
+        f"- date: {started.strftime('%Y-%m-%d %H:%M UTC')}, {seconds:.0f} s in all{stolen_text(stolen)}",
         f"- commit: {_git_commit()}",
         "",
         "Each module measures its subject and its baselines in the same process and run "
@@ -356,7 +318,7 @@ def render(
             lines += [f"## {_short(o.module)}", "", "The benchmark failed:", ""]
             lines += ["```", (o.error or "").rstrip(), "```", ""]
             continue
-        timing = f"_{o.seconds:.0f} s{_stolen_text(o.stolen)}_"
+        timing = f"_{o.seconds:.0f} s{stolen_text(o.stolen)}_"
         lines += [f"## {o.section.title}", "", timing, "", o.section.markdown.strip(), ""]
         for plot in o.section.plots:
             link = os.path.relpath(plot, out)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from bench import run as bench_run
+from bench import steal
 from bench.report import Context, Goal, Section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,13 +157,17 @@ def test_each_section_says_how_much_cpu_time_the_host_took(report: tuple[Path, s
     """On a virtual machine the host's share (steal) moves every figure; the report
     carries it, for the whole run and for each module, wherever Linux counts it."""
     _, text = report
-    if bench_run.cpu_ticks() is None:
+    if steal.cpu_ticks() is None:
         pytest.skip("no steal counter on this machine (/proc/stat)")
     stolen = r"\d+\.\d% of the machine's CPU time stolen by its host"
     assert re.search(rf"- date: .*, \d+ s in all, {stolen}\n", text)
     for module in _available():
         section = text[text.index(f"<!-- module: {module} -->") :]
         assert re.search(rf"\A<!-- module: {module} -->\n## [^\n]+\n\n_\d+ s, {stolen}_\n", section), module
+    # And each storm burst, its own last column.
+    storm = text[text.index("<!-- module: bench_storm -->") :]
+    assert "| app errors | host's steal |" in storm
+    assert re.search(r"\| sqlite, cold pools, storm \(expired\) \|[^\n]*\| \d+% \|\n", storm)
 
 
 def test_the_steal_share_is_read_from_proc_stat(tmp_path: Path) -> None:
@@ -170,15 +175,15 @@ def test_the_steal_share_is_read_from_proc_stat(tmp_path: Path) -> None:
     irq softirq steal guest guest_nice (guest already counted in user)."""
     stat = tmp_path / "stat"
     stat.write_text("cpu  3427591 5040 449891 10911880 42097 0 79312 780167 120 0\ncpu0 1 2 3 4 5 6 7 8 9\n")
-    before = bench_run.cpu_ticks(stat)
+    before = steal.cpu_ticks(stat)
     assert before == (780167, 3427591 + 5040 + 449891 + 10911880 + 42097 + 0 + 79312 + 780167)
     stat.write_text("cpu  3428591 5040 449891 10912380 42097 0 79312 780667 120 0\n")
-    after = bench_run.cpu_ticks(stat)
+    after = steal.cpu_ticks(stat)
     # 1,000 ticks user, 500 idle, 500 stolen: a quarter of the time between the readings.
-    assert bench_run.stolen_share(before, after) == pytest.approx(0.25)
-    assert bench_run.stolen_share(after, after) is None  # no time passed: no share
-    assert bench_run.stolen_share(None, after) is None
+    assert steal.stolen_share(before, after) == pytest.approx(0.25)
+    assert steal.stolen_share(after, after) is None  # no time passed: no share
+    assert steal.stolen_share(None, after) is None
     for broken in ("", "intr 1 2 3\n", "cpu  1 2 3 4 5 6 7\n", "cpu  1 2 3 4 5 6 7 x\n"):
         stat.write_text(broken)
-        assert bench_run.cpu_ticks(stat) is None, broken
-    assert bench_run.cpu_ticks(tmp_path / "absent") is None
+        assert steal.cpu_ticks(stat) is None, broken
+    assert steal.cpu_ticks(tmp_path / "absent") is None
