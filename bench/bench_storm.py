@@ -355,6 +355,15 @@ class _Exchange:
     length: int | None = None  # the whole answer's bytes, once its headers arrived
 
 
+def fire_watched(
+    port: int, bearer: str, clients: int, path: str = SHOW_PATH
+) -> tuple[list[Answer], float, float | None]:
+    """:func:`fire`, and the share of the machine's CPU time its host took meanwhile."""
+    ticks = cpu_ticks()
+    answers, released = fire(port, bearer, clients, path)
+    return answers, released, stolen_share(ticks, cpu_ticks())
+
+
 def fire(port: int, bearer: str, clients: int, path: str = SHOW_PATH) -> tuple[list[Answer], float]:
     """``clients`` requests at once, one connection each, and the moment
     (``time.monotonic()``) they were released.
@@ -571,14 +580,11 @@ def run_round(
     with Gunicorn(workdir, shape, env, code) as server:
         if warm:
             fire(server.port, setup.bearer, shape.clients)
-            ticks = cpu_ticks()
-            answers, _ = fire(server.port, setup.bearer, shape.clients)
-            stolen = stolen_share(ticks, cpu_ticks())
+            answers, _, stolen = fire_watched(server.port, setup.bearer, shape.clients)
             rounds.append(Round(backend, pools, "baseline", answers, 0, None, 0, stolen=stolen))
             calls = len(provider.calls)
-            ticks = cpu_ticks()
-            answers, _ = fire(server.port, setup.bearer, shape.clients, f"/floor?burst={uuid.uuid4().hex}")
-            stolen = stolen_share(ticks, cpu_ticks())
+            floor = f"/floor?burst={uuid.uuid4().hex}"
+            answers, _, stolen = fire_watched(server.port, setup.bearer, shape.clients, floor)
             assert len(provider.calls) == calls  # the floor calls nobody
             rounds.append(Round(backend, pools, "floor", answers, 0, None, 0, stolen=stolen))
             setup.set_expiry(expired=True)
@@ -588,9 +594,7 @@ def run_round(
         with log_growth(ctx.postgres_log if pg else None) as pg_lines:
             counted = pg_counters(setup.url, quiet=not warm) if pg else (0, 0)
             calls = len(provider.calls)
-            ticks = cpu_ticks()
-            answers, released = fire(server.port, setup.bearer, shape.clients)
-            stolen = stolen_share(ticks, cpu_ticks())
+            answers, released, stolen = fire_watched(server.port, setup.bearer, shape.clients)
             made = provider.calls[calls:]
             server.stop()
             after = pg_counters(setup.url) if pg else (0, 0)
