@@ -7,6 +7,7 @@ reaches over real HTTP.  Tests of the flow and of the token lifecycle share this
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -14,6 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from flask_zis_connections import OAuthClient, ZISConnections
+from flask_zis_connections.importing import import_jsonl
 
 from .helpers import PREFIX
 from .live_provider import LiveProvider
@@ -107,3 +109,13 @@ def connect(
     )
     assert got.status_code == 200, got.get_json()
     return got.get_json()  # type: ignore[no-any-return]
+
+
+def import_access_token(app: Flask, name: str, token: str, integration: str = "acme") -> None:
+    """Import ``token`` over connection ``name`` with ``replace=True``, through the
+    integration's first OAuth client, as the JSON Lines import does."""
+    with app.app_context():
+        client = zis_of(app).list_oauth_clients(integration)[0]
+        line = {"integration": integration, "name": name, "oauth_client_name": client.name}
+        report = import_jsonl([json.dumps({**line, "access_token": token})], replace=True)
+    assert report.ok, report.results

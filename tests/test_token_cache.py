@@ -8,7 +8,6 @@ cache (PostgreSQL's ``LISTEN/NOTIFY``, Redis pub/sub) is in ``test_token_cache_p
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable
@@ -22,12 +21,11 @@ from flask import Flask
 from flask_zis_connections import ConnectionNotFound, ZISConnections, get_token
 from flask_zis_connections.domain import utcnow
 from flask_zis_connections.errors import ConfigurationError
-from flask_zis_connections.importing import import_jsonl
 from flask_zis_connections.lifecycle import Lifecycle
 from flask_zis_connections.storage import Storage
 from flask_zis_connections.token_cache import ChangeListener, TokenCache
 
-from .flow_driver import auth_header, connect, register, zis_of
+from .flow_driver import auth_header, connect, import_access_token, register, zis_of
 from .helpers import PREFIX, run_threads
 from .live_provider import LiveProvider
 
@@ -354,16 +352,7 @@ def test_a_credential_update_and_delete_are_seen_at_once(make_env: Callable[...,
 def test_an_import_over_a_connection_is_seen_at_once(make_env: Callable[..., Env]) -> None:
     env = make_env(ZIS_TOKEN_CACHE_TTL=60)
     env.cached_then_counted()
-    with env.app.app_context():
-        client = env.zis.list_oauth_clients("acme")[0]
-        line = {
-            "integration": "acme",
-            "name": "main",
-            "oauth_client_name": client.name,
-            "access_token": "imported",
-        }
-        report = import_jsonl([json.dumps(line)], replace=True)
-    assert report.ok, report.results
+    import_access_token(env.app, "main", "imported")
     assert env.token() == "imported"
 
 

@@ -11,7 +11,6 @@ a log line), stopped and started again mid-test.
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
@@ -33,11 +32,10 @@ from flask import Flask
 from flask_zis_connections import ConnectionNotFound, ReauthorizationRequired, ZISConnections, get_token
 from flask_zis_connections.cache_channel import RedisChannel
 from flask_zis_connections.errors import ConfigurationError
-from flask_zis_connections.importing import import_jsonl
 from flask_zis_connections.token_cache import CHANNEL, ChangeListener, Listener, StorageChannel, TokenCache
 
 from .conftest import free_port
-from .flow_driver import auth_header, connect, register, zis_of
+from .flow_driver import auth_header, connect, import_access_token, register, zis_of
 from .live_provider import LiveProvider
 
 SQLITE = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -334,16 +332,7 @@ def _client_delete(a: Writer, conn: dict[str, Any]) -> dict[str, tuple[str, str]
 
 
 def _import(a: Writer, conn: dict[str, Any]) -> dict[str, tuple[str, str]]:
-    with a.app.app_context():
-        client = a.zis.list_oauth_clients("acme")[0]
-        line = {
-            "integration": "acme",
-            "name": "main",
-            "oauth_client_name": client.name,
-            "access_token": "imported",
-        }
-        report = import_jsonl([json.dumps(line)], replace=True)
-    assert report.ok, report.results
+    import_access_token(a.app, "main", "imported")
     return {"main": ("token", "imported")}
 
 
