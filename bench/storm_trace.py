@@ -33,8 +33,6 @@ from typing import Any
 STEPS: tuple[tuple[str, str | None, str, str], ...] = (
     ("flask", "Flask", "wsgi_app", "request"),
     ("flask_zis_connections.api.connections", None, "auth", "auth"),
-    ("flask_zis_connections.lifecycle", "Lifecycle", "joined_refresh", "join"),
-    ("flask_zis_connections.refresh", "Refresher", "_settle", "settle"),
     ("flask_zis_connections.storage.base", "Storage", "take_lease_and_read", "lease"),
     ("flask_zis_connections.provider_client", "ProviderClient", "refresh", "provider"),
     ("flask_zis_connections.storage.base", "Storage", "update_connection", "write"),

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+import pytest
 from werkzeug.test import TestResponse
 
 PREFIX = "/api/services/zis"
@@ -110,3 +111,15 @@ def in_forked_child(check: Callable[[], bool]) -> bool:
     answer = os.read(read, 1)
     os.close(read)
     return answer == b"1" and status == 0
+
+
+def require_redis() -> str:
+    """The test Redis URL (``ZIS_TEST_REDIS_URL``), or skip - fail under ``CI=true``:
+    CI must run the tests that need it."""
+    url = os.environ.get("ZIS_TEST_REDIS_URL")
+    if url:
+        return url
+    msg = 'Redis tests skipped: set ZIS_TEST_REDIS_URL (eval "$(bash .ci/services.sh)" starts one)'
+    if os.environ.get("CI") == "true":
+        pytest.fail(msg.replace("skipped", "required in CI"))
+    pytest.skip(msg)

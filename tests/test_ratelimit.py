@@ -5,7 +5,6 @@ Redis outage does."""
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import uuid
 from collections.abc import Callable
@@ -20,21 +19,11 @@ from flask_zis_connections.domain import ApiToken
 from flask_zis_connections.errors import ConfigurationError
 
 from .flow_driver import auth_header
-from .helpers import PREFIX, assert_envelope
+from .helpers import PREFIX, assert_envelope, require_redis
 
 URL = f"{PREFIX}/connections/oauth/clients/acme"
 ADDRESS_A = {"REMOTE_ADDR": "198.51.100.7"}
 ADDRESS_B = {"REMOTE_ADDR": "198.51.100.8"}
-
-
-def _redis_url() -> str:
-    url = os.environ.get("ZIS_TEST_REDIS_URL")
-    if url:
-        return url
-    msg = 'Redis tests skipped: set ZIS_TEST_REDIS_URL (eval "$(bash .ci/services.sh)" starts one)'
-    if os.environ.get("CI") == "true":
-        pytest.fail(msg)
-    pytest.skip(msg)
 
 
 def _dead_port() -> int:
@@ -268,7 +257,7 @@ def test_proxy_fix_forwarded_address_is_refused_before_the_token_lookup(
 
 @pytest.mark.parametrize("backend", ["memory"], indirect=True)
 def test_redis_limits_are_shared_between_workers(make_app: Callable[..., Flask]) -> None:
-    url = _redis_url()
+    url = require_redis()
     limit = "4 per minute"
     # Two apps with one Redis behave like two gunicorn workers behind one load balancer.
     worker_a = make_app(ZIS_RATELIMIT=limit, ZIS_RATELIMIT_STORAGE_URI=url)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import queue
 import shutil
 import subprocess
@@ -36,23 +35,13 @@ from flask_zis_connections.token_cache import CHANNEL, ChangeListener, Listener,
 
 from .conftest import free_port
 from .flow_driver import auth_header, connect, import_access_token, register, zis_of
+from .helpers import require_redis
 from .live_provider import LiveProvider
 
 SQLITE = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 POSTGRES = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 KEY = "ZIS_TOKEN_CACHE_REDIS_URL"
 PASSWORD = "pubsub-pw-7c1e9d"  # the throwaway server's: must never be logged
-
-
-def require_redis() -> str:
-    """The test Redis URL, or skip (fail under CI=true: CI must run these)."""
-    url = os.environ.get("ZIS_TEST_REDIS_URL")
-    if url:
-        return url
-    msg = 'Redis tests skipped: set ZIS_TEST_REDIS_URL (eval "$(bash .ci/services.sh)" starts one)'
-    if os.environ.get("CI") == "true":
-        pytest.fail(msg.replace("skipped", "required in CI"))
-    pytest.skip(msg)
 
 
 @pytest.fixture
