@@ -100,3 +100,31 @@ def test_no_storm_without_a_provider_call(tmp_path: Path) -> None:
     (tmp_path / "7.json").write_text('[[1.0, 1, "request>"], [1.5, 1, "request<"]]')
     marks = storm_trace.read_marks(tmp_path)
     assert storm_trace.storm_trace(marks, 0.5, 2.0, [7]) is None
+
+
+def test_the_token_endpoint_answers_its_delay_after_the_accept() -> None:
+    """A call whose request bytes reach the handler late (here: sent 0.3 s after the
+    connect) is answered ``delay`` after the connection was accepted, not after the
+    handler read it; its arrival is the accept."""
+    import socket
+
+    late = 0.3
+    with TokenEndpoint(DELAY * 3) as provider:
+        host, port = provider.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            connected = time.monotonic()
+            time.sleep(late)
+            body = b"grant_type=refresh_token&refresh_token=r"
+            sock.sendall(
+                b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            )
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+            answered = time.monotonic()
+    assert answer.startswith(b"HTTP/1.0 200") and b'"access_token"' in answer
+    assert len(provider.calls) == 1
+    assert connected - 0.05 <= provider.calls[0] < connected + late
+    # 0.6 s after the accept: had the delay run from the handler, 0.9 s.
+    assert DELAY * 3 <= answered - connected < DELAY * 3 + late * 0.8
