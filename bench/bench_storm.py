@@ -127,7 +127,9 @@ class TokenEndpoint:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 with endpoint._lock:
-                    arrived = accepted.pop(self.request)
+                    # One request per connection (HTTP/1.0), so each finds its accept;
+                    # a second on a kept-alive one would count from its own arrival.
+                    arrived = accepted.pop(self.request, None) or time.monotonic()
                     endpoint.calls.append(arrived)
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 time.sleep(max(0.0, arrived + endpoint.delay - time.monotonic()))
