@@ -12,6 +12,9 @@ from typing import Any
 import pytest
 from werkzeug.test import TestResponse
 
+from flask_zis_connections.storage import Storage
+from flask_zis_connections.token_cache import ChangeListener
+
 PREFIX = "/api/services/zis"
 #: How long a test waits for a thread or a process it started.
 JOIN_TIMEOUT = 30.0
@@ -123,3 +126,10 @@ def require_redis() -> str:
     if os.environ.get("CI") == "true":
         pytest.fail(msg.replace("skipped", "required in CI"))
     pytest.skip(msg)
+
+
+def change_listener(storage: Storage) -> ChangeListener:
+    """The storage's one token cache listener (its lease release listener, started by
+    the first read, is there too)."""
+    (listener,) = [t for t in storage._listeners if isinstance(t, ChangeListener)]  # type: ignore[attr-defined]
+    return listener

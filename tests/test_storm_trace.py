@@ -8,6 +8,7 @@ its answer, and the waiters answered after it; and it leaves nothing wrapped beh
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from pathlib import Path
@@ -106,8 +107,6 @@ def test_the_token_endpoint_answers_its_delay_after_the_accept() -> None:
     """A call whose request bytes reach the handler late (here: sent 0.3 s after the
     connect) is answered ``delay`` after the connection was accepted, not after the
     handler read it; its arrival is the accept."""
-    import socket
-
     late = 0.3
     with TokenEndpoint(DELAY * 3) as provider:
         host, port = provider.url.removeprefix("http://").split(":")

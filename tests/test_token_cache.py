@@ -23,10 +23,10 @@ from flask_zis_connections.domain import utcnow
 from flask_zis_connections.errors import ConfigurationError
 from flask_zis_connections.lifecycle import Lifecycle
 from flask_zis_connections.storage import Storage
-from flask_zis_connections.token_cache import ChangeListener, TokenCache
+from flask_zis_connections.token_cache import TokenCache
 
 from .flow_driver import auth_header, connect, import_access_token, register, zis_of
-from .helpers import PREFIX, run_threads
+from .helpers import PREFIX, change_listener, run_threads
 from .live_provider import LiveProvider
 
 POSTGRES = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
@@ -103,13 +103,6 @@ class Env:
             time.sleep(0.05)
         assert self.reads == 0
         return first
-
-
-def change_listener(storage: Storage) -> ChangeListener:
-    """The storage's one token cache listener (its lease release listener, started by
-    the first read, is there too)."""
-    (listener,) = [t for t in storage._listeners if isinstance(t, ChangeListener)]  # type: ignore[attr-defined]
-    return listener
 
 
 @pytest.fixture

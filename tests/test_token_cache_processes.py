@@ -35,7 +35,7 @@ from flask_zis_connections.token_cache import CHANNEL, ChangeListener, Listener,
 
 from .conftest import free_port
 from .flow_driver import auth_header, connect, import_access_token, register, zis_of
-from .helpers import require_redis
+from .helpers import change_listener, require_redis
 from .live_provider import LiveProvider
 
 SQLITE = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -59,9 +59,7 @@ def listener_of(app: Flask) -> Listener:
     """The cache's one listener: Redis's, or the storage's ``LISTEN`` connection."""
     channel = cache_of(app).channel
     if isinstance(channel, StorageChannel):
-        storage = channel.storage
-        (change,) = [t for t in storage._listeners if isinstance(t, ChangeListener)]  # type: ignore[attr-defined]
-        return change
+        return change_listener(channel.storage)
     assert isinstance(channel, RedisChannel)
     (listener,) = channel.listeners
     return listener
