@@ -193,10 +193,13 @@ class Lifecycle:
 
     def due_at(self, rec: ConnectionRecord) -> datetime | None:
         """The moment :meth:`is_due` turns true for ``rec`` (None: never)."""
+        due_ms = self.record_due_ms(rec)
+        return None if due_ms is None else from_ms(due_ms)
+
+    def record_due_ms(self, rec: ConnectionRecord) -> float | None:
+        """:meth:`due_at` in epoch milliseconds (None: never)."""
         expiry = rec.token_expiry
-        if expiry is None:
-            return None
-        return from_ms(self._due_ms(to_ms(expiry), to_ms(rec.updated_at)))
+        return None if expiry is None else self._due_ms(to_ms(expiry), to_ms(rec.updated_at))
 
     def _due_ms(self, expiry_ms: int, updated_ms: int) -> float:
         """The one rule, on the milliseconds storage keeps: the leeway before expiry, but

@@ -497,14 +497,102 @@ def test_a_due_connection_refreshes_from_the_kept_row_without_reading_it(
         return call
 
     storage.get_connection = counted(storage.get_connection)  # type: ignore[method-assign]
+    storage.read_token = counted(storage.read_token)  # type: ignore[method-assign]
     storage.take_lease_and_read = counted(storage.take_lease_and_read)  # type: ignore[method-assign]
     with time_machine.travel(expiry - timedelta(seconds=30)):
         due = env.show().get_json()
     assert env.provider.state.refresh_call_count == 1
     assert due["access_token"] != cached["access_token"]
-    # Only the refresh's own read with its lease: never the lookup by name.
+    # Only the refresh's own read with its lease: neither the narrow read (the kept row
+    # is due by the clock) nor the lookup by name.
     assert reads == ["take_lease_and_read"]
     assert env.show().get_json() == due
+    assert reads == ["take_lease_and_read", "read_token"]  # fresh again: the narrow read decides
+
+
+@SQL_BACKENDS
+def test_a_burst_on_an_answer_gone_due_refreshes_once_and_reads_nothing_else(
+    make_env: Callable[..., Env],
+) -> None:
+    """Sixteen threads show a connection whose kept answer went due by the clock: one
+    provider call, one new token for all, and no read but the lease holder's."""
+    env = make_env()
+    cached = env.show().get_json()
+    expiry = env.record().token_expiry
+    assert expiry is not None
+    storage = env.storage
+    reads: list[str] = []
+    narrow, leased = storage.read_token, storage.take_lease_and_read
+
+    def counted(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            reads.append(name)
+            return method(*args, **kwargs)
+
+        return call
+
+    storage.read_token = counted("narrow", narrow)  # type: ignore[method-assign]
+    storage.take_lease_and_read = counted("lease", leased)  # type: ignore[method-assign]
+    env.provider.state.inject_token_fault("slow")  # the others arrive while it is under way
+    start = threading.Barrier(16)
+    answers: list[Any] = [None] * 16
+
+    def one(i: int) -> None:
+        start.wait()
+        answers[i] = env.show()
+
+    with time_machine.travel(expiry - timedelta(seconds=30)):
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert all(a is not None and a.status_code == 200 for a in answers)
+    assert env.provider.state.refresh_call_count == 1
+    assert len({a.get_json()["access_token"] for a in answers}) == 1
+    assert answers[0].get_json()["access_token"] != cached["access_token"]
+    assert reads == ["lease"]
+
+
+@SQL_BACKENDS
+def test_a_row_written_elsewhere_after_its_answer_went_due_is_answered_without_a_second_refresh(
+    make_env: Callable[..., Env], make_app: Callable[..., Flask]
+) -> None:
+    """The kept row is due, but another worker refreshed the connection meanwhile: the
+    lease holder's read finds that write, which is the answer; the provider is not
+    called again."""
+    env = make_env()
+    cached = env.show().get_json()
+    expiry = env.record().token_expiry
+    assert expiry is not None
+    other = make_app(ZIS_ENCRYPTION_KEYS=env.app.config["ZIS_ENCRYPTION_KEYS"], ZIS_CREATE_TABLES=False)
+    with time_machine.travel(expiry - timedelta(seconds=30)):
+        with other.app_context():
+            elsewhere = zis_of(other).get_token("acme", "main")  # due there too: refreshed there
+        assert env.provider.state.refresh_call_count == 1
+        shown = env.show().get_json()
+    assert shown["access_token"] == elsewhere != cached["access_token"]
+    assert env.provider.state.refresh_call_count == 1
+    assert env.show().get_json() == shown
+    assert env.provider.state.refresh_call_count == 1
+
+
+def test_a_due_answer_of_a_connection_replaced_elsewhere_is_not_served(make_env: Callable[..., Env]) -> None:
+    """Deleted behind this process's back (no signal reaches its answer cache) and its
+    name given to a new connection: the refresh from the kept row finds no row, and the
+    show reads by name as usual - the new connection, never the old answer or a 404."""
+    env = make_env()
+    old = env.record()
+    assert env.show().get_json()["uuid"] == old.uuid
+    assert old.token_expiry is not None
+    assert env.storage.delete_connection("acme", old.uuid)
+    with time_machine.travel(old.token_expiry - timedelta(seconds=30)):
+        assert_envelope(env.show(), 404, "1302")  # gone, nothing under its name
+    new = env.storage.add_connection(old.replace(uuid=str(uuidlib.uuid4()), version=1))
+    with time_machine.travel(old.token_expiry - timedelta(seconds=30)):
+        shown = env.show()
+    assert shown.status_code == 200, shown.get_json()
+    assert shown.get_json()["uuid"] == new.uuid != old.uuid
 
 
 def test_a_delete_drops_the_answer(make_env: Callable[..., Env]) -> None:
@@ -583,6 +671,34 @@ def test_the_answer_cache_is_bounded_in_bytes() -> None:
     assert len(cache) == 8 and cache.bytes == 7 * 1_000 + 10
     cache.drop("u12")
     assert "u12" not in cache and cache.bytes == 7_000
+
+
+def test_the_answer_cache_hands_out_a_kept_row_only_once_due_and_only_under_its_name() -> None:
+    cache = AnswerCache(4_000)
+    first = _record("u1")  # named "u1"
+    cache.put(first, b"x" * 100, due_ms=5_000)
+    assert cache.due("acme", "u1", 4_999) is None  # not due yet
+    assert cache.due("acme", "u1", 5_000) == first
+    assert cache.due("other", "u1", 9_000) is None and cache.due("acme", "u2", 9_000) is None
+    # A row no refresh serves (a credential, one that needs re-authorization) never is.
+    cache.put(_record("u2"), b"x" * 100, due_ms=None)
+    assert cache.due("acme", "u2", float("1e15")) is None
+    # The name given to another connection: only that one is handed out.
+    successor = _record("u3").replace(name="u1")
+    cache.put(successor, b"x" * 100, due_ms=7_000)
+    assert cache.due("acme", "u1", 6_000) is None and cache.due("acme", "u1", 7_000) == successor
+    cache.drop("u1")  # the old connection's entry leaves the name to its successor
+    assert cache.due("acme", "u1", 7_000) == successor
+    cache.drop("u3")
+    assert cache.due("acme", "u1", 7_000) is None
+    # Evicted or cleared: gone from the name index too.
+    cache.put(first, b"x" * 100, due_ms=5_000)
+    for i in range(4, 40):
+        cache.put(_record(f"u{i}"), b"x" * 400)
+    assert "u1" not in cache and cache.due("acme", "u1", 9_000) is None
+    cache.put(first, b"x" * 100, due_ms=5_000)
+    cache.clear()
+    assert cache.due("acme", "u1", 9_000) is None
 
 
 def test_a_full_answer_cache_of_served_answers_evicts_the_oldest_never_the_new_one() -> None:

@@ -4,6 +4,8 @@ of every type.  Show and refresh are OAuth operations: another type gets a 422 n
 
 from __future__ import annotations
 
+import time
+
 from flask import Response, current_app, jsonify, request
 
 from .. import errors as e
@@ -41,6 +43,16 @@ def show(integration: str) -> Response:
         if running is not None:
             return _answer(running, st)
         if st.answers is not None:
+            # Its last answer here was made from a row whose token is due by now: the
+            # refresh starts from that row, without a read (the lease holder's read finds
+            # a newer write, if any).  Gone since, or its name another connection's now:
+            # read as usual.
+            due = st.answers.due(integration, name, time.time() * 1000)
+            if due is not None:
+                try:
+                    return _answer(st.lifecycle.ensure_fresh(due, force=False), st)
+                except e.ConnectionNotFound:
+                    pass
             # A row unchanged since its last answer: a narrow read decides.  Fresh, the
             # answer goes out as it is (nothing decrypted or encoded); due, the refresh
             # starts from the row kept with it.  Anything else takes the whole row.
@@ -66,13 +78,15 @@ def _json(body: bytes) -> Response:
 def _answer(rec: ConnectionRecord, st: AppState | None = None) -> Response:
     """The connection JSON of ``rec``, from the app's answer cache when the row is
     unchanged since it was last answered (:class:`~.serializers.AnswerCache`)."""
-    answers = (st if st is not None else state()).answers
+    st = st if st is not None else state()
+    answers = st.answers
     if answers is None:
         return connection_response(rec)
     body = answers.get(rec)
     if body is None:
         resp = connection_response(rec)
-        answers.put(rec, resp.get_data())
+        refreshable = rec.type == "oauth" and not rec.needs_reauth
+        answers.put(rec, resp.get_data(), st.lifecycle.record_due_ms(rec) if refreshable else None)
         return resp
     return _json(body)
 

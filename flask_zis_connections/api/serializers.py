@@ -4,6 +4,7 @@ of the one shape that is asked for far more often than it changes, a shown conne
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -166,6 +167,9 @@ class _Answer(Marked):
     rec: ConnectionRecord
     body: bytes
     state: _State
+    #: When the row's token becomes due, in epoch milliseconds (infinity: never, or a
+    #: row no refresh can serve).
+    due_ms: float
 
 
 class AnswerCache:
@@ -180,7 +184,9 @@ class AnswerCache:
     times).  A changed row is a miss whose answer
     replaces the old one, so each connection holds at most one entry.  The caller still
     reads the row and refreshes it when due: the cache saves the decrypts, the encoding
-    and, with the narrow read, the whole row's read.
+    and, with the narrow read, the whole row's read.  Once the kept row's own token is
+    due (:meth:`due`), no read can spare the refresh, and the caller starts it from the
+    kept row without reading anything.
 
     The bodies hold tokens: the cache is bounded in bytes (``max_bytes``; a body over an
     eighth of it is never kept, so one large answer cannot flush the rest), an entry
@@ -195,6 +201,8 @@ class AnswerCache:
         self.bytes = 0
         #: uuid -> the row, its answer, the row's state as a narrow read shows it
         self._entries: OrderedDict[str, _Answer] = OrderedDict()
+        #: (integration, name) -> uuid of the connection last answered under that name
+        self._names: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
         fresh_lock_in_child(self)
 
@@ -241,7 +249,25 @@ class AnswerCache:
         entry.used = True
         return entry.rec, entry.body
 
-    def put(self, rec: ConnectionRecord, body: bytes) -> None:
+    def due(self, integration: str, name: str, now_ms: float) -> ConnectionRecord | None:
+        """The row last answered under this name, when its token is due at ``now_ms``
+        (epoch milliseconds); None otherwise.
+
+        Whatever the row holds by now - the same due token, or a newer write - a
+        refresh from it is right: the lease holder reads the row before calling the
+        provider and uses a newer write instead.  So a caller that gets a row here
+        needs no read of its own before the refresh, and in a burst on a token that
+        went due by the clock no request of this process reads the row.
+        """
+        uuid = self._names.get((integration, name))
+        entry = None if uuid is None else self._entries.get(uuid)
+        if entry is None or entry.due_ms > now_ms or entry.state[:2] != (integration, name):
+            return None
+        return entry.rec
+
+    def put(self, rec: ConnectionRecord, body: bytes, due_ms: float | None = None) -> None:
+        """Keep ``body``, the answer made from ``rec``; ``due_ms``: when its token becomes
+        due (epoch milliseconds), None for a row no refresh serves."""
         size = len(body)
         if size > self.max_bytes // 8:
             return
@@ -249,20 +275,25 @@ class AnswerCache:
             entries = self._entries
             old = entries.pop(rec.uuid, None)
             if old is not None:
-                self.bytes -= len(old.body)
+                self._dropped(old)
             make_room(entries, lambda: self.bytes + size > self.max_bytes, self._dropped)
-            entries[rec.uuid] = _Answer(rec, body, _state_of(rec))
+            entries[rec.uuid] = _Answer(rec, body, _state_of(rec), math.inf if due_ms is None else due_ms)
+            self._names[(rec.integration, rec.name)] = rec.uuid
             self.bytes += size
 
     def _dropped(self, entry: _Answer) -> None:
+        """Account for an entry taken out of the map (under the lock)."""
         self.bytes -= len(entry.body)
+        key = (entry.rec.integration, entry.rec.name)
+        if self._names.get(key) == entry.rec.uuid:
+            del self._names[key]
 
     def drop(self, uuid: str) -> None:
         """Forget the answer of one connection (it was deleted)."""
         with self._lock:
             old = self._entries.pop(uuid, None)
             if old is not None:
-                self.bytes -= len(old.body)
+                self._dropped(old)
 
     def drop_client(self, integration: str, client_uuid: str) -> None:
         """Forget the answers of every connection made with one OAuth client (it was
@@ -273,11 +304,12 @@ class AnswerCache:
                 for uuid, entry in self._entries.items()
                 if entry.rec.integration == integration and entry.rec.oauth_client_uuid == client_uuid
             ]:
-                self.bytes -= len(self._entries.pop(uuid).body)
+                self._dropped(self._entries.pop(uuid))
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._names.clear()
             self.bytes = 0
 
     def connection_deleted(self, sender: Any, **info: Any) -> None:
