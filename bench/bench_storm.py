@@ -50,7 +50,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,11 @@ LISTENERS = 2
 BOOT_TIMEOUT = 60.0
 #: An idle PostgreSQL backend publishes its pending counters within 10 seconds.
 STATS_IDLE_FLUSH = 11.0
+#: Seconds after gunicorn booted at which a warm storm's token expires by the clock: the
+#: warm-up bursts and the floor must be over by then (less the storm app's leeway).
+CLOCK_EXPIRY = 8.0
+#: The storm app's ``ZIS_REFRESH_LEEWAY``: a token is due this long before it expires.
+LEEWAY = 1.0
 
 
 @dataclass(frozen=True)
@@ -218,10 +223,11 @@ class Setup:
         self.storage: Storage = self.app.extensions["zis_connections"].storage
         self.storage.close()
 
-    def set_expiry(self, expired: bool) -> None:
+    def set_expiry(self, expired: bool, at: datetime | None = None) -> None:
+        """Expire the token now (``expired``), in an hour, or ``at`` that moment."""
         rec = self.storage.get_connection(INTEGRATION, name=NAME)
         assert rec is not None
-        expiry = utcnow() + (timedelta(hours=-1) if expired else timedelta(hours=1))
+        expiry = at or utcnow() + (timedelta(hours=-1) if expired else timedelta(hours=1))
         stored = self.storage.update_connection(
             rec.replace(token_expiry=expiry, updated_at=utcnow() - timedelta(hours=1)),
             expected_version=rec.version,
@@ -582,7 +588,13 @@ def run_round(
     """Boot gunicorn and meet a storm on an expired connection: at once (cold pools,
     as after a deploy), or (``warm``) after two bursts on the fresh connection - the
     first fills the workers' pools, the second is the baseline - and a pause that lets
-    PostgreSQL publish what those cost, so the storm's counters are its own."""
+    PostgreSQL publish what those cost, so the storm's counters are its own.
+
+    A cold storm's token was expired by a write before gunicorn booted.  A warm storm's
+    expires by the clock, as tokens do in production: the row is not written between
+    the warm-up bursts and the storm, so every worker still holds the answer it made
+    from it (a write would also have told every cache of its own that the row changed).
+    """
     backend = "postgresql" if setup.url.startswith("postgresql") else "sqlite"
     pg = backend == "postgresql"
     pools = "warm" if warm else "cold"
@@ -590,6 +602,7 @@ def run_round(
         "ZIS_DATABASE_URI": setup.url,
         "ZIS_ENCRYPTION_KEYS": setup.key,
         "STORM_FLOOR_DELAY": str(shape.delay),
+        "STORM_REFRESH_LEEWAY": str(LEEWAY),
     }
     if trace is not None:
         env["STORM_TRACE_DIR"] = str(trace)
@@ -598,6 +611,8 @@ def run_round(
     setup.set_expiry(expired=not warm)
     with Gunicorn(workdir, shape, env, code) as server:
         if warm:
+            expiry = utcnow() + timedelta(seconds=CLOCK_EXPIRY)
+            setup.set_expiry(expired=False, at=expiry)
             fire(server.port, setup.bearer, shape.clients)
             answers, _, stolen = fire_watched(server.port, setup.bearer, shape.clients)
             rounds.append(Round(backend, pools, "baseline", answers, 0, None, 0, stolen=stolen))
@@ -606,9 +621,11 @@ def run_round(
             answers, _, stolen = fire_watched(server.port, setup.bearer, shape.clients, floor)
             assert len(provider.calls) == calls  # the floor calls nobody
             rounds.append(Round(backend, pools, "floor", answers, 0, None, 0, stolen=stolen))
-            setup.set_expiry(expired=True)
+            if (expiry - utcnow()).total_seconds() <= LEEWAY:
+                raise RuntimeError(f"the warm-up bursts took longer than {CLOCK_EXPIRY - LEEWAY:g} s")
             if pg:
                 time.sleep(STATS_IDLE_FLUSH)
+            time.sleep(max(0.0, (expiry - utcnow()).total_seconds() + 0.05))  # expired by the clock
         before_version = setup.version()
         with log_growth(ctx.postgres_log if pg else None) as pg_lines:
             counted = pg_counters(setup.url, quiet=not warm) if pg else (0, 0)
@@ -801,9 +818,12 @@ def report(ctx: Context, shape: Shape, rounds: list[Round], code: Path | None) -
             f"the token endpoint answers {_ms(delay)} after it accepted the call's connection, "
             "the floor for every request of a storm.  *Warm pools*: gunicorn served two bursts "
             "on the fresh connection first (the second is the baseline row: what the server "
-            "alone costs under that load), as "
-            "in steady production; *cold pools*: the storm is the first thing gunicorn serves, as "
-            "right after a deploy, so every pooled connection is opened during it.  p50/p99: "
+            "alone costs under that load), as in steady production, and the token then expired "
+            f"by the clock (the storm app's refresh leeway is {LEEWAY:g} s) with no write to its "
+            "row, so every worker still held its last answer of it, as when a token expires in "
+            "production; *cold pools*: the storm is the first thing gunicorn serves, as right "
+            "after a deploy, so every pooled connection is opened during it (its token was "
+            "expired by a write before gunicorn booted).  p50/p99: "
             "median over rounds; other per-round figures joined by `/`; transactions and "
             "sessions are PostgreSQL's own counters over the storm (`pg_stat_database`).  "
             "*Provider reached after*: from the burst's start to the token endpoint's accept "
