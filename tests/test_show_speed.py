@@ -103,6 +103,22 @@ class Env:
         assert rec is not None
         return rec
 
+    def count_reads(self, *methods: str) -> list[str]:
+        """Wrap these storage methods: the list gets each call's method name, in order."""
+        reads: list[str] = []
+        storage = self.storage
+
+        def counted(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                reads.append(name)
+                return method(*args, **kwargs)
+
+            return call
+
+        for name in methods:
+            setattr(storage, name, counted(name, getattr(storage, name)))
+        return reads
+
 
 def _issue(app: Flask, integration: str = "acme") -> str:
     with app.app_context():
@@ -486,19 +502,7 @@ def test_a_due_connection_refreshes_from_the_kept_row_without_reading_it(
     cached = env.show().get_json()
     expiry = env.record().token_expiry
     assert expiry is not None
-    storage = env.storage
-    reads: list[str] = []
-
-    def counted(method: Callable[..., Any]) -> Callable[..., Any]:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            reads.append(method.__name__)
-            return method(*args, **kwargs)
-
-        return call
-
-    storage.get_connection = counted(storage.get_connection)  # type: ignore[method-assign]
-    storage.read_token = counted(storage.read_token)  # type: ignore[method-assign]
-    storage.take_lease_and_read = counted(storage.take_lease_and_read)  # type: ignore[method-assign]
+    reads = env.count_reads("get_connection", "read_token", "take_lease_and_read")
     with time_machine.travel(expiry - timedelta(seconds=30)):
         due = env.show().get_json()
     assert env.provider.state.refresh_call_count == 1
@@ -520,19 +524,7 @@ def test_a_burst_on_an_answer_gone_due_refreshes_once_and_reads_nothing_else(
     cached = env.show().get_json()
     expiry = env.record().token_expiry
     assert expiry is not None
-    storage = env.storage
-    reads: list[str] = []
-    narrow, leased = storage.read_token, storage.take_lease_and_read
-
-    def counted(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            reads.append(name)
-            return method(*args, **kwargs)
-
-        return call
-
-    storage.read_token = counted("narrow", narrow)  # type: ignore[method-assign]
-    storage.take_lease_and_read = counted("lease", leased)  # type: ignore[method-assign]
+    reads = env.count_reads("get_connection", "read_token", "take_lease_and_read")
     env.provider.state.inject_token_fault("slow")  # the others arrive while it is under way
     start = threading.Barrier(16)
     answers: list[Any] = [None] * 16
@@ -551,7 +543,7 @@ def test_a_burst_on_an_answer_gone_due_refreshes_once_and_reads_nothing_else(
     assert env.provider.state.refresh_call_count == 1
     assert len({a.get_json()["access_token"] for a in answers}) == 1
     assert answers[0].get_json()["access_token"] != cached["access_token"]
-    assert reads == ["lease"]
+    assert reads == ["take_lease_and_read"]
 
 
 @SQL_BACKENDS
