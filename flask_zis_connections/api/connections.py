@@ -53,18 +53,15 @@ def show(integration: str) -> Response:
                     return _answer(st.lifecycle.ensure_fresh(due, force=False), st)
                 except e.ConnectionNotFound:
                     pass
-            # A row unchanged since its last answer: a narrow read decides.  Fresh, the
+            # A narrow read decides.  Fresh and unchanged since its last answer, the
             # answer goes out as it is (nothing decrypted or encoded); due, the refresh
-            # starts from the row kept with it.  Anything else takes the whole row.
+            # reads the row once it holds the lease.  Anything else takes the whole row.
             head = st.storage.read_token(integration, v.connection_name(name))
-            kept = None if head is None else st.answers.current(integration, name, head)
-            if head is not None and kept is not None:
-                rec, body = kept
-                if st.lifecycle.is_fresh(head):
-                    return _json(body)
-                return _answer(st.lifecycle.ensure_fresh(rec, force=False), st)
-            if head is not None and head.type == "oauth" and not st.lifecycle.is_fresh(head):
-                # Due, in a row not answered yet: the refresh reads it once it holds the lease.
+            if head is not None and st.lifecycle.is_fresh(head):
+                kept = st.answers.current(integration, name, head)
+                if kept is not None:
+                    return _json(kept[1])
+            elif head is not None and head.type == "oauth":
                 return _answer(st.lifecycle.refresh_due(integration, name, head), st)
     rec = lookup(integration, oauth_only=True)
     return _answer(st.lifecycle.ensure_fresh(rec, force=False), st)
